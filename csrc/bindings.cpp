@@ -1,0 +1,37 @@
+// Python bindings of hvd_hier._C: declarations only; the work is in ops.cpp and the back ends.
+#include <torch/extension.h>
+
+#include "fused_ops.h"
+
+namespace {
+
+int64_t pack(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, double scale,
+             int64_t offset) {
+  return hvd_hier::fused_copy(tensors, bucket, offset, scale, hvd_hier::Direction::kPack);
+}
+
+int64_t unpack(const at::Tensor& bucket, const std::vector<at::Tensor>& tensors, double scale,
+               int64_t offset) {
+  return hvd_hier::fused_copy(tensors, bucket, offset, scale, hvd_hier::Direction::kUnpack);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  namespace py = pybind11;
+  m.doc() = "hvd_hier fused kernels: pack many tensors into one flat bucket and back";
+  m.def("pack", &pack,
+        "Write the tensors back to back into bucket[offset:], multiplied by scale and cast to "
+        "the bucket's dtype, in one pass. Returns the number of elements written.",
+        py::arg("tensors"), py::arg("bucket"), py::arg("scale") = 1.0, py::arg("offset") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("unpack", &unpack,
+        "Write bucket[offset:] back into the tensors, multiplied by scale (1/n turns a sum "
+        "into an average) and cast to the tensors' dtype, in one pass. Returns the number of "
+        "elements read.",
+        py::arg("bucket"), py::arg("tensors"), py::arg("scale") = 1.0, py::arg("offset") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("built_with_cuda", &hvd_hier::built_with_cuda, "Whether the CUDA kernels were compiled in.");
+  m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
+  m.attr("CHUNK_ELEMS") = hvd_hier::kChunkElems;
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build (once) and install Horovod 0.28.1 into the given Python environment.
+#
+# Horovod's last release needs two fixes to build against PyTorch >= 2.1 with CMake >= 4:
+#   * C++17 instead of C++14 in CMakeLists.txt and horovod/torch/CMakeLists.txt
+#   * CMAKE_POLICY_VERSION_MINIMUM=3.5 so CMake accepts the bundled Gloo
+# The wheel is cached outside the repository, keyed by Horovod, torch, Python and the
+# GPU flavour, so that later installs take seconds.
+#
+# Usage: scripts/build_horovod.sh PYTHON
+# Environment:
+#   HVD_HIER_CACHE   cache folder (default: ~/.cache/hvd_hier)
+#   HOROVOD_VERSION  default 0.28.1
+set -euo pipefail
+
+PY=${1:?usage: build_horovod.sh PYTHON}
+HOROVOD_VERSION=${HOROVOD_VERSION:-0.28.1}
+CACHE=${HVD_HIER_CACHE:-$HOME/.cache/hvd_hier}
+
+torch_ver=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
+py_ver=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "")')
+
+flavour=cpu
+if [[ -n "$torch_cuda" ]] && { ldconfig -p 2>/dev/null | grep -q libnccl || [[ -n "${NCCL_HOME:-}" ]]; }; then
+    flavour="cuda${torch_cuda}-nccl"
+fi
+
+key="horovod-${HOROVOD_VERSION}-torch${torch_ver}-${py_ver}-${flavour}"
+wheel_dir="$CACHE/wheels/$key"
+
+if "$PY" -c "import horovod, sys; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null \
+   && "$PY" -c "import horovod.torch" 2>/dev/null; then
+    echo "build_horovod: horovod $HOROVOD_VERSION already installed in $PY"
+    exit 0
+fi
+
+if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
+    echo "build_horovod: no cached wheel for $key; building (about 8 minutes on 2 cores)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    "$PY" -m pip download --no-deps --no-binary :all: -d "$work" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$work"/horovod-"$HOROVOD_VERSION".tar.gz -C "$work"
+    src="$work/horovod-$HOROVOD_VERSION"
+    sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' \
+        "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$src/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
+
+    export CMAKE_POLICY_VERSION_MINIMUM=3.5
+    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
+    export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+    if [[ "$flavour" != cpu ]]; then
+        export HOROVOD_GPU_OPERATIONS=NCCL
+    fi
+    mkdir -p "$wheel_dir.tmp"
+    MAKEFLAGS="-j$(nproc)" "$PY" -m pip wheel --no-deps --no-build-isolation -w "$wheel_dir.tmp" "$src"
+    rm -rf "$wheel_dir"
+    mv "$wheel_dir.tmp" "$wheel_dir"
+fi
+
+"$PY" -m pip install --no-deps --force-reinstall "$wheel_dir"/horovod-*.whl
+# horovod's own runtime requirements (it was installed without deps)
+"$PY" -m pip install cloudpickle psutil pyyaml packaging cffi
+echo "build_horovod: installed $(ls "$wheel_dir"/horovod-*.whl)"
