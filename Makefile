@@ -1,0 +1,58 @@
+# hvd_hier: make install | make test | make demo | make cuda-check | make clean
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The torch build found on this machine's disk; an installed torch >= 2.1 is kept.
+TORCH_SPEC ?= torch==2.13.0
+NP ?= 4
+
+EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
+
+.PHONY: install test unit parallel demo cuda-check clean
+
+$(VENV)/.deps: requirements.txt scripts/build_horovod.sh
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	if ! $(PY) -c 'import torch, sys; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 1))' 2>/dev/null; then
+	  $(PIP) install -q "$(TORCH_SPEC)"
+	fi
+	$(PIP) install -q -r requirements.txt
+	scripts/build_horovod.sh $(PY)
+	touch $@
+
+$(VENV)/.ext: $(VENV)/.deps $(EXT_SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PY) -c 'import hvd_hier, hvd_hier._C'
+	touch $@
+
+install: $(VENV)/.ext  ## create .venv with torch, Horovod (Gloo) and hvd_hier
+	horovodrun --check-build | grep -q '\[X\] PyTorch'
+	horovodrun --check-build | grep -q '\[X\] Gloo'
+
+cuda-check: install  ## compile every CUDA source (no GPU needed) for sm_80 and sm_90
+	if ! command -v nvcc >/dev/null; then echo "cuda-check: nvcc not found; skipping"; exit 0; fi
+	cmake -S . -B build/cuda-check -G Ninja -DPython_EXECUTABLE=$(CURDIR)/$(PY) \
+	  -DHVD_HIER_CUDA_COMPILE_ONLY=ON -DCMAKE_CUDA_COMPILER=$$(command -v nvcc) >/dev/null
+	cmake --build build/cuda-check
+	echo "cuda-check: all CUDA sources compile for sm_80 and sm_90"
+
+test: install cuda-check  ## the whole suite (unit + horovodrun --gloo)
+	rc=0; OMP_NUM_THREADS=1 $(PY) -m pytest tests -v || rc=$$?
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which is a failure"; exit 1; fi
+	exit $$rc
+
+unit: install
+	$(PY) -m pytest tests/unit -v
+
+demo: install  ## train on scikit-learn's digits with Hier-AVG under horovodrun -np 4
+	OMP_NUM_THREADS=1 horovodrun -np $(NP) -H localhost:$(NP) --gloo $(PY) examples/train.py \
+	  --dataset digits --algo hier --local-steps 2 --local-rounds 4 --group-size 2 --epochs 15
+
+clean:
+	rm -rf build hvd_hier/_C*.so *.egg-info $(VENV)/.ext

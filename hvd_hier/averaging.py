@@ -1,0 +1,177 @@
+"""Model averaging over a Horovod process set, bucket by bucket.
+
+Tensors are cut into flat segments and grouped into buckets of at most ``bucket_cap_bytes``
+(one dtype and device per bucket, at most ``MAX_TENSORS_PER_LAUNCH`` segments, so a bucket is
+one kernel launch). For each bucket: the fused kernel packs its segments into a buffer,
+Horovod sums the buffer across the process set asynchronously, and the fused kernel writes
+``sum / n`` back. Buffers come from a small pool, so while bucket ``i`` is reduced the next
+one is packed and the previous one unpacked, and the extra memory is at most
+``max_in_flight`` buffers of one bucket each, never a copy of the whole model.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from ._ext import extension
+
+__all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "BucketAverager"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory with no gap and no overlap."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def flat_view(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of all of ``t``'s elements in memory order.
+
+    Averaging is elementwise, so any dense layout works (channels_last included) as long as
+    every rank has the same one. Raises ``ValueError`` for tensors with gaps or overlaps.
+    """
+    t = t.detach()
+    if t.is_contiguous():
+        return t.view(-1)
+    if _is_dense(t):
+        return t.as_strided((t.numel(),), (1,), t.storage_offset())
+    raise ValueError(
+        f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is neither contiguous "
+        "nor dense; hvd_hier averages dense tensors only"
+    )
+
+
+@dataclass
+class Bucket:
+    """Segments ``(tensor index, first, last)`` of flat tensors, packed back to back."""
+
+    dtype: torch.dtype
+    device: torch.device
+    segments: List[Tuple[int, int, int]] = field(default_factory=list)
+    numel: int = 0
+
+    @property
+    def key(self):
+        return (self.device, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_buckets(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
+                 max_segments: int) -> List[Bucket]:
+    """Cut ``tensors`` into buckets of at most ``bucket_cap_bytes`` and ``max_segments`` pieces.
+
+    Buckets keep the tensors' order within each (device, dtype); a tensor larger than the cap
+    is split across buckets, so no bucket exceeds the cap (except that every bucket holds at
+    least one element). Empty tensors are skipped.
+    """
+    open_buckets: Dict[tuple, Bucket] = {}
+    done: List[Bucket] = []
+    for index, t in enumerate(tensors):
+        n = t.numel()
+        if n == 0:
+            continue
+        key = (t.device, t.dtype)
+        cap = max(1, bucket_cap_bytes // t.element_size())
+        first = 0
+        while first < n:
+            bucket = open_buckets.get(key)
+            if bucket is None:
+                bucket = open_buckets[key] = Bucket(t.dtype, t.device)
+            take = min(n - first, cap - bucket.numel)
+            bucket.segments.append((index, first, first + take))
+            bucket.numel += take
+            first += take
+            if bucket.numel >= cap or len(bucket.segments) >= max_segments:
+                done.append(open_buckets.pop(key))
+    done.extend(open_buckets.values())
+    return done
+
+
+class BucketAverager:
+    """Averages a fixed list of tensors in place over a process set.
+
+    Args:
+        tensors: the tensors to average (parameters, buffers); all of a supported dtype.
+        bucket_cap_bytes: the largest bucket.
+        max_in_flight: buckets reduced at once (their buffers are the extra memory).
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
+                 max_in_flight: int = 2):
+        self.tensors = list(tensors)
+        for t in self.tensors:
+            if t.dtype not in SUPPORTED_DTYPES:
+                raise ValueError(f"cannot average a tensor of dtype {t.dtype}")
+        ext = extension()
+        self._ext = ext
+        self.buckets = plan_buckets(self.tensors, bucket_cap_bytes, ext.MAX_TENSORS_PER_LAUNCH)
+        self.max_in_flight = max(1, int(max_in_flight))
+        self._largest: Dict[tuple, int] = {}
+        for b in self.buckets:
+            self._largest[b.key] = max(self._largest.get(b.key, 0), b.numel)
+        self._pool: Dict[tuple, List[torch.Tensor]] = collections.defaultdict(list)
+        self.nbytes = sum(b.nbytes for b in self.buckets)
+
+    def _segments(self, bucket: Bucket) -> List[torch.Tensor]:
+        views = []
+        for index, first, last in bucket.segments:
+            views.append(flat_view(self.tensors[index])[first:last])
+        return views
+
+    def _buffer(self, bucket: Bucket) -> torch.Tensor:
+        pool = self._pool[bucket.key]
+        base = pool.pop() if pool else torch.empty(
+            self._largest[bucket.key], dtype=bucket.dtype, device=bucket.device)
+        return base
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the buffer pool now (the extra memory of an averaging)."""
+        return sum(b.numel() * b.element_size() for bufs in self._pool.values() for b in bufs)
+
+    def average(self, process_set, size: int, tag: str) -> int:
+        """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced.
+
+        Horovod matches collectives by name across ranks, so names depend only on ``tag`` and
+        the bucket index, never on how many averagers a rank has created.
+        """
+        if size <= 1 or not self.buckets:
+            return 0
+        import horovod.torch as hvd
+
+        ext = self._ext
+        scale = 1.0 / size
+        pending = collections.deque()
+
+        def finish():
+            bucket, base, views, handle = pending.popleft()
+            hvd.synchronize(handle)
+            ext.unpack(base[: bucket.numel], views, scale)
+            self._pool[bucket.key].append(base)
+
+        with torch.no_grad():
+            for i, bucket in enumerate(self.buckets):
+                if len(pending) >= self.max_in_flight:
+                    finish()
+                base = self._buffer(bucket)
+                views = self._segments(bucket)
+                buf = base[: bucket.numel]
+                ext.pack(views, buf)
+                handle = hvd.allreduce_async_(buf, op=hvd.Sum, name=f"hvd_hier.{tag}.{i}",
+                                              process_set=process_set)
+                pending.append((bucket, base, views, handle))
+            while pending:
+                finish()
+        return self.nbytes

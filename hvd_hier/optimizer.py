@@ -1,0 +1,470 @@
+"""``hvd_hier.DistributedOptimizer``: Hier-AVG in place of ``hvd.DistributedOptimizer``."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import socket
+import sys
+import time
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+
+import horovod.torch as hvd
+from horovod.torch.compression import Compression
+from horovod.torch.mpi_ops import Adasum, Average, Sum, global_process_set
+from horovod.torch.optimizer import _DistributedOptimizer
+
+from .averaging import SUPPORTED_DTYPES, BucketAverager, flat_view
+from .schedule import HierSchedule, Reduction, check_int
+from .topology import LOCAL, build_topology, check_group_size, plan_groups
+
+__all__ = ["DistributedOptimizer"]
+
+_STATE_KEY = "hvd_hier"
+_STATS_KEYS = (
+    "local_averages", "global_averages", "bytes_local", "bytes_global",
+    "seconds_local", "seconds_global",
+)
+
+
+def _hostname() -> str:
+    # horovodrun gives each rank the host name it was placed on; it tells apart two names
+    # of one machine (e.g. localhost and 127.0.0.1) as two hosts, as Horovod itself does.
+    return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
+
+
+def _allgather_object(obj, process_set) -> list:
+    """Gather one picklable object from every rank of ``process_set`` (rank order)."""
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    sizes = hvd.allgather(torch.tensor([data.numel()], dtype=torch.int64),
+                          name="hvd_hier.config.sizes", process_set=process_set)
+    gathered = hvd.allgather(data, name="hvd_hier.config.data", process_set=process_set)
+    out, start = [], 0
+    for n in sizes.tolist():
+        out.append(pickle.loads(gathered[start:start + n].numpy().tobytes()))
+        start += n
+    return out
+
+
+def _describe(sig) -> str:
+    shape, dtype, stride, device = sig
+    return f"shape {tuple(shape)}, {dtype}, strides {tuple(stride)} on {device}"
+
+
+def _check_agreement(payloads: list, set_ranks: List[int], names: List[str]) -> None:
+    """Raise the same ValueError on every rank if the ranks' configurations differ."""
+    ref = payloads[0]
+    for rank, other in zip(set_ranks[1:], payloads[1:]):
+        for key, value in ref["config"].items():
+            if other["config"][key] != value:
+                raise ValueError(
+                    f"hvd_hier.DistributedOptimizer: ranks disagree on {key}: rank "
+                    f"{set_ranks[0]} has {value!r}, rank {rank} has {other['config'][key]!r}; "
+                    "every rank must pass the same arguments"
+                )
+        for what in ("params", "buffers"):
+            mine, theirs = ref[what], other[what]
+            if len(mine) != len(theirs):
+                raise ValueError(
+                    f"hvd_hier.DistributedOptimizer: ranks disagree on the {what}: rank "
+                    f"{set_ranks[0]} has {len(mine)} tensors, rank {rank} has {len(theirs)}"
+                )
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                if a != b:
+                    label = names[i] if what == "params" else f"buffer {i}"
+                    raise ValueError(
+                        f"hvd_hier.DistributedOptimizer: ranks disagree on {label}: rank "
+                        f"{set_ranks[0]} has {_describe(a)}, rank {rank} has {_describe(b)}; "
+                        "every rank must build the same model in the same order"
+                    )
+
+
+class _HierAvgOptimizer(torch.optim.Optimizer):
+    """Methods laid over Horovod's ``_DistributedOptimizer`` (see ``DistributedOptimizer``)."""
+
+    def __init__(self, params, named_parameters, compression, backward_passes_per_step, op,
+                 gradient_predivide_factor, groups, sparse_as_dense, process_set, hier):
+        # Horovod's constructor: validates named_parameters, registers the gradient hooks
+        # used during warmup (gated by _make_hook below).
+        self._hier = hier
+        _DistributedOptimizer.__init__(
+            self, params, named_parameters, compression, backward_passes_per_step, op,
+            gradient_predivide_factor, groups, sparse_as_dense, process_set)
+
+    # -- the schedule ---------------------------------------------------------------------
+    def _hier_next(self) -> Reduction:
+        return self._hier["schedule"].reduction_at(self._hier["t"] + 1)
+
+    def _hier_agree(self) -> None:
+        """At the first step: take the schedule position of the process set's first rank.
+
+        This makes the usual Horovod pattern (rank 0 loads a checkpoint, then broadcasts)
+        resume the schedule on every rank.
+        """
+        h = self._hier
+        if h["agreed"]:
+            return
+        topo = h["topology"]
+        if len(topo.set_ranks) > 1:
+            mine = torch.tensor([h["t"]], dtype=torch.int64)
+            root = hvd.broadcast(mine, root_rank=topo.set_ranks[0],
+                                 name="hvd_hier.schedule", process_set=topo.global_set)
+            t = int(root.item())
+            if t != h["t"] and h["t"] != 0:
+                warnings.warn(
+                    f"hvd_hier: this rank's schedule was at step {h['t']}, rank "
+                    f"{topo.set_ranks[0]}'s at step {t}; continuing from step {t}")
+            h["t"] = t
+        h["agreed"] = True
+
+    def _make_hook(self, p):
+        horovod_hook = _DistributedOptimizer._make_hook(self, p)
+
+        def hook(*args):
+            # Gradients are reduced only when the coming step is a warmup (synchronous) step.
+            h = self._hier
+            if h["agreed"] and self._hier_next() is Reduction.SYNC:
+                horovod_hook(*args)
+
+        return hook
+
+    def synchronize(self):
+        """Warmup: wait for the gradient allreduce (as Horovod). After warmup: nothing."""
+        self._hier_agree()
+        if self._hier_next() is Reduction.SYNC:
+            return _DistributedOptimizer.synchronize(self)
+        self._synchronized = True
+        return None
+
+    def _hier_spurious_step(self) -> bool:
+        """Whether ``hvd.broadcast_optimizer_state`` is calling step() to create state.
+
+        That call zeroes the gradients and steps once on each rank by itself: it must
+        neither advance the schedule nor start a collective.
+        """
+        target = hvd.broadcast_optimizer_state.__code__
+        frame = sys._getframe(2)
+        for _ in range(8):
+            if frame is None:
+                return False
+            if frame.f_code is target:
+                return True
+            frame = frame.f_back
+        return False
+
+    def step(self, closure=None):
+        base = self._hier["base"]
+        if self._hier_spurious_step():
+            return base.step(self, closure)
+        self._hier_agree()
+        h = self._hier
+        t = h["t"] + 1
+        reduction = h["schedule"].reduction_at(t)
+        if reduction is Reduction.SYNC:
+            loss = _DistributedOptimizer.step(self, closure)
+        else:
+            self._hier_check_grads()
+            self._synchronized = False
+            loss = base.step(self, closure)
+            if reduction is not Reduction.NONE:
+                self._hier_average(reduction)
+        h["t"] = t
+        return loss
+
+    def _hier_check_grads(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    if self.sparse_as_dense:
+                        p.grad = p.grad.to_dense()
+                        continue
+                    name = self._hier["names"].get(id(p), "a parameter")
+                    raise ValueError(
+                        f"hvd_hier.DistributedOptimizer: {name} has a sparse gradient, which "
+                        "the averaging phase does not take; pass sparse_as_dense=True (or use "
+                        "a dense embedding)")
+
+    def _hier_average(self, reduction: Reduction) -> None:
+        h = self._hier
+        topo = h["topology"]
+        stats = h["stats"]
+        start = time.perf_counter()
+        if reduction is Reduction.GLOBAL:
+            moved = h["averager"].average(topo.global_set, len(topo.set_ranks), "global")
+            stats["global_averages"] += 1
+            stats["bytes_global"] += moved
+            stats["seconds_global"] += time.perf_counter() - start
+        else:
+            moved = 0
+            if topo.local_set is not None:
+                moved = h["averager"].average(topo.local_set, topo.group_size, "local")
+            stats["local_averages"] += 1
+            stats["bytes_local"] += moved
+            stats["seconds_local"] += time.perf_counter() - start
+
+    def zero_grad(self, set_to_none: bool = True):
+        if self._handles:
+            raise AssertionError(
+                "optimizer.zero_grad() was called after loss.backward() but before "
+                "optimizer.step() or optimizer.synchronize(). This is prohibited as it can "
+                "cause a race condition.")
+        return self._hier["base"].zero_grad(self, set_to_none)
+
+    # -- introspection and checkpoints ----------------------------------------------------
+    def averaging_stats(self) -> Dict[str, object]:
+        """This rank's counters: steps taken and what the averagings did.
+
+        Keys: ``steps`` (calls of step(), the spurious one of broadcast_optimizer_state not
+        counted), ``sync_steps`` (warmup steps), ``local_averages``, ``global_averages``,
+        ``bytes_local`` and ``bytes_global`` (payload bytes reduced by this rank: the size of
+        the averaged tensors, not wire traffic; 0 for local averagings of a group of one),
+        ``seconds_local``, ``seconds_global`` (wall time in the averagings), ``group`` (this
+        rank's local group), ``group_size``, ``num_groups``.
+        """
+        h = self._hier
+        out = dict(h["stats"])
+        out["steps"] = h["t"]
+        out["sync_steps"] = min(h["t"], h["schedule"].warmup_steps)
+        out["group"] = list(h["topology"].group)
+        out["group_size"] = h["topology"].group_size
+        out["num_groups"] = len(h["topology"].groups)
+        return out
+
+    def _hier_config(self) -> Dict[str, object]:
+        s = self._hier["schedule"]
+        return {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
+                "warmup_steps": s.warmup_steps, "group_size": self._hier["group_size"]}
+
+    def state_dict(self):
+        sd = self._hier["base"].state_dict(self)
+        sd[_STATE_KEY] = {"step": self._hier["t"], "config": self._hier_config(),
+                          "stats": dict(self._hier["stats"])}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        saved = state_dict.pop(_STATE_KEY, None)
+        _DistributedOptimizer.load_state_dict(self, state_dict)
+        h = self._hier
+        if saved is None:
+            warnings.warn(
+                "hvd_hier: the optimizer state dict has no Hier-AVG schedule (it was saved by "
+                "a plain optimizer); the schedule starts again at step 0")
+            h["t"] = 0
+            h["stats"] = {k: type(v)(0) for k, v in h["stats"].items()}
+            return
+        if saved["config"] != self._hier_config():
+            warnings.warn(
+                f"hvd_hier: the checkpoint was saved with {saved['config']}, this optimizer "
+                f"has {self._hier_config()}; continuing from step {saved['step']} with the "
+                "new schedule")
+        h["t"] = int(saved["step"])
+        h["stats"].update({k: saved["stats"][k] for k in _STATS_KEYS if k in saved["stats"]})
+
+
+def DistributedOptimizer(optimizer, named_parameters=None, compression=Compression.none,
+                         backward_passes_per_step=1, op=Average, gradient_predivide_factor=1.0,
+                         num_groups=0, groups=None, sparse_as_dense=False,
+                         process_set=global_process_set, *, local_steps=4, local_rounds=4,
+                         group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0):
+    """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
+
+    A drop-in replacement for ``hvd.DistributedOptimizer``: same arguments, same use. Each
+    rank steps on its own gradients; every ``local_steps`` (K1) steps its local group
+    averages the model, and every ``local_steps * local_rounds`` (K1 * K2) steps all ranks
+    of ``process_set`` average it instead (Zhou & Cong, "A Distributed Hierarchical SGD
+    Algorithm with Sparse Global Reduction", 2019, https://arxiv.org/abs/1903.05133).
+
+    Let t count the calls of ``step()`` from 1. For ``t <= warmup_steps`` the step is
+    synchronous SGD exactly as ``hvd.DistributedOptimizer`` does it (gradients reduced with
+    ``op``, ``compression``, ``groups`` ..., overlapped with the backward pass). For
+    ``u = t - warmup_steps >= 1`` the wrapped optimizer steps on local gradients, then if
+    ``u % (K1*K2) == 0`` every parameter in ``param_groups`` (and the floating-point
+    ``buffers``) is averaged over ``process_set``; else if ``u % K1 == 0`` it is averaged
+    within the local group; else nothing. Optimizer state (momentum) stays local.
+
+    Special cases: K1 = K2 = 1 is synchronous SGD (for SGD, also with momentum and weight
+    decay, identical to ``hvd.DistributedOptimizer`` up to rounding); ``group_size=1`` is
+    K-AVG / local SGD with K = K1*K2; ``group_size`` = all ranks is K-AVG with K = K1.
+
+    Args:
+        optimizer: the optimizer to wrap (any ``torch.optim.Optimizer``); the returned
+            object is of a subclass of its class over the same ``param_groups``.
+        named_parameters, compression, backward_passes_per_step, op,
+        gradient_predivide_factor, num_groups, groups, sparse_as_dense: as in
+            ``hvd.DistributedOptimizer``; they govern the gradient reduction of the warmup
+            steps. ``op`` may be ``hvd.Average`` or ``hvd.Sum`` (Adasum is a different
+            algorithm and is refused). ``sparse_as_dense=True`` also densifies sparse
+            gradients before local steps, which otherwise raise an error.
+        process_set: the ranks that train together (default: all). The global reduction
+            spans it; the local groups partition it.
+        local_steps (int): K1 >= 1, local steps between two averagings. Default 4.
+        local_rounds (int): K2 >= 1, local averagings per global one. Default 4.
+        group_size (int or "local"): S, ranks per local group. An int makes contiguous
+            blocks of S ranks of ``process_set`` in rank order (S must divide its size);
+            ``"local"`` (default) groups the ranks of each host, as ``horovodrun`` placed
+            them (every host must have the same number).
+        warmup_steps (int): steps of synchronous SGD before averaging starts. Default 0.
+        buffers: optional iterable of tensors (e.g. ``model.buffers()``) averaged at the
+            same steps as the parameters; integer buffers (BatchNorm's step counter) are
+            left alone.
+        bucket_cap_mb (float): largest averaging bucket in MiB. Default 25.
+
+    Returns:
+        The wrapped optimizer. Besides the ``torch.optim.Optimizer`` API and Horovod's
+        ``synchronize()`` / ``skip_synchronize()``, it has ``averaging_stats()``; its
+        ``state_dict()`` carries the schedule position.
+
+    Example::
+
+        import torch
+        import horovod.torch as hvd
+        import hvd_hier
+
+        hvd.init()
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1 * hvd.size(), momentum=0.9)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        opt = hvd_hier.DistributedOptimizer(
+            opt, named_parameters=model.named_parameters(),
+            local_steps=4, local_rounds=8, warmup_steps=100, buffers=model.buffers())
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    .. warning ::
+        Between averagings the ranks' models differ. Evaluate or save the model right after
+        a global averaging (``averaging_stats()["global_averages"]`` just grew, or
+        ``t - warmup_steps`` a multiple of K1*K2) if every rank must hold the same model.
+
+    .. warning ::
+        Every rank must call ``step()`` the same number of times: the averagings are
+        collectives. The schedule position is taken from the first rank of ``process_set``
+        at the first ``step()``, so load a checkpoint before the first step (on that rank
+        or on all).
+    """
+    # ---- checks that need no other rank: raised on every rank before any collective ----
+    if not hvd.is_initialized():
+        raise RuntimeError(
+            "hvd_hier.DistributedOptimizer: Horovod is not initialised; call hvd.init() first")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "hvd_hier.DistributedOptimizer: optimizer must be a torch.optim.Optimizer, got "
+            f"{type(optimizer).__name__}")
+    schedule = HierSchedule(local_steps, local_rounds, warmup_steps)
+    if process_set is None or getattr(process_set, "process_set_id", None) is None:
+        raise ValueError(
+            f"process_set must be an initialised Horovod process set, got {process_set}")
+    set_ranks = list(range(hvd.size())) if process_set.process_set_id == 0 else list(
+        process_set.ranks)
+    if hvd.rank() not in set_ranks:
+        raise ValueError(
+            f"process_set {set_ranks} does not include this rank ({hvd.rank()}); create the "
+            "optimizer only on the ranks of process_set")
+    group_size = check_group_size(group_size, len(set_ranks))
+    if op == Adasum:
+        raise ValueError(
+            "op=hvd.Adasum is not supported by hvd_hier.DistributedOptimizer (Adasum combines "
+            "gradients, Hier-AVG averages models); use op=hvd.Average or hvd.Sum")
+    if op not in (Average, Sum):
+        raise ValueError(f"op must be hvd.Average or hvd.Sum, got {op!r}")
+    backward_passes_per_step = check_int("backward_passes_per_step", backward_passes_per_step, 1)
+    if isinstance(gradient_predivide_factor, bool) or not isinstance(
+            gradient_predivide_factor, (int, float)) or not gradient_predivide_factor > 0:
+        raise ValueError(
+            f"gradient_predivide_factor must be a number > 0, got {gradient_predivide_factor!r}")
+    if gradient_predivide_factor != 1.0 and op != Average:
+        raise ValueError(
+            f"gradient_predivide_factor={gradient_predivide_factor} needs op=hvd.Average")
+    num_groups = check_int("num_groups", num_groups, 0)
+    if num_groups:
+        warnings.warn("num_groups is deprecated in Horovod; use groups", DeprecationWarning)
+        if groups is None:
+            groups = num_groups
+    if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or \
+            not math.isfinite(bucket_cap_mb) or bucket_cap_mb <= 0:
+        raise ValueError(f"bucket_cap_mb must be a number > 0, got {bucket_cap_mb!r}")
+    if named_parameters is not None:
+        named_parameters = list(named_parameters)
+
+    names_by_id = {}
+    if named_parameters:
+        names_by_id = {id(p): n for n, p in named_parameters if isinstance(n, str)}
+    params, names = [], []
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            params.append(p)
+            name = names_by_id.get(id(p))
+            names.append(repr(name) if name is not None else f"param_groups[{gi}]['params'][{pi}]")
+    buffer_list = []
+    if buffers is not None:
+        if isinstance(buffers, torch.Tensor):
+            raise TypeError("buffers must be an iterable of tensors, such as model.buffers()")
+        buffer_list = [b for b in buffers if b.is_floating_point()]
+    devices = {t.device for t in params + buffer_list}
+    if len(devices) > 1:
+        first = {}
+        for n, t in zip(names + [f"buffer {i}" for i in range(len(buffer_list))],
+                        params + buffer_list):
+            first.setdefault(str(t.device), n)
+        where = ", ".join(f"{n} on {d}" for d, n in first.items())
+        raise ValueError(
+            "hvd_hier.DistributedOptimizer: parameters and buffers must be on one device, "
+            f"got {where}")
+    for name, t in zip(names + [f"buffer {i}" for i in range(len(buffer_list))],
+                       params + buffer_list):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"hvd_hier.DistributedOptimizer: {name} has dtype {t.dtype}; averaging "
+                "supports float32, float64, float16 and bfloat16")
+        try:
+            flat_view(t)
+        except ValueError as exc:
+            raise ValueError(f"hvd_hier.DistributedOptimizer: {name}: {exc}") from None
+    if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
+        warnings.warn(
+            "hvd_hier.DistributedOptimizer with local_steps=1 and local_rounds=1 averages the "
+            "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
+            "does faster by overlapping the gradient reduction with the backward pass")
+
+    # ---- one allgather: every rank checks that all ranks agree, and learns the hosts ----
+    def signature(t):
+        return (tuple(t.shape), str(t.dtype), tuple(t.stride()), t.device.type)
+
+    config = {"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
+              "warmup_steps": schedule.warmup_steps, "group_size": group_size,
+              "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
+              "backward_passes_per_step": backward_passes_per_step,
+              "sparse_as_dense": bool(sparse_as_dense), "process_set": set_ranks}
+    payload = {"config": config, "params": [signature(p) for p in params],
+               "buffers": [signature(b) for b in buffer_list], "host": _hostname()}
+    payloads = _allgather_object(payload, process_set) if len(set_ranks) > 1 else [payload]
+    _check_agreement(payloads, set_ranks, names)
+    groups_of_ranks = plan_groups(set_ranks, group_size, [p["host"] for p in payloads])
+
+    # ---- process sets (every rank, same order), then the optimizer itself ----
+    topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank())
+    averager = BucketAverager(params + buffer_list, int(bucket_cap_mb * 2**20))
+    base = optimizer.__class__
+    hier = {
+        "schedule": schedule, "group_size": group_size, "topology": topology,
+        "averager": averager, "base": base, "t": 0, "agreed": len(set_ranks) == 1,
+        "names": {id(p): n for p, n in zip(params, names)},
+        "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
+                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0},
+    }
+    namespace = dict(_DistributedOptimizer.__dict__)
+    namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()
+                      if k not in ("__dict__", "__weakref__")})
+    namespace["__module__"] = __name__
+    namespace["__doc__"] = base.__doc__
+    cls = type(base.__name__, (base,), namespace)
+    return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
+               op, gradient_predivide_factor, groups, sparse_as_dense, process_set, hier)

@@ -1,0 +1,143 @@
+"""Local groups: which ranks average together, and the Horovod process sets that do it.
+
+``plan_groups`` is pure (testable without processes); ``process_set_for`` and
+``build_topology`` talk to Horovod.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from .schedule import check_int
+
+__all__ = ["check_group_size", "plan_groups", "Topology", "build_topology", "process_set_for"]
+
+LOCAL = "local"
+
+
+def check_group_size(group_size, set_size: int):
+    """Validate ``group_size`` against a process set of ``set_size`` ranks.
+
+    Returns ``"local"`` or the group size as an int; raises ``ValueError`` naming the value.
+    """
+    if isinstance(group_size, str):
+        if group_size != LOCAL:
+            raise ValueError(
+                f"group_size must be an integer >= 1 or 'local', got {group_size!r}"
+            )
+        return LOCAL
+    if isinstance(group_size, bool):
+        raise ValueError(f"group_size must be an integer >= 1 or 'local', got {group_size!r}")
+    try:
+        size = check_int("group_size", group_size, 1)
+    except ValueError:
+        raise ValueError(
+            f"group_size must be an integer >= 1 or 'local', got {group_size!r}"
+        ) from None
+    if size > set_size:
+        raise ValueError(
+            f"group_size={size} is larger than process_set, which has {set_size} ranks"
+        )
+    if set_size % size != 0:
+        raise ValueError(
+            f"group_size={size} does not divide the {set_size} ranks of process_set; "
+            f"pick a divisor of {set_size} or group_size='local'"
+        )
+    return size
+
+
+def plan_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[str]] = None):
+    """Split ``ranks`` (a process set's global ranks, in order) into local groups.
+
+    An integer ``group_size`` makes contiguous blocks of that many ranks, in rank order.
+    ``"local"`` puts the ranks that share a host together (``hostnames[i]`` is the host of
+    ``ranks[i]``), in order of first appearance; every host must hold the same number of
+    ranks.
+    """
+    ranks = list(ranks)
+    size = check_group_size(group_size, len(ranks))
+    if size != LOCAL:
+        return [ranks[i : i + size] for i in range(0, len(ranks), size)]
+    if hostnames is None or len(hostnames) != len(ranks):
+        raise ValueError("group_size='local' needs the host name of every rank")
+    by_host: "OrderedDict[str, List[int]]" = OrderedDict()
+    for rank, host in zip(ranks, hostnames):
+        by_host.setdefault(host, []).append(rank)
+    counts = {host: len(members) for host, members in by_host.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(
+            "group_size='local' needs the same number of ranks on every host, got "
+            f"{counts}; pass an integer group_size that divides {len(ranks)}"
+        )
+    return list(by_host.values())
+
+
+def _horovod_sets():
+    """Horovod's table of process sets: {tuple(ranks): id}."""
+    from horovod.torch import mpi_ops
+
+    table = mpi_ops._basics._get_process_set_ids_and_ranks()
+    return {tuple(ranks): ps_id for ps_id, ranks in table.items()}
+
+
+_DYNAMIC_HINT = (
+    "hvd_hier builds its local groups as Horovod process sets, which needs dynamic process "
+    "sets. Import hvd_hier before calling hvd.init() (it then enables them), or call "
+    "hvd.init(process_sets='dynamic'), or set HOROVOD_DYNAMIC_PROCESS_SETS=1 in the "
+    "environment of every rank."
+)
+
+
+def process_set_for(ranks: Sequence[int]):
+    """The Horovod process set of exactly ``ranks``: the existing one, or a new one.
+
+    Must be called by every rank, in the same order, for the same ranks (Horovod's rule for
+    adding process sets).
+    """
+    import horovod.torch as hvd
+
+    ranks = tuple(sorted(ranks))
+    existing = _horovod_sets()
+    if ranks in existing:
+        if existing[ranks] == 0:
+            return hvd.global_process_set
+        ps = hvd.ProcessSet(list(ranks))
+        ps.process_set_id = existing[ranks]
+        return ps
+    try:
+        return hvd.add_process_set(list(ranks))
+    except ValueError as exc:
+        if "HOROVOD_DYNAMIC_PROCESS_SETS" in str(exc):
+            raise RuntimeError(_DYNAMIC_HINT) from exc
+        raise
+
+
+@dataclass
+class Topology:
+    """The groups of one optimizer and this rank's place in them."""
+
+    set_ranks: List[int]  #: global ranks of the optimizer's process set
+    groups: List[List[int]]  #: the local groups, each a list of global ranks
+    group: List[int]  #: this rank's group
+    global_set: object  #: process set of the global reduction
+    local_set: object  #: process set of this rank's group (None when the group is 1 rank)
+
+    @property
+    def group_size(self) -> int:
+        return len(self.group)
+
+
+def build_topology(set_ranks, groups, process_set, rank: int) -> Topology:
+    """Create (or find) the process sets of ``groups``; every rank calls it identically."""
+    local_set = None
+    my_group = next(g for g in groups if rank in g)
+    if len(groups) == 1:
+        local_set = process_set  # one group: the local reduction is over the whole set
+    elif len(my_group) > 1:
+        for g in groups:  # every rank adds every group, in the same order
+            ps = process_set_for(g)
+            if g is my_group:
+                local_set = ps
+    return Topology(list(set_ranks), [list(g) for g in groups], list(my_group), process_set, local_set)

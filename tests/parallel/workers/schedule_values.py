@@ -1,0 +1,106 @@
+"""Parameters at every step equal the independent reference, for many (K1, K2, S, warmup).
+
+Values are small dyadic rationals and groups have 1, 2 or 4 ranks, so every average is exact
+in float32 and float64 and the comparison is exact equality.
+"""
+
+import numpy as np
+import torch
+
+import horovod.torch as hvd
+import hvd_hier
+from common import expect_warning, init, main, report
+from reference import simulate_sgd
+
+CONFIGS = [
+    # (K1, K2, S, warmup)
+    (1, 1, 4, 0),  # synchronous SGD by averaging
+    (2, 2, 2, 0),
+    (2, 3, 2, 3),
+    (3, 2, 1, 0),  # S=1: K-AVG with K=6
+    (2, 2, 4, 0),  # S=P: K-AVG with K=2
+    (1, 4, 2, 2),
+    (4, 1, 2, 1),  # K2=1: every averaging is global
+    (2, 2, "local", 1),
+]
+SIZES = {"a": (3, 5), "b": (37,), "c": (2, 2)}  # 'c' is float64
+LR = 0.25
+
+
+def init_values(rank):
+    return {name: (rank + 1) + 0.25 * np.arange(int(np.prod(shape))).reshape(shape) % 4
+            for name, shape in SIZES.items()}
+
+
+def grad_values(rank, t):
+    return {name: (rank + 1) * (t % 3 + 1) + 0.5 * (np.arange(int(np.prod(shape))) % 4).reshape(shape)
+            for name, shape in SIZES.items()}
+
+
+class Model(torch.nn.Module):
+    def __init__(self, rank):
+        super().__init__()
+        values = init_values(rank)
+        self.a = torch.nn.Parameter(torch.tensor(values["a"], dtype=torch.float32))
+        self.b = torch.nn.Parameter(torch.tensor(values["b"], dtype=torch.float32))
+        self.c = torch.nn.Parameter(torch.tensor(values["c"], dtype=torch.float64))
+
+    def loss(self, rank, t):
+        g = grad_values(rank, t)
+        return ((self.a * torch.tensor(g["a"], dtype=torch.float32)).sum()
+                + (self.b * torch.tensor(g["b"], dtype=torch.float32)).sum()
+                + (self.c * torch.tensor(g["c"], dtype=torch.float64)).sum())
+
+
+def flat(values):
+    return np.concatenate([np.asarray(values[n], dtype=np.float64).ravel() for n in SIZES])
+
+
+def run_config(rank, size, k1, k2, s, warmup):
+    model = Model(rank)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    kwargs = dict(named_parameters=model.named_parameters(), local_steps=k1, local_rounds=k2,
+                  group_size=s, warmup_steps=warmup,
+                  bucket_cap_mb=64 / 2**20)  # 64-byte buckets: tensors split across buckets
+    if k1 == 1 and k2 == 1 and warmup == 0:
+        opt = expect_warning("that is synchronous SGD", hvd_hier.DistributedOptimizer, opt, **kwargs)
+    else:
+        opt = hvd_hier.DistributedOptimizer(opt, **kwargs)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    assert opt.averaging_stats()["steps"] == 0
+
+    group_len = size if s == "local" else s  # horovodrun -H localhost:4: one host
+    groups = [list(range(i, i + group_len)) for i in range(0, size, group_len)]
+    assert opt.averaging_stats()["group"] == next(g for g in groups if rank in g)
+    steps = warmup + 2 * k1 * k2 + 1
+    expected = simulate_sgd([flat(init_values(r)) for r in range(size)], lambda r, t: flat(grad_values(r, t)),
+                            LR, groups, k1, k2, warmup, steps)
+    schedule = hvd_hier.HierSchedule(k1, k2, warmup)
+    for t in range(1, steps + 1):
+        opt.zero_grad()
+        model.loss(rank, t).backward()
+        opt.step()
+        got = np.concatenate([p.detach().double().numpy().ravel() for p in (model.a, model.b, model.c)])
+        want = expected[t - 1][rank]
+        assert np.array_equal(got, want), (
+            f"K1={k1} K2={k2} S={s} W={warmup}: step {t} ({schedule.reduction_at(t).value}) "
+            f"rank {rank}\n got  {got}\n want {want}")
+        stats = opt.averaging_stats()
+        counts = schedule.counts_through(t)
+        assert (stats["steps"], stats["sync_steps"], stats["local_averages"], stats["global_averages"]) == (
+            t, counts["sync"], counts["local"], counts["global"]), (t, stats, counts)
+        nbytes = 15 * 4 + 37 * 4 + 4 * 8
+        assert stats["bytes_global"] == counts["global"] * nbytes, stats
+        assert stats["bytes_local"] == (counts["local"] * nbytes if group_len > 1 else 0), stats
+    report(f"schedule K1={k1} K2={k2} S={s} W={warmup}")
+
+
+def run():
+    rank, size = init()
+    assert size == 4
+    for config in CONFIGS:
+        run_config(rank, size, *config)
+
+
+if __name__ == "__main__":
+    main(run)
