@@ -1,0 +1,60 @@
+"""Multi-process tests: each runs a worker under `horovodrun --gloo` with a hard timeout and
+checks that every rank passed every section."""
+
+import pytest
+
+from harness import horovodrun, passed_lines
+
+pytestmark = pytest.mark.parallel
+
+
+def assert_all_ranks(out, sections, np=4):
+    seen = passed_lines(out)
+    for name in sections:
+        assert seen.get(name) == set(range(np)), f"section {name!r} passed on {seen.get(name)}:\n{out[-4000:]}"
+
+
+def test_parameters_follow_the_schedule_exactly():
+    out = horovodrun("schedule_values.py", timeout=300)
+    assert_all_ranks(out, [
+        "schedule K1=1 K2=1 S=4 W=0", "schedule K1=2 K2=2 S=2 W=0", "schedule K1=2 K2=3 S=2 W=3",
+        "schedule K1=3 K2=2 S=1 W=0", "schedule K1=2 K2=2 S=4 W=0", "schedule K1=1 K2=4 S=2 W=2",
+        "schedule K1=4 K2=1 S=2 W=1", "schedule K1=2 K2=2 S=local W=1"])
+
+
+def test_special_cases_match_references():
+    out = horovodrun("equivalence.py", timeout=300)
+    assert_all_ranks(out, [
+        "K1=K2=1 is synchronous SGD", "synchronize and skip_synchronize in warmup",
+        "synchronize is harmless after warmup", "S=1 is K-AVG with K=K1*K2", "S=P is K-AVG with K=K1"])
+
+
+def test_state_dict_resume():
+    out = horovodrun("checkpoint.py", timeout=300)
+    assert_all_ranks(out, [
+        "resume at step 1, every rank loads its own checkpoint",
+        "resume at step 7, every rank loads its own checkpoint",
+        "resume at step 10, every rank loads its own checkpoint",
+        "rank 0 loads, the schedule follows on every rank", "plain state dicts"])
+
+
+def test_bad_inputs_raise_everywhere_and_nothing_hangs():
+    out = horovodrun("bad_inputs.py", timeout=300)
+    assert_all_ranks(out, [
+        "argument errors", "type errors", "tensor errors", "process_set membership",
+        "rank disagreement", "sparse gradients", "still in step"])
+
+
+def test_local_groups_follow_hosts():
+    out = horovodrun("hosts.py", hosts="localhost:2,127.0.0.1:2")
+    assert_all_ranks(out, ["groups follow hosts"])
+
+
+def test_local_groups_need_even_hosts():
+    out = horovodrun("hosts.py", "uneven", hosts="localhost:3,127.0.0.1:1")
+    assert_all_ranks(out, ["uneven hosts"])
+
+
+def test_without_dynamic_process_sets_the_error_says_what_to_do():
+    out = horovodrun("init_order.py", env={"HOROVOD_DYNAMIC_PROCESS_SETS": "0"})
+    assert_all_ranks(out, ["dynamic process sets off"])

@@ -1,0 +1,121 @@
+"""state_dict() carries the schedule: a run resumed from a checkpoint taken mid-cycle (or in
+warmup) averages at the same steps and ends with the same parameters as an uninterrupted run,
+whether every rank loads the checkpoint or rank 0 loads it and broadcasts."""
+
+import copy
+
+import torch
+
+import horovod.torch as hvd
+import hvd_hier
+from common import expect_warning, init, main, report
+
+K1, K2, S, W = 2, 3, 2, 2
+STEPS = 20
+
+
+def make(rank):
+    model = torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.arange(15.0).reshape(3, 5) / 8 + rank)
+        model.bias.fill_(rank / 4)
+    opt = hvd_hier.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1 / 64, momentum=0.5),
+        named_parameters=model.named_parameters(), local_steps=K1, local_rounds=K2,
+        group_size=S, warmup_steps=W)
+    return model, opt
+
+
+def step(model, opt, rank, t):
+    x = torch.full((2, 5), (rank + 1) * (t % 4 + 1) / 16)
+    opt.zero_grad()
+    model(x).pow(2).sum().backward()
+    opt.step()
+
+
+def counts(opt):
+    s = opt.averaging_stats()
+    return {k: s[k] for k in ("steps", "sync_steps", "local_averages", "global_averages",
+                              "bytes_local", "bytes_global")}
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def run():
+    rank, size = init()
+
+    model, opt = make(rank)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    full, snapshots = [], {}
+    for t in range(1, STEPS + 1):
+        step(model, opt, rank, t)
+        full.append(params(model))
+        snapshots[t] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    final_counts = counts(opt)
+
+    # Every rank loads its own checkpoint (between global averagings the ranks' models and
+    # momentum differ, so each must save its own). t=1: in warmup; t=7: u=5, in the middle of
+    # a K1 cycle and of a K2 cycle; t=10: u=8, right after a local averaging.
+    for save_at in (1, 7, 10):
+        model, opt = make(rank)
+        model.load_state_dict(snapshots[save_at][0])
+        opt.load_state_dict(copy.deepcopy(snapshots[save_at][1]))  # torch keeps the tensors
+        for t in range(save_at + 1, STEPS + 1):
+            step(model, opt, rank, t)
+            for i, (a, b) in enumerate(zip(params(model), full[t - 1])):
+                assert torch.equal(a, b), f"resumed at {save_at}: step {t}, parameter {i} differs"
+        assert counts(opt) == final_counts, (counts(opt), final_counts)
+        report(f"resume at step {save_at}, every rank loads its own checkpoint")
+
+    # Horovod's pattern: rank 0 loads, then broadcasts. The other ranks take the schedule
+    # position from rank 0 at the first step. In warmup the models and momentum are the same
+    # on every rank, so the resumed run is exact.
+    model, opt = make(rank)
+    if rank == 0:
+        model.load_state_dict(snapshots[1][0])
+        opt.load_state_dict(copy.deepcopy(snapshots[1][1]))  # torch keeps the tensors
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    for t in range(2, STEPS + 1):
+        step(model, opt, rank, t)
+        for i, (a, b) in enumerate(zip(params(model), full[t - 1])):
+            assert torch.equal(a, b), f"rank 0 loaded step 1: step {t}, parameter {i} differs"
+    assert opt.averaging_stats()["steps"] == STEPS
+    # After warmup, rank 0's checkpoint moves every rank's schedule: averagings fall on the
+    # same steps (t = 14 and 20 global).
+    model, opt = make(rank)
+    if rank == 0:
+        model.load_state_dict(snapshots[8][0])
+        opt.load_state_dict(copy.deepcopy(snapshots[8][1]))  # torch keeps the tensors
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    for t in range(9, STEPS + 1):
+        step(model, opt, rank, t)
+    stats = opt.averaging_stats()
+    assert stats["steps"] == STEPS, stats
+    schedule = hvd_hier.HierSchedule(K1, K2, W)
+    assert stats["global_averages"] - (rank == 0) * snapshots[8][1]["hvd_hier"]["stats"][
+        "global_averages"] == schedule.counts_through(STEPS)["global"] - schedule.counts_through(8)["global"]
+    w = hvd.allgather(model.weight.detach()[None], name="checkpoint.final")
+    assert all(torch.equal(w[0], w[i]) for i in range(size))
+    report("rank 0 loads, the schedule follows on every rank")
+
+    # A plain optimizer's state dict: a warning, and the schedule starts again at 0.
+    model, opt = make(rank)
+    plain = torch.optim.SGD(model.parameters(), lr=1 / 64, momentum=0.5)
+    expect_warning("has no Hier-AVG schedule", opt.load_state_dict, plain.state_dict())
+    assert opt.averaging_stats()["steps"] == 0
+    sd = opt.state_dict()
+    assert sd["hvd_hier"]["step"] == 0 and sd["hvd_hier"]["config"] == {
+        "local_steps": K1, "local_rounds": K2, "warmup_steps": W, "group_size": S}
+    # ... and the wrapped state dict loads into a plain optimizer.
+    plain.load_state_dict(snapshots[7][1])
+    assert plain.state_dict()["param_groups"][0]["lr"] == 1 / 64
+    report("plain state dicts")
+
+
+if __name__ == "__main__":
+    main(run)
