@@ -5,14 +5,24 @@
 
 namespace {
 
+// Argument errors reach Python as ValueError with the message alone (no C++ backtrace).
+int64_t copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, double scale,
+             int64_t offset, hvd_hier::Direction dir) {
+  try {
+    return hvd_hier::fused_copy(tensors, bucket, offset, scale, dir);
+  } catch (const c10::Error& e) {
+    throw pybind11::value_error(e.msg());
+  }
+}
+
 int64_t pack(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, double scale,
              int64_t offset) {
-  return hvd_hier::fused_copy(tensors, bucket, offset, scale, hvd_hier::Direction::kPack);
+  return copy(tensors, bucket, scale, offset, hvd_hier::Direction::kPack);
 }
 
 int64_t unpack(const at::Tensor& bucket, const std::vector<at::Tensor>& tensors, double scale,
                int64_t offset) {
-  return hvd_hier::fused_copy(tensors, bucket, offset, scale, hvd_hier::Direction::kUnpack);
+  return copy(tensors, bucket, scale, offset, hvd_hier::Direction::kUnpack);
 }
 
 }  // namespace

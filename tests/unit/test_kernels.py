@@ -1,0 +1,111 @@
+"""The fused pack/unpack kernels against a pure-PyTorch reference (torch.cat, scale, split)."""
+
+import pytest
+import torch
+
+from hvd_hier._ext import extension
+
+C = extension()
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Sizes around vector widths (4, 8, 16 lanes), the CPU chunk (32768) and a CUDA block (4096).
+SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, 4095, 4096, 4097, 32767, 32768, 32769, 100_003]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and C.built_with_cuda() else [])
+
+
+def ref_pack(tensors, bucket_dtype, scale):
+    if not tensors:
+        return torch.empty(0, dtype=bucket_dtype)
+    acc = torch.float64 if torch.float64 in (bucket_dtype, tensors[0].dtype) else torch.float32
+    flat = torch.cat([t.reshape(-1).to(acc) for t in tensors])
+    return (flat * scale if scale != 1.0 else flat).to(bucket_dtype)
+
+
+def ref_unpack(bucket, tensors, scale):
+    acc = torch.float64 if torch.float64 in (bucket.dtype, tensors[0].dtype) else torch.float32
+    flat = bucket.to(acc)
+    flat = flat * scale if scale != 1.0 else flat
+    parts = torch.split(flat, [t.numel() for t in tensors])
+    return [p.reshape(t.shape).to(t.dtype) for p, t in zip(parts, tensors)]
+
+
+def make(sizes, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g, dtype=torch.float64).to(dtype).to(device) for n in sizes]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bucket_dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 0.25, 1 / 3])
+def test_pack_and_unpack_match_reference(device, dtype, bucket_dtype, scale):
+    tensors = make(SIZES, dtype, device)
+    total = sum(SIZES)
+    bucket = torch.full((total + 5,), -7.0, dtype=bucket_dtype, device=device)
+    assert C.pack(tensors, bucket, scale, 5) == total
+    expected = ref_pack([t.cpu() for t in tensors], bucket_dtype, scale)
+    assert torch.equal(bucket[5:].cpu(), expected)
+    assert torch.equal(bucket[:5].cpu(), torch.full((5,), -7.0, dtype=bucket_dtype))  # untouched
+
+    outs = [torch.empty_like(t) for t in tensors]
+    assert C.unpack(bucket, outs, scale, 5) == total
+    for got, want in zip(outs, ref_unpack(bucket[5:].cpu(), [t.cpu() for t in tensors], scale)):
+        assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_plain_round_trip_is_exact(device):
+    tensors = make([5, 0, 1, 33000, 9], torch.float32, device)
+    shapes = [torch.randn(5), torch.randn(0), torch.randn(1), torch.randn(33000), torch.randn(9)]
+    tensors = [t.reshape(s.shape) for t, s in zip(tensors, shapes)]
+    bucket = torch.empty(sum(t.numel() for t in tensors), device=device)
+    C.pack(tensors, bucket)
+    outs = [torch.zeros_like(t) for t in tensors]
+    C.unpack(bucket, outs)
+    assert all(torch.equal(a, b) for a, b in zip(outs, tensors))
+
+
+def test_more_tensors_than_one_table():
+    n = C.MAX_TENSORS_PER_LAUNCH * 2 + 7
+    tensors = make([(i % 5) + 1 for i in range(n)], torch.float32, "cpu")
+    bucket = torch.empty(sum(t.numel() for t in tensors))
+    C.pack(tensors, bucket, 2.0)
+    assert torch.equal(bucket, ref_pack(tensors, torch.float32, 2.0))
+    outs = [torch.empty_like(t) for t in tensors]
+    C.unpack(bucket, outs, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(outs, tensors))
+
+
+def test_multidimensional_and_empty_lists():
+    tensors = [torch.randn(3, 4, 5), torch.randn(2, 1), torch.randn(1, 1, 1)]
+    bucket = torch.empty(63)
+    C.pack(tensors, bucket)
+    assert torch.equal(bucket, torch.cat([t.flatten() for t in tensors]))
+    assert C.pack([], bucket) == 0
+    assert C.unpack(bucket, []) == 0
+
+
+def expect(message, fn, *args):
+    with pytest.raises(ValueError) as info:
+        fn(*args)
+    assert str(info.value) == message
+
+
+def test_errors_name_the_problem():
+    bucket = torch.empty(10)
+    t = torch.randn(4, 4)
+    expect("pack: tensors[1] (shape [4, 2]) is not contiguous; pass t.contiguous() and copy back, "
+           "or make it contiguous", C.pack, [torch.randn(2), t[:, ::2]], torch.empty(20))
+    expect("pack: tensors[1] has dtype Double but tensors[0] has Float; use one bucket per dtype",
+           C.pack, [torch.randn(2), torch.randn(2, dtype=torch.float64)], bucket)
+    expect("unpack: the tensors hold 16 elements, which do not fit in the bucket's 10 from offset 0",
+           C.unpack, bucket, [t])
+    expect("pack: the tensors hold 4 elements, which do not fit in the bucket's 10 from offset 8",
+           C.pack, [torch.randn(4)], bucket, 1.0, 8)
+    expect("pack: tensors[0] dtype Int is not supported (float32, float64, float16, bfloat16)",
+           C.pack, [torch.zeros(2, dtype=torch.int32)], bucket)
+    expect("pack: bucket dtype Long is not supported (float32, float64, float16, bfloat16)",
+           C.pack, [], torch.zeros(2, dtype=torch.int64))
+    expect("pack: bucket must be contiguous", C.pack, [torch.randn(2)], torch.empty(10)[::2])
+    expect("pack: offset must be >= 0, got -1", C.pack, [torch.randn(2)], bucket, 1.0, -1)
+    expect("pack: bucket device meta is not supported (cpu, cuda)", C.pack, [], torch.empty(2, device="meta"))
+    expect("pack: tensors[0] is on meta but the bucket is on cpu", C.pack, [torch.empty(2, device="meta")], bucket)

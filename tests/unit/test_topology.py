@@ -1,0 +1,37 @@
+import pytest
+
+from hvd_hier import plan_groups
+
+
+def test_integer_groups_are_contiguous_blocks_in_rank_order():
+    assert plan_groups([0, 1, 2, 3, 4, 5], 2) == [[0, 1], [2, 3], [4, 5]]
+    assert plan_groups([0, 1, 2, 3, 4, 5], 3) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_groups([0, 1, 2, 3], 1) == [[0], [1], [2], [3]]
+    assert plan_groups([0, 1, 2, 3], 4) == [[0, 1, 2, 3]]
+    # a process set's ranks need not start at 0 or be contiguous
+    assert plan_groups([1, 3, 5, 7], 2) == [[1, 3], [5, 7]]
+
+
+def test_local_groups_follow_hosts_in_order_of_appearance():
+    hosts = ["b", "b", "a", "a", "c", "c"]
+    assert plan_groups(list(range(6)), "local", hosts) == [[0, 1], [2, 3], [4, 5]]
+    interleaved = ["x", "y", "x", "y"]
+    assert plan_groups([0, 1, 2, 3], "local", interleaved) == [[0, 2], [1, 3]]
+    assert plan_groups([0, 1], "local", ["h", "h"]) == [[0, 1]]
+
+
+@pytest.mark.parametrize("ranks,size,hosts,message", [
+    ([0, 1, 2, 3], 3, None, "group_size=3 does not divide the 4 ranks of process_set; pick a divisor of 4 or group_size='local'"),
+    ([0, 1, 2, 3], 5, None, "group_size=5 is larger than process_set, which has 4 ranks"),
+    ([0, 1, 2, 3], 0, None, "group_size must be an integer >= 1 or 'local', got 0"),
+    ([0, 1, 2, 3], -2, None, "group_size must be an integer >= 1 or 'local', got -2"),
+    ([0, 1, 2, 3], "node", None, "group_size must be an integer >= 1 or 'local', got 'node'"),
+    ([0, 1, 2, 3], 2.0, None, "group_size must be an integer >= 1 or 'local', got 2.0"),
+    ([0, 1, 2, 3], True, None, "group_size must be an integer >= 1 or 'local', got True"),
+    ([0, 1, 2, 3], "local", ["a", "a", "a", "b"],
+     "group_size='local' needs the same number of ranks on every host, got {'a': 3, 'b': 1}; pass an integer group_size that divides 4"),
+])
+def test_bad_group_sizes(ranks, size, hosts, message):
+    with pytest.raises(ValueError) as info:
+        plan_groups(ranks, size, hosts)
+    assert str(info.value) == message
