@@ -11,14 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc=0):
-    """Run tests/parallel/workers/<worker> on `np` ranks; return its combined output.
+    """Run tests/parallel/workers/<worker> (or a script path) on `np` ranks; return the output.
 
     Fails the test (with the output) when the exit code differs from `expect_rc` or the run
     exceeds `timeout` seconds, killing the whole process group so nothing is left hanging.
     """
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun_bin), "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo",
-           sys.executable, str(WORKERS / worker), *map(str, args)]
+           sys.executable, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
     run_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
                     "PYTHONUNBUFFERED": "1"})

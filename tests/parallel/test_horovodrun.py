@@ -1,6 +1,8 @@
 """Multi-process tests: each runs a worker under `horovodrun --gloo` with a hard timeout and
 checks that every rank passed every section."""
 
+import json
+
 import pytest
 
 from harness import horovodrun, passed_lines
@@ -58,3 +60,17 @@ def test_local_groups_need_even_hosts():
 def test_without_dynamic_process_sets_the_error_says_what_to_do():
     out = horovodrun("init_order.py", env={"HOROVOD_DYNAMIC_PROCESS_SETS": "0"})
     assert_all_ranks(out, ["dynamic process sets off"])
+
+
+def test_example_trains_on_digits(tmp_path):
+    out_json = tmp_path / "results.json"
+    from harness import ROOT as root
+    out = horovodrun(root / "examples" / "train.py", "--dataset", "digits", "--algo", "hier",
+                     "--local-steps", "2", "--local-rounds", "4", "--group-size", "2",
+                     "--epochs", "4", "--out", out_json, timeout=300)
+    results = json.loads(out_json.read_text())
+    last = results["epochs"][-1]
+    assert "epoch   4" in out
+    assert last["test_accuracy"] > 0.85, results
+    # 22 steps per epoch, 88 steps: 88 // 2 = 44 averagings, 88 // 8 = 11 of them global
+    assert (last["local_averages"], last["global_averages"]) == (33, 11), last
