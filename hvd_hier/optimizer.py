@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickle
@@ -39,15 +38,19 @@ def _hostname() -> str:
 
 
 def _allgather_object(obj, process_set) -> list:
-    """Gather one picklable object from every rank of ``process_set`` (rank order)."""
-    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-    sizes = hvd.allgather(torch.tensor([data.numel()], dtype=torch.int64),
-                          name="hvd_hier.config.sizes", process_set=process_set)
-    gathered = hvd.allgather(data, name="hvd_hier.config.data", process_set=process_set)
+    """Gather one picklable object from every rank of ``process_set`` (in rank order).
+
+    One allgather: each rank sends its pickle behind an 8-byte length, and the concatenation
+    is read back record by record.
+    """
+    data = pickle.dumps(obj)
+    record = torch.frombuffer(bytearray(len(data).to_bytes(8, "little") + data), dtype=torch.uint8)
+    gathered = hvd.allgather(record, name="hvd_hier.config", process_set=process_set).numpy().tobytes()
     out, start = [], 0
-    for n in sizes.tolist():
-        out.append(pickle.loads(gathered[start:start + n].numpy().tobytes()))
-        start += n
+    while start < len(gathered):
+        n = int.from_bytes(gathered[start:start + 8], "little")
+        out.append(pickle.loads(gathered[start + 8:start + 8 + n]))
+        start += 8 + n
     return out
 
 
@@ -450,7 +453,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     groups_of_ranks = plan_groups(set_ranks, group_size, [p["host"] for p in payloads])
 
     # ---- process sets (every rank, same order), then the optimizer itself ----
-    topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank())
+    topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank(), hvd.size())
     averager = BucketAverager(params + buffer_list, int(bucket_cap_mb * 2**20))
     base = optimizer.__class__
     hier = {

@@ -12,7 +12,8 @@ from typing import List, Optional, Sequence
 
 from .schedule import check_int
 
-__all__ = ["check_group_size", "plan_groups", "Topology", "build_topology", "process_set_for"]
+__all__ = ["check_group_size", "plan_groups", "check_can_create", "Topology", "build_topology",
+           "process_set_for"]
 
 LOCAL = "local"
 
@@ -129,8 +130,28 @@ class Topology:
         return len(self.group)
 
 
-def build_topology(set_ranks, groups, process_set, rank: int) -> Topology:
+def check_can_create(groups, existing, world_size: int) -> None:
+    """Raise if ``groups`` need new process sets that this process set cannot create.
+
+    Horovod adds a process set only when every rank of the job calls ``add_process_set``;
+    when the optimizer's process set is a subset of the job, its ranks alone cannot, so the
+    groups must exist already (``existing``: the ranks tuples Horovod knows).
+    """
+    members = sorted(r for g in groups for r in g)
+    if len(members) == world_size or len(groups) == 1:
+        return
+    missing = [g for g in groups if len(g) > 1 and tuple(sorted(g)) not in existing]
+    if missing:
+        calls = "; ".join(f"hvd.add_process_set({g})" for g in missing)
+        raise ValueError(
+            f"process_set {members} is smaller than the job ({world_size} ranks), so the local "
+            "groups cannot be created by its ranks alone (Horovod adds a process set only when "
+            f"every rank calls add_process_set). Create them first on every rank: {calls}")
+
+
+def build_topology(set_ranks, groups, process_set, rank: int, world_size: int) -> Topology:
     """Create (or find) the process sets of ``groups``; every rank calls it identically."""
+    check_can_create(groups, set(_horovod_sets()), world_size)
     local_set = None
     my_group = next(g for g in groups if rank in g)
     if len(groups) == 1:

@@ -21,8 +21,27 @@ torch_ver=$("$PY" -c 'import torch; print(torch.__version__.replace("+", "_"))')
 py_ver=$("$PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
 torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "")')
 
+# NCCL: the nvidia-nccl wheel that CUDA builds of torch depend on, $HOROVOD_NCCL_HOME or
+# $NCCL_HOME, or a system library.
+nccl_dir=""
+if [[ -n "$torch_cuda" ]]; then
+    nccl_dir=$("$PY" - <<'PYEOF' 2>/dev/null || true
+import os
+try:
+    import nvidia.nccl as n
+    d = list(n.__path__)[0]
+    print(d if os.path.exists(os.path.join(d, "include", "nccl.h")) else "")
+except ImportError:
+    print("")
+PYEOF
+)
+    nccl_dir=${nccl_dir:-${HOROVOD_NCCL_HOME:-${NCCL_HOME:-}}}
+    if [[ -z "$nccl_dir" ]] && ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
+        nccl_dir=system
+    fi
+fi
 flavour=cpu
-if [[ -n "$torch_cuda" ]] && { ldconfig -p 2>/dev/null | grep -q libnccl || [[ -n "${NCCL_HOME:-}" ]]; }; then
+if [[ -n "$nccl_dir" ]]; then
     flavour="cuda${torch_cuda}-nccl"
 fi
 
@@ -51,7 +70,15 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
     export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     if [[ "$flavour" != cpu ]]; then
-        export HOROVOD_GPU_OPERATIONS=NCCL
+        export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED
+        if [[ "$nccl_dir" != system ]]; then
+            export HOROVOD_NCCL_INCLUDE="$nccl_dir/include"
+            # the wheel ships libnccl.so.2 only; the build links against libnccl.so
+            mkdir -p "$work/nccl-lib"
+            ln -sf "$(ls "$nccl_dir"/lib/libnccl.so* | head -n 1)" "$work/nccl-lib/libnccl.so"
+            export HOROVOD_NCCL_LIB="$work/nccl-lib"
+        fi
+        echo "build_horovod: building with NCCL from $nccl_dir"
     fi
     mkdir -p "$wheel_dir.tmp"
     MAKEFLAGS="-j$(nproc)" "$PY" -m pip wheel --no-deps --no-build-isolation -w "$wheel_dir.tmp" "$src"

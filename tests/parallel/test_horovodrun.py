@@ -27,7 +27,8 @@ def test_parameters_follow_the_schedule_exactly():
 def test_special_cases_match_references():
     out = horovodrun("equivalence.py", timeout=300)
     assert_all_ranks(out, [
-        "K1=K2=1 is synchronous SGD", "synchronize and skip_synchronize in warmup",
+        "Horovod's arguments work in warmup", "K1=K2=1 is synchronous SGD",
+        "synchronize and skip_synchronize in warmup",
         "synchronize is harmless after warmup", "S=1 is K-AVG with K=K1*K2", "S=P is K-AVG with K=K1"])
 
 

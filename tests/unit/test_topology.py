@@ -35,3 +35,19 @@ def test_bad_group_sizes(ranks, size, hosts, message):
     with pytest.raises(ValueError) as info:
         plan_groups(ranks, size, hosts)
     assert str(info.value) == message
+
+
+def test_groups_of_a_subset_must_exist_already():
+    from hvd_hier.topology import check_can_create
+
+    # the whole job, one group, or groups of one rank: nothing to ask
+    check_can_create([[0, 1], [2, 3]], set(), world_size=4)
+    check_can_create([[0, 1, 2]], set(), world_size=8)
+    check_can_create([[0], [1]], set(), world_size=8)
+    check_can_create([[0, 1], [2, 3]], {(0, 1), (2, 3)}, world_size=8)
+    with pytest.raises(ValueError) as info:
+        check_can_create([[0, 1], [2, 3]], {(0, 1)}, world_size=8)
+    assert str(info.value) == (
+        "process_set [0, 1, 2, 3] is smaller than the job (8 ranks), so the local groups cannot "
+        "be created by its ranks alone (Horovod adds a process set only when every rank calls "
+        "add_process_set). Create them first on every rank: hvd.add_process_set([2, 3])")

@@ -43,6 +43,17 @@ def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def root_loads(rank, snapshot):
+    """Horovod's pattern: rank 0 loads the checkpoint, then broadcasts it."""
+    model, opt = make(rank)
+    if rank == 0:
+        model.load_state_dict(snapshot[0])
+        opt.load_state_dict(copy.deepcopy(snapshot[1]))  # torch keeps the loaded tensors
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    return model, opt
+
+
 def run():
     rank, size = init()
 
@@ -73,12 +84,7 @@ def run():
     # Horovod's pattern: rank 0 loads, then broadcasts. The other ranks take the schedule
     # position from rank 0 at the first step. In warmup the models and momentum are the same
     # on every rank, so the resumed run is exact.
-    model, opt = make(rank)
-    if rank == 0:
-        model.load_state_dict(snapshots[1][0])
-        opt.load_state_dict(copy.deepcopy(snapshots[1][1]))  # torch keeps the tensors
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    model, opt = root_loads(rank, snapshots[1])
     for t in range(2, STEPS + 1):
         step(model, opt, rank, t)
         for i, (a, b) in enumerate(zip(params(model), full[t - 1])):
@@ -86,12 +92,7 @@ def run():
     assert opt.averaging_stats()["steps"] == STEPS
     # After warmup, rank 0's checkpoint moves every rank's schedule: averagings fall on the
     # same steps (t = 14 and 20 global).
-    model, opt = make(rank)
-    if rank == 0:
-        model.load_state_dict(snapshots[8][0])
-        opt.load_state_dict(copy.deepcopy(snapshots[8][1]))  # torch keeps the tensors
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    model, opt = root_loads(rank, snapshots[8])
     for t in range(9, STEPS + 1):
         step(model, opt, rank, t)
     stats = opt.averaging_stats()

@@ -13,6 +13,7 @@ import warnings
 import torch
 
 import horovod.torch as hvd
+from horovod.torch.compression import Compressor
 import hvd_hier
 from common import init, main, report
 
@@ -35,15 +36,19 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
 
 
-def train(model, opt, rank, steps=STEPS, clip=False, scheduler=None):
+def train(model, opt, rank, steps=STEPS, clip=None, scheduler=None):
+    """clip=None: no clipping; "synchronize": Horovod's clipping pattern (synchronize, clip,
+    step inside skip_synchronize); "local": clip the local gradients and step."""
     history = []
     for t in range(1, steps + 1):
         x, y = batch(rank, t)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        if clip:
+        if clip == "synchronize":
             opt.synchronize()
+        if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        if clip == "synchronize":
             with opt.skip_synchronize():
                 opt.step()
         else:
@@ -54,6 +59,10 @@ def train(model, opt, rank, steps=STEPS, clip=False, scheduler=None):
     return history
 
 
+def max_difference(a, b):
+    return max((x - y).abs().max().item() for pa, pb in zip(a, b) for x, y in zip(pa, pb))
+
+
 def assert_close(a, b, what, rtol=1e-5, atol=1e-6):
     for t, (pa, pb) in enumerate(zip(a, b), start=1):
         for i, (x, y) in enumerate(zip(pa, pb)):
@@ -61,7 +70,7 @@ def assert_close(a, b, what, rtol=1e-5, atol=1e-6):
                 f"{what}: step {t}, parameter {i}: max difference {(x - y).abs().max().item():.3g}")
 
 
-def horovod_run(rank, clip=False):
+def horovod_run(rank, clip=None):
     model = make_model()
     opt = hvd.DistributedOptimizer(sgd(model), named_parameters=model.named_parameters())
     hvd.broadcast_optimizer_state(opt, root_rank=0)
@@ -69,7 +78,7 @@ def horovod_run(rank, clip=False):
     return train(model, opt, rank, clip=clip, scheduler=sched)
 
 
-def hier_run(rank, clip=False, **kwargs):
+def hier_run(rank, clip=None, **kwargs):
     model = make_model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -104,8 +113,92 @@ def kavg_reference(rank, k):
     return history
 
 
+class Coarse(Compressor):
+    """A lossy compression with a large, order-independent effect: gradients rounded to
+    multiples of 1/64, so sums are exact in any order."""
+
+    @staticmethod
+    def compress(tensor):
+        return torch.round(tensor * 64) / 64, None
+
+    @staticmethod
+    def decompress(tensor, ctx):
+        return tensor
+
+
+def horovod_arguments_in_warmup(rank):
+    """Horovod's own arguments govern the warmup exactly as in hvd.DistributedOptimizer."""
+    variants = {
+        "compression=fp16": dict(compression=hvd.Compression.fp16),
+        "compression=Coarse": dict(compression=Coarse),
+        "op=Sum": dict(op=hvd.Sum),
+        "gradient_predivide_factor=2": dict(gradient_predivide_factor=2.0),
+        "groups=2": dict(groups=2),
+        "num_groups=2": dict(num_groups=2),
+        "backward_passes_per_step=2": dict(backward_passes_per_step=2),
+    }
+    changes_result = {"compression=Coarse", "op=Sum"}  # clearly visible effects
+    plain = None
+    for label, kwargs in [("plain", {})] + list(variants.items()):
+        histories = []
+        for wrap in (hvd.DistributedOptimizer, "hier"):
+            model = make_model()
+            opt = sgd(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if wrap == "hier":
+                    opt = hvd_hier.DistributedOptimizer(
+                        opt, named_parameters=model.named_parameters(), warmup_steps=STEPS, **kwargs)
+                else:
+                    opt = wrap(opt, named_parameters=model.named_parameters(), **kwargs)
+            passes = kwargs.get("backward_passes_per_step", 1)
+            history = []
+            for t in range(1, STEPS + 1):
+                opt.zero_grad()
+                for k in range(passes):
+                    x, y = batch(rank, t * 10 + k)
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                history.append([p.detach().clone() for p in model.parameters()])
+            histories.append(history)
+        # Step 1 reduces in synchronize() rather than in the hooks, which may fuse tensors
+        # differently: equal up to rounding (float16 rounding with fp16 compression).
+        atol = 1e-4 if label == "compression=fp16" else 1e-5
+        assert_close(histories[1], histories[0], f"warmup with {label}", rtol=1e-5, atol=atol)
+        if label == "plain":
+            plain = histories[0]
+        elif label in changes_result:
+            # The argument changes the result, and hvd_hier follows it: its run is far closer
+            # to Horovod's run with the argument than to Horovod's run without it.
+            same, without = max_difference(histories[1], histories[0]), max_difference(histories[1], plain)
+            assert 10 * same < without, (label, same, without)
+    # sparse_as_dense: an embedding's sparse gradient is reduced densely in warmup.
+    histories = []
+    for wrap in (hvd.DistributedOptimizer, "hier"):
+        torch.manual_seed(7)
+        emb = torch.nn.Embedding(12, 4, sparse=True)
+        hvd.broadcast_parameters(emb.state_dict(), root_rank=0)
+        opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+        if wrap == "hier":
+            opt = hvd_hier.DistributedOptimizer(opt, named_parameters=emb.named_parameters(),
+                                                warmup_steps=STEPS, sparse_as_dense=True)
+        else:
+            opt = wrap(opt, named_parameters=emb.named_parameters(), sparse_as_dense=True)
+        history = []
+        for t in range(1, STEPS + 1):
+            opt.zero_grad()
+            emb(torch.tensor([(rank + t) % 12, (3 * rank) % 12])).pow(2).sum().backward()
+            opt.step()
+            history.append([emb.weight.detach().clone()])
+        histories.append(history)
+    assert_close(histories[1], histories[0], "warmup with sparse_as_dense", rtol=0, atol=0)
+
+
 def run():
     rank, size = init()
+
+    horovod_arguments_in_warmup(rank)
+    report("Horovod's arguments work in warmup")
 
     reference = horovod_run(rank)
     got, _ = hier_run(rank, local_steps=1, local_rounds=1, group_size=2)
@@ -115,28 +208,15 @@ def run():
     assert opt.averaging_stats()["sync_steps"] == 5
     report("K1=K2=1 is synchronous SGD")
 
-    reference = horovod_run(rank, clip=True)
-    got, _ = hier_run(rank, clip=True, local_steps=1, local_rounds=1, warmup_steps=STEPS)
+    reference = horovod_run(rank, clip="synchronize")
+    got, _ = hier_run(rank, clip="synchronize", local_steps=1, local_rounds=1, warmup_steps=STEPS)
     assert_close(got, reference, "warmup with synchronize/skip_synchronize and clipping")
     report("synchronize and skip_synchronize in warmup")
 
     # After warmup, synchronize() does nothing: clipping the local gradients by hand gives
     # the same as the hvd_hier run with clip=True.
-    got, _ = hier_run(rank, clip=True, local_steps=2, local_rounds=2, group_size=2)
-    model = make_model()
-    opt = hvd_hier.DistributedOptimizer(sgd(model), named_parameters=model.named_parameters(),
-                                        local_steps=2, local_rounds=2, group_size=2)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
-    expected = []
-    for t in range(1, STEPS + 1):
-        x, y = batch(rank, t)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-        opt.step()
-        sched.step()
-        expected.append([p.detach().clone() for p in model.parameters()])
+    got, _ = hier_run(rank, clip="synchronize", local_steps=2, local_rounds=2, group_size=2)
+    expected, _ = hier_run(rank, clip="local", local_steps=2, local_rounds=2, group_size=2)
     assert_close(got, expected, "synchronize after warmup", rtol=0, atol=0)
     report("synchronize is harmless after warmup")
 
