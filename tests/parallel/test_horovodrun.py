@@ -21,7 +21,8 @@ def test_parameters_follow_the_schedule_exactly():
     assert_all_ranks(out, [
         "schedule K1=1 K2=1 S=4 W=0", "schedule K1=2 K2=2 S=2 W=0", "schedule K1=2 K2=3 S=2 W=3",
         "schedule K1=3 K2=2 S=1 W=0", "schedule K1=2 K2=2 S=4 W=0", "schedule K1=1 K2=4 S=2 W=2",
-        "schedule K1=4 K2=1 S=2 W=1", "schedule K1=2 K2=2 S=local W=1"])
+        "schedule K1=4 K2=1 S=2 W=1", "schedule K1=2 K2=2 S=local W=1",
+        "buffers averaged, integer buffers and optimizer state local"])
 
 
 def test_special_cases_match_references():

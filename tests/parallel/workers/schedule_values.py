@@ -95,11 +95,47 @@ def run_config(rank, size, k1, k2, s, warmup):
     report(f"schedule K1={k1} K2={k2} S={s} W={warmup}")
 
 
+def buffers_and_optimizer_state(rank):
+    """Floating-point buffers are averaged at the same steps as the parameters; integer
+    buffers and the optimizer's state stay local."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(float(rank))
+        bn.running_var.fill_(float(rank + 1))
+        bn.num_batches_tracked.fill_(10 * rank)
+    model.eval()  # the forward pass leaves the statistics alone: only averaging moves them
+    opt = hvd_hier.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9),
+        named_parameters=model.named_parameters(), local_steps=1, local_rounds=2, group_size=2,
+        buffers=model.buffers())
+
+    def step():
+        opt.zero_grad()
+        model(torch.full((2, 3), float(rank + 1))).sum().backward()
+        opt.step()
+
+    step()  # u=1: local averaging within {0, 1} and {2, 3}
+    pair_mean = 0.5 if rank < 2 else 2.5
+    assert torch.equal(bn.running_mean, torch.full((3,), pair_mean)), bn.running_mean
+    assert torch.equal(bn.running_var, torch.full((3,), pair_mean + 1)), bn.running_var
+    step()  # u=2: global averaging
+    assert torch.equal(bn.running_mean, torch.full((3,), 1.5)), bn.running_mean
+    assert torch.equal(bn.running_var, torch.full((3,), 2.5)), bn.running_var
+    assert bn.num_batches_tracked.item() == 10 * rank
+    # momentum buffers hold each rank's own gradients: they were not averaged
+    momentum = opt.state[model[0].bias]["momentum_buffer"]
+    all_momenta = hvd.allgather(momentum[None], name="test.momentum")
+    assert len({tuple(m.tolist()) for m in all_momenta}) == 4, all_momenta
+    report("buffers averaged, integer buffers and optimizer state local")
+
+
 def run():
     rank, size = init()
     assert size == 4
     for config in CONFIGS:
         run_config(rank, size, *config)
+    buffers_and_optimizer_state(rank)
 
 
 if __name__ == "__main__":
