@@ -42,6 +42,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("bucket"), py::arg("tensors"), py::arg("scale") = 1.0, py::arg("offset") = 0,
         py::call_guard<py::gil_scoped_release>());
   m.def("built_with_cuda", &hvd_hier::built_with_cuda, "Whether the CUDA kernels were compiled in.");
+  m.def("cpu_kernel_isa", &hvd_hier::cpu_kernel_isa,
+        "Which compiled copy of the CPU loop this processor runs: 'avx2' or 'baseline'.");
+  m.def("set_cpu_kernel_isa", &hvd_hier::set_cpu_kernel_isa,
+        "'baseline' forces the portable CPU loop (tests, comparisons); 'auto' picks the best.",
+        py::arg("isa"));
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
   m.attr("CHUNK_ELEMS") = hvd_hier::kChunkElems;
 }

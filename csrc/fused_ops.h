@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <vector>
 
 #include "fused.h"
@@ -26,5 +27,10 @@ void copy_table_cuda(const TensorTable& table, at::ScalarType tensor_dtype, void
 #endif
 
 bool built_with_cuda();
+
+// Which copy of the CPU loop runs on this processor: "avx2" or "baseline".
+const char* cpu_kernel_isa();
+// "baseline" forces the baseline loop (for tests and comparisons); "auto" picks the best.
+void set_cpu_kernel_isa(const std::string& isa);
 
 }  // namespace hvd_hier

@@ -141,6 +141,18 @@ class BucketAverager:
         """Bytes held by the buffer pool now (the extra memory of an averaging)."""
         return sum(b.numel() * b.element_size() for bufs in self._pool.values() for b in bufs)
 
+    def memory_passes(self, scale: float) -> None:
+        """Pack and unpack every bucket with no communication in between: the memory side of
+        an averaging (what the benchmarks measure). Multiplies every tensor by ``scale``."""
+        ext = self._ext
+        with torch.no_grad():
+            for bucket in self.buckets:
+                base = self._buffer(bucket)
+                views = self._segments(bucket)
+                ext.pack(views, base[: bucket.numel])
+                ext.unpack(base[: bucket.numel], views, scale)
+                self._pool[bucket.key].append(base)
+
     def average(self, process_set, size: int, tag: str) -> int:
         """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced.
 

@@ -1,52 +1,49 @@
-// CPU back end: the bucket is cut into chunks of kChunkElems elements, run in parallel
-// with ATen's thread pool; inside a chunk each piece is one tight loop that the compiler
-// vectorises for same-dtype copies.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+// CPU back end: the bucket is cut into chunks of kChunkElems elements, run in parallel with
+// ATen's thread pool; inside a chunk each piece is a memcpy or one vectorisable loop. The
+// loop is compiled twice, for the baseline instruction set and for AVX2 + F16C, and chosen
+// at run time like ATen's own CPU kernels.
+#define HVD_HIER_CPU_NS baseline
+#include "fused_cpu_impl.h"
 
-#include "../fused_ops.h"
+#include <atomic>
+#include <cstring>
 
 namespace hvd_hier {
-namespace {
 
-template <typename T, typename B>
-void run(const TensorTable& table, B* bucket, double scale, Direction dir) {
-  const int64_t total = table.offsets[table.count];
-  const int64_t chunks = (total + kChunkElems - 1) / kChunkElems;
-  const bool scaled = scale != 1.0;
-  at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
-    const int64_t begin = first_chunk * kChunkElems;
-    const int64_t end = std::min(total, last_chunk * kChunkElems);
-    if (dir == Direction::kPack) {
-      ScaleCast<T, B> f{static_cast<typename ScaleCast<T, B>::acc_t>(scale), scaled};
-      for_each_piece(table, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-        const T* __restrict__ src = static_cast<const T*>(table.ptrs[i]) + lo;
-        B* __restrict__ dst = bucket + at;
-        const int64_t n = hi - lo;
-        for (int64_t k = 0; k < n; ++k) dst[k] = f(src[k]);
-      });
-    } else {
-      ScaleCast<B, T> f{static_cast<typename ScaleCast<B, T>::acc_t>(scale), scaled};
-      for_each_piece(table, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-        const B* __restrict__ src = bucket + at;
-        T* __restrict__ dst = static_cast<T*>(table.ptrs[i]) + lo;
-        const int64_t n = hi - lo;
-        for (int64_t k = 0; k < n; ++k) dst[k] = f(src[k]);
-      });
-    }
-  });
+static std::atomic<bool> g_force_baseline{false};
+
+#if defined(HVD_HIER_CPU_AVX2)
+void copy_table_cpu_avx2(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
+                         at::ScalarType bucket_dtype, double scale, Direction dir);
+
+static bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return yes;
 }
-
-}  // namespace
+#endif
 
 void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
                     at::ScalarType bucket_dtype, double scale, Direction dir) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensor_dtype, "hvd_hier_cpu", [&] {
-    using T = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bucket_dtype, "hvd_hier_cpu", [&] {
-      run<T, scalar_t>(table, static_cast<scalar_t*>(bucket), scale, dir);
-    });
-  });
+#if defined(HVD_HIER_CPU_AVX2)
+  if (has_avx2() && !g_force_baseline.load()) {
+    copy_table_cpu_avx2(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
+    return;
+  }
+#endif
+  baseline::copy_table(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
+}
+
+const char* cpu_kernel_isa() {
+#if defined(HVD_HIER_CPU_AVX2)
+  if (has_avx2() && !g_force_baseline.load()) return "avx2";
+#endif
+  return "baseline";
+}
+
+void set_cpu_kernel_isa(const std::string& isa) {
+  TORCH_CHECK(isa == "auto" || isa == "baseline", "isa must be 'auto' or 'baseline', got '", isa, "'");
+  g_force_baseline.store(isa == "baseline");
 }
 
 }  // namespace hvd_hier

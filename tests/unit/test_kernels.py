@@ -12,6 +12,16 @@ SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, 4095, 4096, 4097, 32767, 32768, 32769, 1
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and C.built_with_cuda() else [])
 
 
+@pytest.fixture(params=["auto", "baseline"], autouse=True)
+def cpu_isa(request):
+    """Every kernel test runs on the best CPU loop for this processor and on the portable one."""
+    C.set_cpu_kernel_isa(request.param)
+    if request.param == "baseline":
+        assert C.cpu_kernel_isa() == "baseline"
+    yield request.param
+    C.set_cpu_kernel_isa("auto")
+
+
 def ref_pack(tensors, bucket_dtype, scale):
     if not tensors:
         return torch.empty(0, dtype=bucket_dtype)

@@ -1,0 +1,222 @@
+"""The memory side of one model averaging, measured side by side in one run.
+
+    python benchmarks/bench_average.py [--repeats 15] [--dtypes float32,bfloat16] [--json out.json]
+
+For the parameter shapes of ResNet-18, ResNet-50 and a transformer block (benchmarks/shapes.py)
+and each dtype, it times, interleaved round-robin so that machine noise hits all alike:
+
+* fused      hvd_hier's bucketed pack + unpack with the 1/n scale fused into the unpack
+             (BucketAverager.memory_passes: what an averaging does besides the network);
+* torch      PyTorch's average_parameters: torch.cat of every parameter, divide in place,
+             re-point each p.data at its slice of the new flat tensor;
+* torch_copy the same, copying back into the parameters instead of re-pointing;
+* horovod    hvd.grouped_allreduce_(params, op=hvd.Average) on a process set of one rank:
+             Horovod's copies into and out of its fusion buffer (plus its queueing);
+* bound      this machine's copy bandwidth for the same bytes: a plain copy_ of a buffer of
+             the model's size, twice (an averaging needs at least two passes: pack, unpack).
+
+GB/s is the minimal traffic of an averaging (read + write of the model, twice) over the
+measured time, the same numerator for every method, so ratios are ratios of times. The
+peak extra memory (float32) is measured in a fresh process per method as the growth of the
+peak resident set over the resident set with the model allocated (Linux: VmHWM, reset
+through /proc/self/clear_refs).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import MODELS, numel  # noqa: E402
+
+import hvd_hier  # noqa: E402,F401  (before hvd.init)
+import horovod.torch as hvd  # noqa: E402
+from hvd_hier.averaging import BucketAverager  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+METHODS = ["fused", "torch", "torch_copy", "horovod", "bound"]
+
+
+def make_params(shapes, dtype):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+
+
+class Methods:
+    """One callable per method over the same parameters. Scales alternate 1/4 and 4 so that
+    the values neither vanish into denormals nor grow (both are exact in every dtype)."""
+
+    def __init__(self, params, bucket_cap_mb, with_bound=True):
+        self.params = params
+        self.averager = BucketAverager(params, int(bucket_cap_mb * 2**20))
+        if with_bound:
+            n = numel([p.shape for p in params])
+            self.src = torch.empty(n, dtype=params[0].dtype).fill_(1)
+            self.dst = torch.empty_like(self.src).fill_(0)
+        self.flip = False
+
+    def scale(self):
+        self.flip = not self.flip
+        return 0.25 if self.flip else 4.0
+
+    def fused(self):
+        self.averager.memory_passes(self.scale())
+
+    def torch(self):
+        flat = torch.cat([p.data.reshape(-1) for p in self.params])
+        flat.div_(1 / self.scale())
+        offset = 0
+        for p in self.params:
+            p.data = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def torch_copy(self):
+        flat = torch.cat([p.data.reshape(-1) for p in self.params])
+        flat.div_(1 / self.scale())
+        torch._foreach_copy_(self.params, [f.view_as(p) for f, p in zip(
+            flat.split([p.numel() for p in self.params]), self.params)])
+
+    def horovod(self):
+        hvd.grouped_allreduce_(self.params, op=hvd.Average, name="bench.horovod")
+
+    def bound(self):
+        self.dst.copy_(self.src)
+        self.src.copy_(self.dst)
+
+
+def measure(model, dtype_name, repeats, bucket_cap_mb):
+    shapes = MODELS[model]
+    dtype = DTYPES[dtype_name]
+    params = make_params(shapes, dtype)
+    methods = Methods(params, bucket_cap_mb)
+    available = {}
+    for name in METHODS:
+        try:
+            getattr(methods, name)()
+            available[name] = getattr(methods, name)
+        except Exception as exc:  # e.g. a dtype Horovod's CPU ops do not take
+            available[name] = None
+            print(f"  {model} {dtype_name} {name}: not measured ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:100]})", file=sys.stderr)
+    times = {name: [] for name, fn in available.items() if fn is not None}
+    for r in range(repeats + 2):
+        order = list(times)
+        order = order[r % len(order):] + order[:r % len(order)]
+        for name in order:
+            t0 = time.perf_counter()
+            available[name]()
+            dt = time.perf_counter() - t0
+            if r >= 2:
+                times[name].append(dt)
+    nbytes = numel(shapes) * params[0].element_size()
+    traffic = 4 * nbytes  # read + write, pack and unpack
+    row = {"model": model, "dtype": dtype_name, "tensors": len(shapes), "MB": nbytes / 1e6}
+    for name in METHODS:
+        if name in times:
+            med = statistics.median(times[name])
+            row[f"{name}_ms"] = med * 1e3
+            row[f"{name}_ms_spread"] = (max(times[name]) - min(times[name])) * 1e3
+            row[f"{name}_GBps"] = traffic / med / 1e9
+        else:
+            row[f"{name}_ms"] = None
+    def ratio(a, b):
+        return None if row.get(f"{a}_ms") is None or row.get(f"{b}_ms") is None else row[f"{b}_ms"] / row[f"{a}_ms"]
+    row["fused_vs_bound"] = ratio("fused", "bound")
+    row["fused_speedup_vs_torch"] = ratio("fused", "torch")
+    row["fused_speedup_vs_torch_copy"] = ratio("fused", "torch_copy")
+    row["fused_speedup_vs_horovod"] = ratio("fused", "horovod")
+    return row
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_probe(method, model, bucket_cap_mb):
+    """Run in a fresh process: growth of the peak resident set during two averagings, bytes.
+
+    The kernel's high-water mark (VmHWM) is reset to the current resident set first
+    (/proc/self/clear_refs), so only what the method allocates and touches counts.
+    """
+    params = make_params(MODELS[model], torch.float32)
+    methods = Methods(params, bucket_cap_mb, with_bound=False)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kb("VmRSS")
+    for _ in range(2):
+        getattr(methods, method)()
+    return max(0, _status_kb("VmHWM") - base)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--dtypes", default=",".join(DTYPES))
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "MODEL"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    hvd.init()
+    if args.memory_probe:
+        print(memory_probe(*args.memory_probe, args.bucket_cap_mb))
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, bucket cap {args.bucket_cap_mb} MiB", flush=True)
+    rows = []
+    for model in args.models.split(","):
+        for dtype_name in args.dtypes.split(","):
+            rows.append(measure(model, dtype_name, args.repeats, args.bucket_cap_mb))
+    memory = {}
+    if not args.no_memory:
+        for model in args.models.split(","):
+            for method in ("fused", "torch", "horovod"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--memory-probe", method, model,
+                     "--bucket-cap-mb", str(args.bucket_cap_mb)],
+                    capture_output=True, text=True, timeout=600)
+                memory[f"{model}/{method}"] = int(out.stdout.split()[-1]) if out.returncode == 0 else None
+
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    header = (f"{'model':<18}{'dtype':<10}{'MB':>8}{'fused GB/s':>12}{'torch':>8}{'copy-back':>10}"
+              f"{'horovod':>9}{'bound':>8}{'fused/bound':>12}{'x torch':>9}{'x copy':>8}{'x hvd':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['model']:<18}{r['dtype']:<10}{r['MB']:>8.1f}{fmt(r.get('fused_GBps'), '.1f'):>12}"
+              f"{fmt(r.get('torch_GBps'), '.1f'):>8}{fmt(r.get('torch_copy_GBps'), '.1f'):>10}"
+              f"{fmt(r.get('horovod_GBps'), '.1f'):>9}{fmt(r.get('bound_GBps'), '.1f'):>8}"
+              f"{fmt(r['fused_vs_bound'], '.2f'):>12}{fmt(r['fused_speedup_vs_torch'], '.2f'):>9}"
+              f"{fmt(r['fused_speedup_vs_torch_copy'], '.2f'):>8}{fmt(r['fused_speedup_vs_horovod'], '.2f'):>7}")
+    if memory:
+        print("\npeak extra memory of one averaging, float32 (MB):")
+        for model in args.models.split(","):
+            cells = "  ".join(f"{m} {fmt(None if memory[f'{model}/{m}'] is None else memory[f'{model}/{m}'] / 1e6, '.1f')}"
+                              for m in ("fused", "torch", "horovod"))
+            print(f"  {model:<18} {cells}")
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "bucket_cap_mb": args.bucket_cap_mb, "rows": rows, "peak_extra_bytes": memory}
+    print("\nJSON: " + json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
