@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit parallel demo cuda-check clean
+.PHONY: install test unit demo bench cuda-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ unit: install
 demo: install  ## train on scikit-learn's digits with Hier-AVG under horovodrun -np 4
 	OMP_NUM_THREADS=1 horovodrun -np $(NP) -H localhost:$(NP) --gloo $(PY) examples/train.py \
 	  --dataset digits --algo hier --local-steps 2 --local-rounds 4 --group-size 2 --epochs 15
+
+bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
+	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json
 
 clean:
 	rm -rf build hvd_hier/_C*.so *.egg-info $(VENV)/.ext
