@@ -285,7 +285,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
 
     Let t count the calls of ``step()`` from 1. For ``t <= warmup_steps`` the step is
     synchronous SGD exactly as ``hvd.DistributedOptimizer`` does it (gradients reduced with
-    ``op``, ``compression``, ``groups`` ..., overlapped with the backward pass). For
+    ``op``, ``compression``, ``groups`` ..., overlapped with the backward pass; the very
+    first step reduces after the backward pass, once the ranks agree on the schedule). For
     ``u = t - warmup_steps >= 1`` the wrapped optimizer steps on local gradients, then if
     ``u % (K1*K2) == 0`` every parameter in ``param_groups`` (and the floating-point
     ``buffers``) is averaged over ``process_set``; else if ``u % K1 == 0`` it is averaged
