@@ -195,20 +195,17 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
     def _hier_average(self, reduction: Reduction) -> None:
         h = self._hier
         topo = h["topology"]
-        stats = h["stats"]
-        start = time.perf_counter()
         if reduction is Reduction.GLOBAL:
-            moved = h["averager"].average(topo.global_set, len(topo.set_ranks), "global")
-            stats["global_averages"] += 1
-            stats["bytes_global"] += moved
-            stats["seconds_global"] += time.perf_counter() - start
-        else:
-            moved = 0
-            if topo.local_set is not None:
-                moved = h["averager"].average(topo.local_set, topo.group_size, "local")
-            stats["local_averages"] += 1
-            stats["bytes_local"] += moved
-            stats["seconds_local"] += time.perf_counter() - start
+            process_set, size = topo.global_set, len(topo.set_ranks)
+        else:  # a group of one rank has no process set: its average is itself
+            process_set, size = topo.local_set, topo.group_size
+        kind = reduction.value
+        start = time.perf_counter()
+        moved = h["averager"].average(process_set, size, kind)
+        stats = h["stats"]
+        stats[f"{kind}_averages"] += 1
+        stats[f"bytes_{kind}"] += moved
+        stats[f"seconds_{kind}"] += time.perf_counter() - start
 
     def zero_grad(self, set_to_none: bool = True):
         if self._handles:
