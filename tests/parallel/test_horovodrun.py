@@ -76,3 +76,8 @@ def test_example_trains_on_digits(tmp_path):
     assert last["test_accuracy"] > 0.85, results
     # 22 steps per epoch, 88 steps: 88 // 2 = 44 averagings, 88 // 8 = 11 of them global
     assert (last["local_averages"], last["global_averages"]) == (33, 11), last
+
+
+def test_bucketed_averaging_equals_one_bucket():
+    out = horovodrun("buckets.py")
+    assert_all_ranks(out, ["bucketed equals unbucketed"])

@@ -46,9 +46,12 @@ def expect_warning(message_part, fn, *args, **kwargs):
 
 
 def main(fn):
-    """Run fn(); on failure print the traceback with the rank and exit non-zero."""
+    """Run fn() then wait for every rank; on failure print the traceback with the rank and
+    exit non-zero."""
     try:
         fn()
+        # Horovod shuts down for everybody once one rank exits: wait for the slowest rank.
+        hvd.allreduce(torch.zeros(1), name="worker.done")
     except BaseException:
         rank = hvd.rank() if hvd.is_initialized() else -1
         print(f"FAIL on rank {rank}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
