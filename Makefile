@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo bench cuda-check clean
+.PHONY: install test unit demo bench bench-e2e cuda-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ demo: install  ## train on scikit-learn's digits with Hier-AVG under horovodrun 
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json
+
+bench-e2e: install  ## one local and one global averaging of ResNet-50 under horovodrun -np 4
+	OMP_NUM_THREADS=1 horovodrun -np $(NP) -H localhost:$(NP) --gloo $(PY) benchmarks/bench_e2e.py --json bench_e2e.json
 
 clean:
 	rm -rf build hvd_hier/_C*.so *.egg-info $(VENV)/.ext
