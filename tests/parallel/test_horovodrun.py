@@ -81,3 +81,16 @@ def test_example_trains_on_digits(tmp_path):
 def test_bucketed_averaging_equals_one_bucket():
     out = horovodrun("buckets.py")
     assert_all_ranks(out, ["bucketed equals unbucketed"])
+
+
+def test_end_to_end_benchmark_runs(tmp_path):
+    from harness import ROOT
+
+    out_json = tmp_path / "e2e.json"
+    horovodrun(ROOT / "benchmarks" / "bench_e2e.py", "--model", "transformer_block",
+               "--repeats", "1", "--json", out_json, timeout=300)
+    result = json.loads(out_json.read_text())
+    assert {(r["averaging"], r["method"]) for r in result["rows"]} == {
+        (k, m) for k in ("local", "global") for m in ("fused", "grouped", "per_tensor")}
+    assert all(r["median_ms"] > 0 for r in result["rows"])
+    assert [r["ratio_to_fused"] for r in result["rows"] if r["method"] == "fused"] == [1.0, 1.0]
