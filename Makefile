@@ -32,8 +32,9 @@ $(VENV)/.ext: $(VENV)/.deps $(EXT_SOURCES)
 	touch $@
 
 install: $(VENV)/.ext  ## create .venv with torch, Horovod (Gloo) and hvd_hier
-	horovodrun --check-build | grep -q '\[X\] PyTorch'
-	horovodrun --check-build | grep -q '\[X\] Gloo'
+	build=$$(horovodrun --check-build)  # captured whole: grep -q on a pipe would cut it short
+	grep -q '\[X\] PyTorch' <<<"$$build" || { echo "$$build"; echo "Horovod lacks PyTorch"; exit 1; }
+	grep -q '\[X\] Gloo' <<<"$$build" || { echo "$$build"; echo "Horovod lacks Gloo"; exit 1; }
 
 cuda-check: install  ## compile every CUDA source (no GPU needed) for sm_80 and sm_90
 	if ! command -v nvcc >/dev/null; then echo "cuda-check: nvcc not found; skipping"; exit 0; fi
