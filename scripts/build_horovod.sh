@@ -36,7 +36,7 @@ except ImportError:
 PYEOF
 )
     nccl_dir=${nccl_dir:-${HOROVOD_NCCL_HOME:-${NCCL_HOME:-}}}
-    if [[ -z "$nccl_dir" ]] && ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
+    if [[ -z "$nccl_dir" ]] && ldconfig -p 2>/dev/null | grep 'libnccl\.so' >/dev/null; then
         nccl_dir=system
     fi
 fi
