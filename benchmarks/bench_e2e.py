@@ -39,6 +39,8 @@ def main():
     p.add_argument("--group-size", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    p.add_argument("--methods", default="fused,grouped,per_tensor",
+                   help="comma-separated subset of fused, grouped, per_tensor")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -66,7 +68,11 @@ def main():
         for i, t in enumerate(params):
             hvd.allreduce_(t, op=hvd.Average, name=f"bench.tensor.{kind}.{i}", process_set=ps)
 
-    methods = {"fused": fused, "grouped": grouped, "per_tensor": per_tensor}
+    every = {"fused": fused, "grouped": grouped, "per_tensor": per_tensor}
+    unknown = set(args.methods.split(",")) - set(every)
+    if unknown or "fused" not in args.methods.split(","):
+        raise SystemExit(f"--methods takes fused (always) plus grouped and per_tensor, got {args.methods}")
+    methods = {name: every[name] for name in args.methods.split(",")}
     times = {(k, m): [] for k in kinds for m in methods}
     for r in range(args.repeats + 1):
         for kind, (ps, n) in kinds.items():
