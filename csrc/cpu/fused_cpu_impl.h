@@ -10,8 +10,28 @@
 
 #include "../fused_ops.h"
 
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace hvd_hier {
 namespace HVD_HIER_CPU_NS {
+
+#if defined(__F16C__) && defined(__AVX__)
+// float16 -> float16 with a scale: 8 lanes at a time through the hardware conversions, which
+// round to nearest even exactly as c10::Half does.
+inline void scale_half(const at::Half* src, at::Half* dst, int64_t n, float scale) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
+    const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(h), s);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k),
+                     _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; k < n; ++k) dst[k] = static_cast<at::Half>(static_cast<float>(src[k]) * scale);
+}
+#endif
 
 // One piece: n elements from src to dst, scaled and cast. A same-type unscaled copy is a
 // memcpy; everything else is one loop the compiler vectorises for the target instruction set.
@@ -23,6 +43,12 @@ inline void copy_piece(const Src* __restrict__ src, Dst* __restrict__ dst, int64
     return;
   }
   using acc_t = typename ScaleCast<Src, Dst>::acc_t;
+#if defined(__F16C__) && defined(__AVX__)
+  if constexpr (std::is_same<Src, at::Half>::value && std::is_same<Dst, at::Half>::value) {
+    scale_half(src, dst, n, f.scale);
+    return;
+  }
+#endif
   if (f.scaled) {
     for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<Dst>(static_cast<acc_t>(src[k]) * f.scale);
   } else {
