@@ -6,7 +6,6 @@
 #include "fused_cpu_impl.h"
 
 #include <atomic>
-#include <cstring>
 
 namespace hvd_hier {
 
@@ -23,10 +22,18 @@ static bool has_avx2() {
 }
 #endif
 
+static bool use_avx2() {
+#if defined(HVD_HIER_CPU_AVX2)
+  return has_avx2() && !g_force_baseline.load();
+#else
+  return false;
+#endif
+}
+
 void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
                     at::ScalarType bucket_dtype, double scale, Direction dir) {
 #if defined(HVD_HIER_CPU_AVX2)
-  if (has_avx2() && !g_force_baseline.load()) {
+  if (use_avx2()) {
     copy_table_cpu_avx2(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
     return;
   }
@@ -34,12 +41,7 @@ void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void*
   baseline::copy_table(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
 }
 
-const char* cpu_kernel_isa() {
-#if defined(HVD_HIER_CPU_AVX2)
-  if (has_avx2() && !g_force_baseline.load()) return "avx2";
-#endif
-  return "baseline";
-}
+const char* cpu_kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
 void set_cpu_kernel_isa(const std::string& isa) {
   TORCH_CHECK(isa == "auto" || isa == "baseline", "isa must be 'auto' or 'baseline', got '", isa, "'");

@@ -42,18 +42,14 @@ inline void copy_piece(const Src* __restrict__ src, Dst* __restrict__ dst, int64
     std::memcpy(static_cast<void*>(dst), static_cast<const void*>(src), n * sizeof(Src));
     return;
   }
-  using acc_t = typename ScaleCast<Src, Dst>::acc_t;
 #if defined(__F16C__) && defined(__AVX__)
   if constexpr (std::is_same<Src, at::Half>::value && std::is_same<Dst, at::Half>::value) {
     scale_half(src, dst, n, f.scale);
     return;
   }
 #endif
-  if (f.scaled) {
-    for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<Dst>(static_cast<acc_t>(src[k]) * f.scale);
-  } else {
-    for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<Dst>(static_cast<acc_t>(src[k]));
-  }
+  // The shared functor (the CUDA kernel runs the same one); -O3 unswitches its branch.
+  for (int64_t k = 0; k < n; ++k) dst[k] = f(src[k]);
 }
 
 template <typename T, typename B>
