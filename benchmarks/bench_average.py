@@ -7,6 +7,9 @@ and each dtype, it times, interleaved round-robin so that machine noise hits all
 
 * fused      hvd_hier's bucketed pack + unpack with the 1/n scale fused into the unpack
              (BucketAverager.memory_passes: what an averaging does besides the network);
+* flat       hvd_hier with persistent flat storage (FlatAverager.memory_passes): the
+             parameters are views into the reduced buffers, so no copy at all, only the
+             in-place 1/n scale of the buffers after the reduction (one pass);
 * torch      PyTorch's average_parameters: torch.cat of every parameter, divide in place,
              re-point each p.data at its slice of the new flat tensor;
 * torch_copy the same, copying back into the parameters instead of re-pointing;
@@ -15,8 +18,9 @@ and each dtype, it times, interleaved round-robin so that machine noise hits all
 * bound      this machine's copy bandwidth for the same bytes: a plain copy_ of a buffer of
              the model's size, twice (an averaging needs at least two passes: pack, unpack).
 
-GB/s is the minimal traffic of an averaging (read + write of the model, twice) over the
-measured time, the same numerator for every method, so ratios are ratios of times. The
+GB/s is the minimal traffic of an averaging that copies (read + write of the model, twice)
+over the measured time, the same numerator for every method, so ratios are ratios of times;
+flat storage needs half that traffic, so its GB/s is an equivalent, not a bandwidth. The
 peak extra memory (float32) is measured in a fresh process per method as the growth of the
 peak resident set over the resident set with the model allocated (Linux: VmHWM, reset
 through /proc/self/clear_refs).
@@ -38,11 +42,11 @@ from shapes import MODELS, numel  # noqa: E402
 
 import hvd_hier  # noqa: E402,F401  (before hvd.init)
 import horovod.torch as hvd  # noqa: E402
-from hvd_hier.averaging import BucketAverager  # noqa: E402
+from hvd_hier.averaging import BucketAverager, FlatAverager  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-METHODS = ["fused", "torch", "torch_copy", "horovod", "bound"]
+METHODS = ["fused", "flat", "torch", "torch_copy", "horovod", "bound"]
 
 
 def make_params(shapes, dtype):
@@ -54,9 +58,12 @@ class Methods:
     """One callable per method over the same parameters. Scales alternate 1/4 and 4 so that
     the values neither vanish into denormals nor grow (both are exact in every dtype)."""
 
-    def __init__(self, params, bucket_cap_mb, with_bound=True):
+    def __init__(self, params, bucket_cap_mb, with_bound=True, flat_params=None):
         self.params = params
         self.averager = BucketAverager(params, int(bucket_cap_mb * 2**20))
+        # flat storage re-points its tensors for good: it gets its own copy of the model
+        self.flat_averager = None if flat_params is None else FlatAverager(
+            flat_params, int(bucket_cap_mb * 2**20))
         if with_bound:
             n = numel([p.shape for p in params])
             self.src = torch.empty(n, dtype=params[0].dtype).fill_(1)
@@ -69,6 +76,9 @@ class Methods:
 
     def fused(self):
         self.averager.memory_passes(self.scale())
+
+    def flat(self):
+        self.flat_averager.memory_passes(self.scale())
 
     def torch(self):
         flat = torch.cat([p.data.reshape(-1) for p in self.params])
@@ -96,7 +106,7 @@ def measure(model, dtype_name, repeats, bucket_cap_mb):
     shapes = MODELS[model]
     dtype = DTYPES[dtype_name]
     params = make_params(shapes, dtype)
-    methods = Methods(params, bucket_cap_mb)
+    methods = Methods(params, bucket_cap_mb, flat_params=make_params(shapes, dtype))
     available = {}
     for name in METHODS:
         try:
@@ -133,6 +143,8 @@ def measure(model, dtype_name, repeats, bucket_cap_mb):
     row["fused_speedup_vs_torch"] = ratio("fused", "torch")
     row["fused_speedup_vs_torch_copy"] = ratio("fused", "torch_copy")
     row["fused_speedup_vs_horovod"] = ratio("fused", "horovod")
+    row["flat_speedup_vs_fused"] = ratio("flat", "fused")
+    row["flat_vs_bound"] = ratio("flat", "bound")
     return row
 
 
@@ -151,7 +163,11 @@ def memory_probe(method, model, bucket_cap_mb):
     (/proc/self/clear_refs), so only what the method allocates and touches counts.
     """
     params = make_params(MODELS[model], torch.float32)
-    methods = Methods(params, bucket_cap_mb, with_bound=False)
+    if method == "flat":  # the model lives in flat storage from the start
+        methods = Methods([], bucket_cap_mb, with_bound=False, flat_params=params)
+    else:
+        methods = Methods(params, bucket_cap_mb, with_bound=False)
+    del params
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status_kb("VmRSS")
@@ -185,7 +201,7 @@ def main():
     memory = {}
     if not args.no_memory:
         for model in args.models.split(","):
-            for method in ("fused", "torch", "horovod"):
+            for method in ("fused", "flat", "torch", "horovod"):
                 out = subprocess.run(
                     [sys.executable, __file__, "--memory-probe", method, model,
                      "--bucket-cap-mb", str(args.bucket_cap_mb)],
@@ -196,7 +212,8 @@ def main():
         return "n/a" if v is None else format(v, spec)
 
     header = (f"{'model':<18}{'dtype':<10}{'MB':>8}{'fused GB/s':>12}{'torch':>8}{'copy-back':>10}"
-              f"{'horovod':>9}{'bound':>8}{'fused/bound':>12}{'x torch':>9}{'x copy':>8}{'x hvd':>7}")
+              f"{'horovod':>9}{'bound':>8}{'fused/bound':>12}{'x torch':>9}{'x copy':>8}{'x hvd':>7}"
+              f"{'flat ms':>9}{'flat x fused':>13}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -204,12 +221,13 @@ def main():
               f"{fmt(r.get('torch_GBps'), '.1f'):>8}{fmt(r.get('torch_copy_GBps'), '.1f'):>10}"
               f"{fmt(r.get('horovod_GBps'), '.1f'):>9}{fmt(r.get('bound_GBps'), '.1f'):>8}"
               f"{fmt(r['fused_vs_bound'], '.2f'):>12}{fmt(r['fused_speedup_vs_torch'], '.2f'):>9}"
-              f"{fmt(r['fused_speedup_vs_torch_copy'], '.2f'):>8}{fmt(r['fused_speedup_vs_horovod'], '.2f'):>7}")
+              f"{fmt(r['fused_speedup_vs_torch_copy'], '.2f'):>8}{fmt(r['fused_speedup_vs_horovod'], '.2f'):>7}"
+              f"{fmt(r.get('flat_ms'), '.1f'):>9}{fmt(r['flat_speedup_vs_fused'], '.2f'):>13}")
     if memory:
         print("\npeak extra memory of one averaging, float32 (MB):")
         for model in args.models.split(","):
             cells = "  ".join(f"{m} {fmt(None if memory[f'{model}/{m}'] is None else memory[f'{model}/{m}'] / 1e6, '.1f')}"
-                              for m in ("fused", "torch", "horovod"))
+                              for m in ("fused", "flat", "torch", "horovod"))
             print(f"  {model:<18} {cells}")
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "bucket_cap_mb": args.bucket_cap_mb, "rows": rows, "peak_extra_bytes": memory}

@@ -7,6 +7,8 @@ interleaved round-robin in one run:
 
 * fused       hvd_hier's BucketAverager: bucketed pack, hvd.allreduce_async_ (Sum) on the
               group's process set, unpack with 1/n, buckets overlapped;
+* flat        hvd_hier with persistent flat storage (FlatAverager): the parameters are views
+              into the buffers, which are reduced in place and scaled by 1/n;
 * grouped     hvd.grouped_allreduce_(params, op=hvd.Average, process_set=...);
 * per_tensor  a loop of hvd.allreduce_(p, op=hvd.Average, process_set=...), one per tensor.
 
@@ -29,7 +31,7 @@ from shapes import MODELS, numel  # noqa: E402
 
 import hvd_hier  # noqa: E402,F401  (before hvd.init: dynamic process sets)
 import horovod.torch as hvd  # noqa: E402
-from hvd_hier.averaging import BucketAverager  # noqa: E402
+from hvd_hier.averaging import BucketAverager, FlatAverager  # noqa: E402
 from hvd_hier.topology import process_set_for  # noqa: E402
 
 
@@ -39,8 +41,8 @@ def main():
     p.add_argument("--group-size", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
-    p.add_argument("--methods", default="fused,grouped,per_tensor",
-                   help="comma-separated subset of fused, grouped, per_tensor")
+    p.add_argument("--methods", default="fused,flat,grouped,per_tensor",
+                   help="comma-separated: fused plus any of flat, grouped, per_tensor")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -57,9 +59,15 @@ def main():
     g = torch.Generator().manual_seed(rank)
     params = [torch.randn(s, generator=g) for s in MODELS[args.model]]
     averager = BucketAverager(params, int(args.bucket_cap_mb * 2**20))
+    flat_averager = None
+    if "flat" in args.methods.split(","):  # its own copy: flat storage re-points its tensors
+        flat_averager = FlatAverager([p.clone() for p in params], int(args.bucket_cap_mb * 2**20))
 
     def fused(ps, n, kind):
         averager.average(ps, n, kind)
+
+    def flat(ps, n, kind):
+        flat_averager.average(ps, n, kind)
 
     def grouped(ps, n, kind):
         hvd.grouped_allreduce_(params, op=hvd.Average, name=f"bench.grouped.{kind}", process_set=ps)
@@ -68,10 +76,10 @@ def main():
         for i, t in enumerate(params):
             hvd.allreduce_(t, op=hvd.Average, name=f"bench.tensor.{kind}.{i}", process_set=ps)
 
-    every = {"fused": fused, "grouped": grouped, "per_tensor": per_tensor}
+    every = {"fused": fused, "flat": flat, "grouped": grouped, "per_tensor": per_tensor}
     unknown = set(args.methods.split(",")) - set(every)
     if unknown or "fused" not in args.methods.split(","):
-        raise SystemExit(f"--methods takes fused (always) plus grouped and per_tensor, got {args.methods}")
+        raise SystemExit(f"--methods takes fused (always) plus flat, grouped and per_tensor, got {args.methods}")
     methods = {name: every[name] for name in args.methods.split(",")}
     times = {(k, m): [] for k in kinds for m in methods}
     for r in range(args.repeats + 1):

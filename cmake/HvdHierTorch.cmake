@@ -2,6 +2,7 @@
 #   hvd_hier::torch         INTERFACE target: headers, libraries and ABI flag for an extension
 #   HVD_HIER_TORCH_CUDA     the CUDA version torch was built with ("" for a CPU build)
 #   HVD_HIER_TORCH_INCLUDE  torch's include directories (they also carry its pybind11 copy)
+#   HVD_HIER_TORCH_PARALLEL_OPENMP  ON when ATen's parallel back end is OpenMP
 #
 # Asking Python rather than TorchConfig.cmake keeps a CPU wheel from looking for a CUDA
 # toolkit and works the same for every wheel flavour.
@@ -35,6 +36,15 @@ endif()
 string(REPLACE "," ";" HVD_HIER_TORCH_INCLUDE "${HVD_HIER_TORCH_INCLUDE}")
 string(REPLACE "," ";" HVD_HIER_TORCH_LIBDIR "${HVD_HIER_TORCH_LIBDIR}")
 
+set(HVD_HIER_TORCH_PARALLEL_OPENMP OFF)
+find_file(_hh_aten_config ATen/Config.h PATHS ${HVD_HIER_TORCH_INCLUDE} NO_DEFAULT_PATH)
+if(_hh_aten_config)
+  file(STRINGS "${_hh_aten_config}" _hh_openmp REGEX "^#define AT_PARALLEL_OPENMP 1")
+  if(_hh_openmp)
+    set(HVD_HIER_TORCH_PARALLEL_OPENMP ON)
+  endif()
+endif()
+
 set(_hh_libs)
 foreach(_lib c10 torch torch_cpu torch_python)
   find_library(_hh_lib_${_lib} NAMES ${_lib} PATHS ${HVD_HIER_TORCH_LIBDIR} NO_DEFAULT_PATH REQUIRED)
@@ -51,4 +61,5 @@ target_compile_definitions(hvd_hier_torch INTERFACE
 target_link_libraries(hvd_hier_torch INTERFACE ${_hh_libs})
 
 message(STATUS "hvd_hier: torch ${HVD_HIER_TORCH_VERSION} "
-               "(CUDA: '${HVD_HIER_TORCH_CUDA}') at ${HVD_HIER_TORCH_LIBDIR}")
+               "(CUDA: '${HVD_HIER_TORCH_CUDA}', OpenMP: ${HVD_HIER_TORCH_PARALLEL_OPENMP}) "
+               "at ${HVD_HIER_TORCH_LIBDIR}")

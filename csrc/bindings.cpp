@@ -47,6 +47,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_kernel_isa", &hvd_hier::set_cpu_kernel_isa,
         "'baseline' forces the portable CPU loop (tests, comparisons); 'auto' picks the best.",
         py::arg("isa"));
+  m.def("cpu_parallel_threads", &hvd_hier::cpu_parallel_threads,
+        "How many threads the CPU loop's at::parallel_for ran `tasks` tasks on (at most "
+        "torch.get_num_threads()).", py::arg("tasks") = 64,
+        py::call_guard<py::gil_scoped_release>());
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
   m.attr("CHUNK_ELEMS") = hvd_hier::kChunkElems;
 }

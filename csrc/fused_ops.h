@@ -28,6 +28,9 @@ void copy_table_cuda(const TensorTable& table, at::ScalarType tensor_dtype, void
 
 bool built_with_cuda();
 
+// How many threads an at::parallel_for of `tasks` tasks in the CPU back end ran on.
+int64_t cpu_parallel_threads(int64_t tasks);
+
 // Which copy of the CPU loop runs on this processor: "avx2" or "baseline".
 const char* cpu_kernel_isa();
 // "baseline" forces the baseline loop (for tests and comparisons); "auto" picks the best.

@@ -18,7 +18,8 @@ from horovod.torch.compression import Compression
 from horovod.torch.mpi_ops import Adasum, Average, Sum, global_process_set
 from horovod.torch.optimizer import _DistributedOptimizer
 
-from .averaging import SUPPORTED_DTYPES, BucketAverager, flat_view
+from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, _check_no_aliasing,
+                        flat_view)
 from .schedule import HierSchedule, Reduction, check_int
 from .topology import LOCAL, build_topology, check_group_size, plan_groups
 
@@ -271,7 +272,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          backward_passes_per_step=1, op=Average, gradient_predivide_factor=1.0,
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=4, local_rounds=4,
-                         group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0):
+                         group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0,
+                         flat_storage=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
 
     A drop-in replacement for ``hvd.DistributedOptimizer``: same arguments, same use. Each
@@ -315,6 +317,16 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             same steps as the parameters; integer buffers (BatchNorm's step counter) are
             left alone.
         bucket_cap_mb (float): largest averaging bucket in MiB. Default 25.
+        flat_storage (bool): move the parameters (and ``buffers``) into a few preallocated
+            flat buffers of at most ``bucket_cap_mb`` each, and make them views into those
+            buffers, so that an averaging reduces the buffers in place with no packing and
+            no extra memory. The parameter objects stay the same (``model.parameters()``,
+            ``param_groups`` and ``state_dict()`` work as before); only their memory moves,
+            once, when the optimizer is created. Create the optimizer after moving the
+            model to its device and dtype. Tied (memory-sharing) parameters are refused.
+            ``torch.save`` of a single parameter saves its whole buffer (save
+            ``p.clone()``, or the model's ``state_dict()``, which saves each buffer once).
+            Default False.
 
     Returns:
         The wrapped optimizer. Besides the ``torch.optim.Optimizer`` API and Horovod's
@@ -392,6 +404,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or \
             not math.isfinite(bucket_cap_mb) or bucket_cap_mb <= 0:
         raise ValueError(f"bucket_cap_mb must be a number > 0, got {bucket_cap_mb!r}")
+    if not isinstance(flat_storage, bool):
+        raise ValueError(f"flat_storage must be True or False, got {flat_storage!r}")
     if named_parameters is not None:
         named_parameters = list(named_parameters)
 
@@ -429,6 +443,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             flat_view(t)
         except ValueError as exc:
             raise ValueError(f"hvd_hier.DistributedOptimizer: {name}: {exc}") from None
+    if flat_storage:
+        try:
+            _check_no_aliasing(params + buffer_list,
+                               names + [f"buffer {i}" for i in range(len(buffer_list))])
+        except ValueError as exc:
+            raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
     if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
         warnings.warn(
             "hvd_hier.DistributedOptimizer with local_steps=1 and local_rounds=1 averages the "
@@ -443,7 +463,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
               "warmup_steps": schedule.warmup_steps, "group_size": group_size,
               "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
               "backward_passes_per_step": backward_passes_per_step,
-              "sparse_as_dense": bool(sparse_as_dense), "process_set": set_ranks}
+              "sparse_as_dense": bool(sparse_as_dense), "process_set": set_ranks,
+              "flat_storage": flat_storage}
     payload = {"config": config, "params": [signature(p) for p in params],
                "buffers": [signature(b) for b in buffer_list], "host": _hostname()}
     payloads = _allgather_object(payload, process_set) if len(set_ranks) > 1 else [payload]
@@ -452,7 +473,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
 
     # ---- process sets (every rank, same order), then the optimizer itself ----
     topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank(), hvd.size())
-    averager = BucketAverager(params + buffer_list, int(bucket_cap_mb * 2**20))
+    cap = int(bucket_cap_mb * 2**20)
+    if flat_storage:
+        averager = FlatAverager(params + buffer_list, cap, names=names + [
+            f"buffer {i}" for i in range(len(buffer_list))])
+    else:
+        averager = BucketAverager(params + buffer_list, cap)
     base = optimizer.__class__
     hier = {
         "schedule": schedule, "group_size": group_size, "topology": topology,

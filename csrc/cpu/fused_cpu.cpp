@@ -6,6 +6,7 @@
 #include "fused_cpu_impl.h"
 
 #include <atomic>
+#include <vector>
 
 namespace hvd_hier {
 
@@ -39,6 +40,21 @@ void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void*
   }
 #endif
   baseline::copy_table(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
+}
+
+int64_t cpu_parallel_threads(int64_t tasks) {
+  // The threads that at::parallel_for hands work to from this translation unit (ATen's
+  // OpenMP back end runs on one thread when a unit is compiled without OpenMP).
+  std::vector<std::atomic<bool>> seen(static_cast<size_t>(at::get_num_threads()) + 1);
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const int id = at::get_thread_num();
+    volatile double sink = 0;
+    for (int k = 0; k < 200000; ++k) sink = sink + k;  // long enough for every thread to join
+    if (id >= 0 && static_cast<size_t>(id) < seen.size()) seen[id].store(true);
+  });
+  int64_t n = 0;
+  for (auto& s : seen) n += s.load();
+  return n;
 }
 
 const char* cpu_kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }

@@ -19,9 +19,10 @@ def test_bench_average_runs_and_reports_every_method(tmp_path):
     f32, bf16 = result["rows"]
     assert (f32["model"], f32["dtype"], f32["tensors"]) == ("transformer_block", "float32", 12)
     assert abs(f32["MB"] - 12596224 * 4 / 1e6) < 1e-9
-    for method in ("fused", "torch", "torch_copy", "horovod", "bound"):
+    for method in ("fused", "flat", "torch", "torch_copy", "horovod", "bound"):
         assert f32[f"{method}_ms"] > 0, method
     assert bf16["horovod_ms"] is None  # Horovod's CPU operations refuse bfloat16
     # one bucket buffer (25 MiB) for the fused path, a whole flat copy (50 MB) for PyTorch's
     peak = result["peak_extra_bytes"]
     assert peak["transformer_block/fused"] < 40e6 < peak["transformer_block/torch"], peak
+    assert peak["transformer_block/flat"] < 5e6, peak  # no buffer at all

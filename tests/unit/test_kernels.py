@@ -119,3 +119,17 @@ def test_errors_name_the_problem():
     expect("pack: offset must be >= 0, got -1", C.pack, [torch.randn(2)], bucket, 1.0, -1)
     expect("pack: bucket device meta is not supported (cpu, cuda)", C.pack, [], torch.empty(2, device="meta"))
     expect("pack: tensors[0] is on meta but the bucket is on cpu", C.pack, [torch.empty(2, device="meta")], bucket)
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="needs 2 CPUs")
+def test_the_cpu_loop_runs_on_torchs_threads():
+    """at::parallel_for is a header template: compiled without OpenMP it would run on one
+    thread whatever torch.get_num_threads() says."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert C.cpu_parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert C.cpu_parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -47,6 +47,7 @@ def run():
          "gradient_predivide_factor=2.0 needs op=hvd.Average"),
         (dict(bucket_cap_mb=0), "bucket_cap_mb must be a number > 0, got 0"),
         (dict(bucket_cap_mb=float("nan")), "bucket_cap_mb must be a number > 0, got nan"),
+        (dict(flat_storage="yes"), "flat_storage must be True or False, got 'yes'"),
     ]
     for kwargs, message in cases:
         expect_error(ValueError, message, DO, sgd(m), named_parameters=np_(), **kwargs)
@@ -74,6 +75,13 @@ def run():
                  "device, got 'fc.weight' on cpu, 'x' on meta", DO,
                  torch.optim.SGD(list(m.parameters()) + [on_meta], lr=0.1),
                  named_parameters=list(np_()) + [("x", on_meta)])
+    tied = torch.nn.ModuleDict({"emb": torch.nn.Embedding(5, 4), "head": torch.nn.Linear(4, 5)})
+    tied["head"].weight = tied["emb"].weight
+    buffers = [tied["emb"].weight.detach()]  # a buffer aliasing a parameter
+    expect_error(ValueError, "hvd_hier.DistributedOptimizer: flat_storage=True: 'emb.weight' and "
+                 "buffer 0 share memory (tied weights); flat storage would untie them, so pass "
+                 "flat_storage=False", DO, sgd(tied), named_parameters=tied.named_parameters(),
+                 buffers=buffers, flat_storage=True)
     report("tensor errors")
 
     # Rank outside the process set: ranks 2 and 3 are refused; 0 and 1 train on the set.

@@ -23,6 +23,8 @@ CONFIGS = [
     (4, 1, 2, 1),  # K2=1: every averaging is global
     (2, 2, "local", 1),
 ]
+# the same with persistent flat storage: parameters are views into the reduced buffers
+FLAT_CONFIGS = [(2, 2, 2, 0), (2, 3, 2, 3), (3, 2, 1, 0), (1, 4, 2, 2)]
 SIZES = {"a": (3, 5), "b": (37,), "c": (2, 2)}  # 'c' is float64
 LR = 0.25
 
@@ -56,11 +58,12 @@ def flat(values):
     return np.concatenate([np.asarray(values[n], dtype=np.float64).ravel() for n in SIZES])
 
 
-def run_config(rank, size, k1, k2, s, warmup):
+def run_config(rank, size, k1, k2, s, warmup, flat_storage=False):
     model = Model(rank)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
+    params = (model.a, model.b, model.c)
     kwargs = dict(named_parameters=model.named_parameters(), local_steps=k1, local_rounds=k2,
-                  group_size=s, warmup_steps=warmup,
+                  group_size=s, warmup_steps=warmup, flat_storage=flat_storage,
                   bucket_cap_mb=64 / 2**20)  # 64-byte buckets: tensors split across buckets
     if k1 == 1 and k2 == 1 and warmup == 0:
         opt = expect_warning("that is synchronous SGD", hvd_hier.DistributedOptimizer, opt, **kwargs)
@@ -68,6 +71,11 @@ def run_config(rank, size, k1, k2, s, warmup):
         opt = hvd_hier.DistributedOptimizer(opt, **kwargs)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
     assert opt.averaging_stats()["steps"] == 0
+    storages = {p.untyped_storage().data_ptr() for p in params}
+    if flat_storage:  # 64-byte cap: 'a' (60 bytes), 'b' (148, alone) and 'c' (float64) own a buffer each
+        assert [b.storage.numel() for b in opt._hier["averager"].buckets] == [15, 37, 4]
+        assert storages == {b.storage.untyped_storage().data_ptr()
+                            for b in opt._hier["averager"].buckets}
 
     group_len = size if s == "local" else s  # horovodrun -H localhost:4: one host
     groups = [list(range(i, i + group_len)) for i in range(0, size, group_len)]
@@ -80,7 +88,7 @@ def run_config(rank, size, k1, k2, s, warmup):
         opt.zero_grad()
         model.loss(rank, t).backward()
         opt.step()
-        got = np.concatenate([p.detach().double().numpy().ravel() for p in (model.a, model.b, model.c)])
+        got = np.concatenate([p.detach().double().numpy().ravel() for p in params])
         want = expected[t - 1][rank]
         assert np.array_equal(got, want), (
             f"K1={k1} K2={k2} S={s} W={warmup}: step {t} ({schedule.reduction_at(t).value}) "
@@ -92,7 +100,9 @@ def run_config(rank, size, k1, k2, s, warmup):
         nbytes = 15 * 4 + 37 * 4 + 4 * 8
         assert stats["bytes_global"] == counts["global"] * nbytes, stats
         assert stats["bytes_local"] == (counts["local"] * nbytes if group_len > 1 else 0), stats
-    report(f"schedule K1={k1} K2={k2} S={s} W={warmup}")
+    # flat storage: still views into the same buffers; otherwise never moved
+    assert {p.untyped_storage().data_ptr() for p in params} == storages
+    report(f"schedule K1={k1} K2={k2} S={s} W={warmup}" + (" flat" if flat_storage else ""))
 
 
 def buffers_and_optimizer_state(rank):
@@ -135,6 +145,8 @@ def run():
     assert size == 4
     for config in CONFIGS:
         run_config(rank, size, *config)
+    for config in FLAT_CONFIGS:
+        run_config(rank, size, *config, flat_storage=True)
     buffers_and_optimizer_state(rank)
 
 
