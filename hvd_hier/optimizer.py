@@ -223,7 +223,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         Keys: ``steps`` (calls of step(), the spurious one of broadcast_optimizer_state not
         counted), ``sync_steps`` (warmup steps), ``local_averages``, ``global_averages``,
         ``bytes_local`` and ``bytes_global`` (payload bytes reduced by this rank: the size of
-        the averaged tensors, not wire traffic; 0 for local averagings of a group of one),
+        the averaged tensors, with flat storage of its buffers, padding included; not wire
+        traffic; 0 for local averagings of a group of one),
         ``seconds_local``, ``seconds_global`` (wall time in the averagings), ``group`` (this
         rank's local group), ``group_size``, ``num_groups``.
         """

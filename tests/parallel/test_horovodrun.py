@@ -41,7 +41,8 @@ def test_state_dict_resume():
         "resume at step 1, every rank loads its own checkpoint",
         "resume at step 7, every rank loads its own checkpoint",
         "resume at step 10, every rank loads its own checkpoint",
-        "rank 0 loads, the schedule follows on every rank", "plain state dicts"])
+        "rank 0 loads, the schedule follows on every rank", "plain state dicts",
+        "flat storage: same run, state dicts, resume"])
 
 
 def test_bad_inputs_raise_everywhere_and_nothing_hangs():
