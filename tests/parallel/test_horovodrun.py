@@ -79,6 +79,79 @@ def test_example_trains_on_digits(tmp_path):
     assert last["test_accuracy"] > 0.85, results
     # 22 steps per epoch, 88 steps: 88 // 2 = 44 averagings, 88 // 8 = 11 of them global
     assert (last["local_averages"], last["global_averages"]) == (33, 11), last
+    # epoch ends at steps 22, 44, 66, 88: 6, 4, 2, 0 steps after a global averaging
+    assert [e["steps_since_global"] for e in results["epochs"]] == [6, 4, 2, 0]
+    assert results["groups"] == [[0, 1], [2, 3]] and results["steps_per_epoch"] == 22
+
+
+def test_example_resumes_exactly(tmp_path):
+    """Stopped after epoch 2 and resumed from the checkpoints, a run ends exactly where an
+    uninterrupted one does (non-IID shards, momentum, Hier-AVG mid-cycle at the stop)."""
+    from harness import ROOT as root
+
+    common = ["--dataset", "digits", "--algo", "hier", "--local-steps", "3", "--local-rounds",
+              "2", "--group-size", "2", "--non-iid", "0.5", "--no-progress"]
+    train = root / "examples" / "train.py"
+    horovodrun(train, *common, "--epochs", "3", "--out", tmp_path / "full.json", timeout=300)
+    horovodrun(train, *common, "--epochs", "2", "--save", tmp_path / "ckpt", timeout=300)
+    out = horovodrun(train, *common, "--epochs", "3", "--resume", tmp_path / "ckpt", "--out",
+                     tmp_path / "resumed.json", timeout=300)
+    assert "epoch   1" not in out and "epoch   3" in out
+    full = json.loads((tmp_path / "full.json").read_text())["epochs"]
+    resumed = json.loads((tmp_path / "resumed.json").read_text())["epochs"]
+    assert len(resumed) == 3 and resumed[:2] == [
+        {**e, "seconds": r["seconds"]} for e, r in zip(full[:2], resumed[:2])]
+    keys = ("train_loss", "test_loss", "test_accuracy", "local_averages", "global_averages",
+            "bytes_local", "bytes_global", "steps_since_global")
+    assert {k: resumed[2][k] for k in keys} == {k: full[2][k] for k in keys}, (resumed[2], full[2])
+    assert full[1]["steps_since_global"] == 2  # 44 steps: stopped in the middle of a cycle
+
+
+def test_example_trains_resnet18_on_cifar_pickles(tmp_path):
+    from cifar_files import write_cifar
+    from harness import ROOT as root
+
+    write_cifar(tmp_path / "cifar-10-batches-py", per_batch=4, test=6)
+    out_json = tmp_path / "cifar.json"
+    out = horovodrun(root / "examples" / "train.py", "--dataset", "cifar10", "--data-dir", tmp_path,
+                     "--model", "resnet18", "--algo", "hier", "--local-steps", "1",
+                     "--local-rounds", "2", "--group-size", "2", "--batch-size", "2",
+                     "--epochs", "1", "--flat-storage", "--out", out_json, timeout=400)
+    assert "cifar10 (resnet18, 44.70 MB of parameters): 20 train / 6 test, 4 learners, 2 steps" in out
+    last = json.loads(out_json.read_text())["epochs"][-1]
+    assert (last["local_averages"], last["global_averages"]) == (1, 1), last
+    assert 0.0 <= last["test_accuracy"] <= 1.0 and last["train_loss"] > 0
+
+
+def test_compare_runs_tabulates_plots_and_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    from harness import ROOT as root
+
+    cmd = [sys.executable, str(root / "examples" / "compare.py"), "--preset", "demo", "--only",
+           "sync,hier_S2_K12_K24", "--seeds", "2", "--np", "4", "--out-dir", str(tmp_path),
+           "--quiet", "--epochs", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["hier_S2_K12_K24_seed0.json", "hier_S2_K12_K24_seed1.json",
+                    "sync_seed0.json", "sync_seed1.json"]
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0].startswith("| configuration | final test accuracy |")
+    # 2 epochs of 22 steps: sync reduces every step; Hier-AVG every 8 steps globally
+    assert table[2].startswith("| sync SGD |") and "| 44 | 0 |" in table[2]
+    assert table[3].startswith("| Hier-AVG S=2 K1=2 K2=4 |") and "| 5 | 17 |" in table[3]
+    for png in ("accuracy_vs_epochs", "accuracy_vs_global_reductions", "accuracy_vs_time",
+                "loss_vs_epochs", "claim1_fewer_global_reductions", "claim2_same_global_reductions",
+                "claim3_local_averaging"):
+        assert (tmp_path / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    claims = (tmp_path / "claims.md").read_text()
+    assert "## 1. K2 times fewer global reductions than K-AVG with K=K1, comparable accuracy\n" \
+           "- not measured in this sweep: no results for kavg_K2\n" in claims, claims
+    assert "- Hier-AVG S=2 K1=2 K2=4: " in claims.split("## 3.")[1], claims
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2, again.stdout
 
 
 def test_bucketed_averaging_equals_one_bucket():

@@ -1,0 +1,316 @@
+"""Synchronous SGD vs K-AVG vs Hier-AVG: run a sweep through horovodrun, then plot and tabulate.
+
+    python examples/compare.py --preset demo --out-dir demo_results
+    python examples/compare.py --preset paper --out-dir results/mnist5k
+
+Every configuration runs under one ``horovodrun -np P ... examples/train.py --seed 0,1,2``
+(one run per seed, one start-up), each run writing ``runs/<name>_seed<k>.json``; seeds whose
+JSON already exists are skipped, so an interrupted sweep resumes where it stopped. Then it writes, in ``--out-dir``:
+
+* ``table.md``: final test accuracy (mean ± std over seeds), global and local reductions,
+  bytes and training time per configuration (also printed);
+* ``claims.md``: the three claims of the Hier-AVG paper, each with the numbers of this sweep;
+* plots: ``accuracy_vs_epochs.png``, ``accuracy_vs_global_reductions.png``,
+  ``accuracy_vs_time.png``, ``loss_vs_epochs.png``, and one figure per claim
+  (``claim1_fewer_global_reductions.png``, ``claim2_same_global_reductions.png``,
+  ``claim3_local_averaging.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Config:
+    algo: str
+    k1: int = 1
+    k2: int = 1
+    s: int = 1
+
+    @property
+    def name(self) -> str:
+        if self.algo == "sync":
+            return "sync"
+        if self.algo == "kavg":
+            return f"kavg_K{self.k1 * self.k2}"
+        return f"hier_S{self.s}_K1{self.k1}_K2{self.k2}"
+
+    @property
+    def label(self) -> str:
+        if self.algo == "sync":
+            return "sync SGD"
+        if self.algo == "kavg":
+            return f"K-AVG K={self.k1 * self.k2}"
+        return f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}"
+
+    def train_args(self):
+        if self.algo == "sync":
+            return ["--algo", "sync"]
+        return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
+                str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else [])]
+
+
+# Each preset: the training arguments shared by every run, and the configurations. The
+# claims compare: hier (K1, K2) with kavg K=K1 (claim 1) and kavg K=K1*K2 (claim 2); hier
+# with smaller K1 or larger S at the same global period (claim 3).
+PRESETS = {
+    "demo": {
+        "np": 4, "seeds": 3,
+        "train": ["--dataset", "digits", "--epochs", "6", "--lr", "0.05", "--batch-size", "16"],
+        "configs": [Config("sync"), Config("kavg", 2, 1), Config("kavg", 2, 4),
+                    Config("hier", 2, 4, 2), Config("hier", 1, 8, 2)],
+        "claim1": ("hier_S2_K12_K24", "kavg_K2"), "claim2": ("hier_S2_K12_K24", "kavg_K8"),
+        "claim3": ["kavg_K8", "hier_S2_K12_K24", "hier_S2_K11_K28"],
+    },
+    "paper": {
+        "np": 8, "seeds": 3,
+        "train": ["--dataset", "mnist5k", "--epochs", "12", "--lr", "0.05", "--batch-size", "16",
+                  "--non-iid", "0.8", "--group-size", "4"],
+        "configs": [Config("sync"), Config("kavg", 4, 1), Config("kavg", 4, 4),
+                    Config("hier", 4, 4, 4), Config("hier", 4, 4, 2), Config("hier", 2, 8, 4),
+                    Config("hier", 1, 16, 4)],
+        "claim1": ("hier_S4_K14_K24", "kavg_K4"), "claim2": ("hier_S4_K14_K24", "kavg_K16"),
+        "claim3": ["kavg_K16", "hier_S2_K14_K24", "hier_S4_K14_K24", "hier_S4_K12_K28",
+                   "hier_S4_K11_K216"],
+    },
+}
+
+
+def run_sweep(preset, out_dir: Path, seeds, np_, extra, timeout, python, quiet):
+    """One horovodrun launch per configuration, for all of its seeds that have no result yet
+    (train.py runs the seeds one after the other: the start-up is paid once)."""
+    runs = out_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    horovodrun = str(Path(python).parent / "horovodrun")
+    configs = preset["configs"]
+    for i, config in enumerate(configs, 1):
+        missing = [s for s in range(seeds) if not (runs / f"{config.name}_seed{s}.json").exists()]
+        if not missing:
+            print(f"[{i}/{len(configs)}] {config.label}: {seeds} seeds done before, skipped", flush=True)
+            continue
+        pattern = str(runs / f"{config.name}_seed{{seed}}.json.part")
+        cmd = [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", python,
+               str(HERE / "train.py"), *preset["train"], *config.train_args(),
+               "--seed", ",".join(map(str, missing)), "--no-progress", *extra, "--out", pattern]
+        print(f"[{i}/{len(configs)}] {config.label}, seeds {missing}: {shlex.join(cmd[1:])}",
+              flush=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE if quiet else None,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = (proc.stdout or "")[-4000:]
+            raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+        for s in missing:  # complete runs only: a killed sweep resumes cleanly
+            os.replace(pattern.format(seed=s), runs / f"{config.name}_seed{s}.json")
+        print(f"    {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def load_runs(preset, out_dir: Path, seeds):
+    results = {}
+    for config in preset["configs"]:
+        runs = []
+        for seed in range(seeds):
+            path = out_dir / "runs" / f"{config.name}_seed{seed}.json"
+            if path.exists():
+                runs.append(json.loads(path.read_text()))
+        if runs:
+            results[config.name] = (config, runs)
+    return results
+
+
+def mean_std(values):
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def curve(runs, key):
+    """Mean and std over seeds of `key` per epoch."""
+    columns = list(zip(*[[e[key] for e in r["epochs"]] for r in runs]))
+    return [mean_std(c) for c in columns]
+
+
+def table(results) -> str:
+    lines = ["| configuration | final test accuracy | global reductions | local reductions | "
+             "bytes global | bytes local | train time (s) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, (config, runs) in results.items():
+        last = [r["epochs"][-1] for r in runs]
+        acc, sd = mean_std(e["test_accuracy"] for e in last)
+        t, tsd = mean_std(e["seconds"] for e in last)
+        # a group of one counts its (empty) local averagings; nothing was reduced
+        local = last[0]["local_averages"] if last[0]["bytes_local"] else 0
+        lines.append(
+            f"| {config.label} | {acc * 100:.2f} ± {sd * 100:.2f} % | {last[0]['global_averages']} | "
+            f"{local} | {last[0]['bytes_global'] / 1e6:.1f} MB | "
+            f"{last[0]['bytes_local'] / 1e6:.1f} MB | {t:.1f} ± {tsd:.1f} | {len(runs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def final_acc(results, name):
+    return mean_std(r["epochs"][-1]["test_accuracy"] for r in results[name][1])
+
+
+def claims(preset, results) -> str:
+    out = ["# The paper's claims in this sweep", ""]
+
+    def fmt(name):
+        acc, sd = final_acc(results, name)
+        last = results[name][1][0]["epochs"][-1]
+        return (f"{results[name][0].label}: {acc * 100:.2f} ± {sd * 100:.2f} % after "
+                f"{last['global_averages']} global reductions")
+
+    def absent(title, names):
+        missing = [n for n in names if n not in results]
+        return [title, f"- not measured in this sweep: no results for {', '.join(missing)}", ""]
+
+    def pair(title, names, with_ratio):
+        hier, kavg = names
+        if not (hier in results and kavg in results):
+            return absent(title, [hier, kavg])
+        (a, sa), (b, sb) = final_acc(results, hier), final_acc(results, kavg)
+        summary = (f"accuracy difference {(a - b) * 100:+.2f} points (seed spread "
+                   f"{max(sa, sb) * 100:.2f})")
+        if with_ratio:
+            g_h = results[hier][1][0]["epochs"][-1]["global_averages"]
+            g_k = results[kavg][1][0]["epochs"][-1]["global_averages"]
+            summary = f"global reductions: {g_k / max(g_h, 1):.1f}x fewer; " + summary
+        return [title, f"- {fmt(hier)}", f"- {fmt(kavg)}", f"- {summary}", ""]
+
+    out += pair("## 1. K2 times fewer global reductions than K-AVG with K=K1, comparable "
+                "accuracy", preset["claim1"], True)
+    out += pair("## 2. At the same number of global reductions, at least K-AVG's accuracy "
+                "(K=K1*K2)", preset["claim2"], False)
+    names = [n for n in preset["claim3"] if n in results]
+    if names:
+        out += ["## 3. Smaller K1 and larger S converge faster (same global period)"]
+        for n in names:
+            losses = curve(results[n][1], "train_loss")
+            mid = len(losses) // 2
+            out.append(f"- {fmt(n)}; training loss at epoch {mid + 1}: {losses[mid][0]:.4f}, "
+                       f"at the end: {losses[-1][0]:.4f}")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(preset, results, out_dir: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw(ax, names, x_key, y_key, xlabel, ylabel, logx=False):
+        for name in names:
+            if name not in results:
+                continue
+            config, runs = results[name]
+            ys = curve(runs, y_key)
+            if x_key == "epoch":
+                xs = [e["epoch"] for e in runs[0]["epochs"]]
+            else:
+                xs = [m for m, _ in curve(runs, x_key)]
+            mean = [m for m, _ in ys]
+            sd = [s for _, s in ys]
+            line, = ax.plot(xs, mean, marker="o", markersize=3, label=config.label)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.15)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+    everything = list(results)
+    figures = {
+        "accuracy_vs_epochs.png": [("epoch", "test_accuracy", "epoch", "test accuracy", False)],
+        "accuracy_vs_global_reductions.png": [("global_averages", "test_accuracy",
+                                               "global reductions", "test accuracy", True)],
+        "accuracy_vs_time.png": [("seconds", "test_accuracy", "training time (s)", "test accuracy", False)],
+        "loss_vs_epochs.png": [("epoch", "train_loss", "epoch", "training loss", False)],
+    }
+    written = []
+    for filename, panels in figures.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for panel in panels:
+            draw(ax, everything, *panel)
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=110)
+        plt.close(fig)
+        written.append(filename)
+    claim_figs = {
+        "claim1_fewer_global_reductions.png": (list(preset["claim1"]), "Claim 1: Hier-AVG vs K-AVG with K=K1"),
+        "claim2_same_global_reductions.png": (list(preset["claim2"]), "Claim 2: Hier-AVG vs K-AVG with K=K1*K2"),
+        "claim3_local_averaging.png": (preset["claim3"], "Claim 3: smaller K1, larger S"),
+    }
+    for filename, (names, title) in claim_figs.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        if filename.startswith("claim3"):
+            draw(axes[0], names, "epoch", "train_loss", "epoch", "training loss")
+        else:
+            draw(axes[0], names, "global_averages", "test_accuracy", "global reductions",
+                 "test accuracy", True)
+        draw(axes[1], names, "epoch", "test_accuracy", "epoch", "test accuracy")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=110)
+        plt.close(fig)
+        written.append(filename)
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument("--out-dir", default=None, help="default: <preset>_results")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (preset: 3)")
+    p.add_argument("--np", type=int, default=None, help="ranks (preset: 4 for demo, 8 for paper)")
+    p.add_argument("--only", default=None, help="comma-separated configuration names to run")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    p.add_argument("--report-only", action="store_true", help="no runs: tabulate and plot what exists")
+    p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
+    args, extra = p.parse_known_args(argv)
+    preset = dict(PRESETS[args.preset])
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {c.name for c in preset["configs"]}
+        if unknown:
+            raise SystemExit(f"--only: unknown configurations {sorted(unknown)}; this preset has "
+                             f"{[c.name for c in preset['configs']]}")
+        preset["configs"] = [c for c in preset["configs"] if c.name in wanted]
+    seeds = args.seeds or preset["seeds"]
+    np_ = args.np or preset["np"]
+    out_dir = Path(args.out_dir or f"{args.preset}_results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_sweep(preset, out_dir, seeds, np_, extra, args.timeout, sys.executable, args.quiet)
+    results = load_runs(preset, out_dir, seeds)
+    if not results:
+        raise SystemExit(f"no results in {out_dir / 'runs'}")
+    text = table(results)
+    (out_dir / "table.md").write_text(text)
+    (out_dir / "claims.md").write_text(claims(preset, results))
+    written = plot(preset, results, out_dir)
+    print("\n" + text)
+    print(f"wrote {out_dir / 'table.md'}, {out_dir / 'claims.md'} and "
+          f"{', '.join(str(out_dir / w) for w in written)}")
+
+
+if __name__ == "__main__":
+    main()
