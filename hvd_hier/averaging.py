@@ -268,7 +268,8 @@ class FlatAverager:
         _check_no_aliasing(self.tensors, self.names)
         self.max_in_flight = max(1, int(max_in_flight))
         self.buckets: List[FlatBucket] = []
-        self._slots: List[Tuple[torch.Tensor, tuple]] = [None] * len(self.tensors)
+        # per tensor: its bucket, offset, and what it looked like when moved there
+        self._slots: List[Tuple[FlatBucket, int, tuple]] = [None] * len(self.tensors)
         plans: Dict[tuple, List[Tuple[List[Tuple[int, int]], int]]] = {}
         for index, t in enumerate(self.tensors):
             if t.numel() == 0:
@@ -300,14 +301,8 @@ class FlatAverager:
         view = bucket.storage.as_strided(t.shape, t.stride(), offset)
         view.copy_(values)
         t.data = view
-        self._slots[index] = (view, (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device))
-
-    def _where(self, index: int) -> Tuple[FlatBucket, int]:
-        for bucket in self.buckets:
-            for i, offset in bucket.members:
-                if i == index:
-                    return bucket, offset
-        raise KeyError(index)
+        self._slots[index] = (bucket, offset, (t.data_ptr(), tuple(t.shape), tuple(t.stride()),
+                                               t.dtype, t.device))
 
     def relink(self) -> int:
         """Re-point tensors whose ``.data`` was re-assigned; returns how many moved back."""
@@ -316,7 +311,7 @@ class FlatAverager:
             slot = self._slots[index]
             if slot is None:
                 continue
-            view, (ptr, shape, stride, dtype, device) = slot
+            bucket, offset, (ptr, shape, stride, dtype, device) = slot
             if t.data_ptr() == ptr and tuple(t.shape) == shape and tuple(t.stride()) == stride \
                     and t.dtype == dtype:
                 continue
@@ -329,7 +324,6 @@ class FlatAverager:
             warnings.warn(
                 f"hvd_hier: {name} no longer uses its flat storage (its .data was re-assigned); "
                 "its values are copied back into the storage")
-            bucket, offset = self._where(index)
             with torch.no_grad():
                 self._move(index, bucket, offset, t.detach().clone())
             moved += 1

@@ -424,18 +424,18 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         if isinstance(buffers, torch.Tensor):
             raise TypeError("buffers must be an iterable of tensors, such as model.buffers()")
         buffer_list = [b for b in buffers if b.is_floating_point()]
-    devices = {t.device for t in params + buffer_list}
+    tensors = params + buffer_list  # everything averaged, and its labels for messages
+    labels = names + [f"buffer {i}" for i in range(len(buffer_list))]
+    devices = {t.device for t in tensors}
     if len(devices) > 1:
         first = {}
-        for n, t in zip(names + [f"buffer {i}" for i in range(len(buffer_list))],
-                        params + buffer_list):
+        for n, t in zip(labels, tensors):
             first.setdefault(str(t.device), n)
         where = ", ".join(f"{n} on {d}" for d, n in first.items())
         raise ValueError(
             "hvd_hier.DistributedOptimizer: parameters and buffers must be on one device, "
             f"got {where}")
-    for name, t in zip(names + [f"buffer {i}" for i in range(len(buffer_list))],
-                       params + buffer_list):
+    for name, t in zip(labels, tensors):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(
                 f"hvd_hier.DistributedOptimizer: {name} has dtype {t.dtype}; averaging "
@@ -446,8 +446,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             raise ValueError(f"hvd_hier.DistributedOptimizer: {name}: {exc}") from None
     if flat_storage:
         try:
-            _check_no_aliasing(params + buffer_list,
-                               names + [f"buffer {i}" for i in range(len(buffer_list))])
+            _check_no_aliasing(tensors, labels)
         except ValueError as exc:
             raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
     if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
@@ -476,10 +475,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank(), hvd.size())
     cap = int(bucket_cap_mb * 2**20)
     if flat_storage:
-        averager = FlatAverager(params + buffer_list, cap, names=names + [
-            f"buffer {i}" for i in range(len(buffer_list))])
+        averager = FlatAverager(tensors, cap, names=labels)
     else:
-        averager = BucketAverager(params + buffer_list, cap)
+        averager = BucketAverager(tensors, cap)
     base = optimizer.__class__
     hier = {
         "schedule": schedule, "group_size": group_size, "topology": topology,
