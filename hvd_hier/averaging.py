@@ -102,6 +102,36 @@ def plan_buckets(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
     return done
 
 
+def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int) -> None:
+    """Sum one buffer per bucket over ``process_set`` in place, at most ``max_in_flight`` at
+    once: ``start(bucket)`` returns ``(buffer, done)``, and ``done()`` runs once that buffer's
+    sum has arrived. The oldest reduction is finished before the next bucket is started, so
+    at most ``max_in_flight`` buffers are in use.
+
+    Horovod matches collectives by name across ranks, so names depend only on ``tag`` and
+    the bucket index, never on how many averagers a rank has created.
+    """
+    import horovod.torch as hvd
+
+    pending = collections.deque()
+
+    def finish():
+        handle, done = pending.popleft()
+        hvd.synchronize(handle)
+        done()
+
+    with torch.no_grad():
+        for i, bucket in enumerate(buckets):
+            if len(pending) >= max_in_flight:
+                finish()
+            buf, done = start(bucket)
+            handle = hvd.allreduce_async_(buf, op=hvd.Sum, name=f"hvd_hier.{tag}.{i}",
+                                          process_set=process_set)
+            pending.append((handle, done))
+        while pending:
+            finish()
+
+
 class BucketAverager:
     """Averages a fixed list of tensors in place over a process set.
 
@@ -156,38 +186,24 @@ class BucketAverager:
                 self._pool[bucket.key].append(base)
 
     def average(self, process_set, size: int, tag: str) -> int:
-        """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced.
-
-        Horovod matches collectives by name across ranks, so names depend only on ``tag`` and
-        the bucket index, never on how many averagers a rank has created.
-        """
+        """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced."""
         if size <= 1 or not self.buckets:
             return 0
-        import horovod.torch as hvd
-
         ext = self._ext
         scale = 1.0 / size
-        pending = collections.deque()
 
-        def finish():
-            bucket, base, views, handle = pending.popleft()
-            hvd.synchronize(handle)
-            ext.unpack(base[: bucket.numel], views, scale)
-            self._pool[bucket.key].append(base)
+        def start(bucket):  # pack into a pooled buffer; after the sum, unpack with 1/n
+            base = self._buffer(bucket)
+            views = self._segments(bucket)
+            ext.pack(views, base[: bucket.numel])
 
-        with torch.no_grad():
-            for i, bucket in enumerate(self.buckets):
-                if len(pending) >= self.max_in_flight:
-                    finish()
-                base = self._buffer(bucket)
-                views = self._segments(bucket)
-                buf = base[: bucket.numel]
-                ext.pack(views, buf)
-                handle = hvd.allreduce_async_(buf, op=hvd.Sum, name=f"hvd_hier.{tag}.{i}",
-                                              process_set=process_set)
-                pending.append((bucket, base, views, handle))
-            while pending:
-                finish()
+            def done():
+                ext.unpack(base[: bucket.numel], views, scale)
+                self._pool[bucket.key].append(base)
+
+            return base[: bucket.numel], done
+
+        _sum_in_flight(self.buckets, start, process_set, tag, self.max_in_flight)
         return self.nbytes
 
 
@@ -344,25 +360,11 @@ class FlatAverager:
         (the buffers' size, padding included)."""
         if size <= 1 or not self.buckets:
             return 0
-        import horovod.torch as hvd
-
         self.relink()
         scale = 1.0 / size
-        pending = collections.deque()
 
-        def finish():
-            bucket, handle = pending.popleft()
-            hvd.synchronize(handle)
-            bucket.storage.mul_(scale)
+        def start(bucket):  # the buffer is the tensors' memory: sum it in place, then scale
+            return bucket.storage, lambda: bucket.storage.mul_(scale)
 
-        with torch.no_grad():
-            for i, bucket in enumerate(self.buckets):
-                if len(pending) >= self.max_in_flight:
-                    finish()
-                handle = hvd.allreduce_async_(bucket.storage, op=hvd.Sum,
-                                              name=f"hvd_hier.{tag}.flat.{i}",
-                                              process_set=process_set)
-                pending.append((bucket, handle))
-            while pending:
-                finish()
+        _sum_in_flight(self.buckets, start, process_set, f"{tag}.flat", self.max_in_flight)
         return self.nbytes
