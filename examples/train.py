@@ -115,23 +115,20 @@ def data_groups(group_size, size, local_size):
 
 def averaged_eval(model, x, y, batch=1000):
     """Loss and accuracy of the model averaged over all ranks (parameters and floating-point
-    buffers), computed on a copy: the training state is left as it was."""
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    averaged = hvd.grouped_allreduce([t.detach().clone() for t in tensors], op=hvd.Average,
-                                     name="eval.average")
-    backup = [t.detach().clone() for t in tensors]
+    buffers). The average is used through torch.func.functional_call: the training state is
+    not touched."""
+    state = model.state_dict()
+    keys = [k for k, t in state.items() if t.is_floating_point()]
+    averaged = hvd.grouped_allreduce([state[k] for k in keys], op=hvd.Average, name="eval.average")
+    state.update(zip(keys, averaged))
     was_training = model.training
     model.eval()
     correct, loss = 0, 0.0
     with torch.no_grad():
-        for t, a in zip(tensors, averaged):
-            t.copy_(a)
         for i in range(0, len(y), batch):
-            out = model(x[i:i + batch])
+            out = torch.func.functional_call(model, state, (x[i:i + batch],))
             loss += F.cross_entropy(out, y[i:i + batch], reduction="sum").item()
             correct += (out.argmax(1) == y[i:i + batch]).sum().item()
-        for t, b in zip(tensors, backup):
-            t.copy_(b)
     model.train(was_training)
     return loss / len(y), correct / len(y)
 
