@@ -77,7 +77,7 @@ PRESETS = {
     "paper": {
         "np": 8, "seeds": 3,
         "train": ["--dataset", "mnist5k", "--epochs", "12", "--lr", "0.05", "--batch-size", "16",
-                  "--non-iid", "0.8", "--data-group-size", "4"],
+                  "--non-iid", "0.9", "--data-group-size", "1"],
         "configs": [Config("sync"), Config("kavg", 4, 1), Config("kavg", 4, 4),
                     Config("hier", 4, 4, 4), Config("hier", 4, 4, 2), Config("hier", 2, 8, 4),
                     Config("hier", 1, 16, 4)],
