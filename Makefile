@@ -1,4 +1,4 @@
-# hvd_hier: make install | make test | make demo | make results | make bench | make clean
+# hvd_hier: make install | make test | make demo | make results | make bench | make bench-network | make clean
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo results bench bench-e2e cuda-check clean
+.PHONY: install test unit demo results bench bench-e2e bench-network soak cuda-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ results: install  ## the paper's comparison on mnist5k (8 ranks, 3 seeds): docs/
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json
+
+soak: install  ## 20,000 steps under horovodrun -np 4: flat memory, no leaks (docs/results/soak.json)
+	OMP_NUM_THREADS=1 PYTHONPATH=$(CURDIR):$(CURDIR)/tests timeout 1800 horovodrun -np 4 \
+	  -H localhost:4 --gloo $(PY) tests/parallel/workers/soak.py 20000 docs/results/soak.json
+
+NET_OUT ?= bench_network
+bench-network: install  ## 2 namespaces with a shaped link: Hier-AVG vs Horovod vs PyTorch (root)
+	$(PY) benchmarks/cluster/bench_network.py --out-dir $(NET_OUT)
 
 bench-e2e: install  ## one local and one global averaging of ResNet-50 under horovodrun -np 4
 	OMP_NUM_THREADS=1 horovodrun -np $(NP) -H localhost:$(NP) --gloo $(PY) benchmarks/bench_e2e.py --json bench_e2e.json

@@ -1,0 +1,329 @@
+"""Hier-AVG against Horovod and PyTorch on a simulated two-node cluster with a slow link.
+
+    sudo .venv/bin/python benchmarks/cluster/bench_network.py            # make bench-network
+    sudo .venv/bin/python benchmarks/cluster/bench_network.py --smoke    # a minute, tiny model
+
+Builds the cluster of ``netns.py`` (``--nodes`` namespaces of ``--ranks-per-node`` ranks, each
+node's uplink shaped to the rate), and for every rate in ``--rates`` runs every method of
+``worker.py`` on the same model, data, learning rate and network, one after the other:
+compute only, synchronous Horovod (``hvd.DistributedOptimizer``), hvd_hier as K-AVG (S=1,
+K=K1*K2) and as Hier-AVG (S = ranks per node) for each ``--schedules`` K1xK2, and PyTorch's
+``HierarchicalModelAverager`` + ``PostLocalSGDOptimizer`` for the same schedules.
+
+Writes to ``--out-dir``: ``runs/*.json`` (each run's raw figures), ``results.json``,
+``table.md`` (step time, ratio to synchronous Horovod, link bytes against the analytic value,
+share of time in local and global averaging; the cost model's prediction next to the measured
+step time, and its prediction for a real cluster) and ``step_time_vs_bandwidth.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+from costmodel import Fit, predict_step, real_cluster_table  # noqa: E402
+from launch import launch  # noqa: E402
+from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
+
+
+def parse_schedules(text: str):
+    out = []
+    for item in text.split(","):
+        try:
+            k1, k2 = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--schedules: each item is K1xK2 (e.g. 1x8), got {item!r}")
+        if k1 < 1 or k2 < 1:
+            raise SystemExit(f"--schedules: K1 and K2 must be >= 1, got {item!r}")
+        out.append((k1, k2))
+    return out
+
+
+def runs_for(schedules, methods):
+    """(name, method, k1, k2) in the order they run at each rate."""
+    out = []
+    if "compute" in methods:
+        out.append(("compute", "compute", 1, 1))
+    if "sync" in methods:
+        out.append(("sync", "sync", 1, 1))
+    if "raw" in methods:
+        out += [("raw_horovod", "raw_horovod", 1, 1), ("raw_torch", "raw_torch", 1, 1)]
+    for k1, k2 in schedules:
+        if "kavg" in methods:
+            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2))
+        if "hier" in methods:
+            out.append((f"hier_{k1}x{k2}", "hier", k1, k2))
+        if "torch" in methods:
+            out.append((f"torch_{k1}x{k2}", "torch", k1, k2))
+    seen, unique = set(), []
+    for run in out:  # K-AVG with the same K1*K2 from two schedules is one run
+        if run[0] not in seen:
+            seen.add(run[0])
+            unique.append(run)
+    return unique
+
+
+LABELS = {"compute": "compute only (no communication; plot: median)", "sync": "Horovod sync (DistributedOptimizer)",
+          "raw_horovod": "hvd.allreduce_ (Horovod's engine)",
+          "raw_torch": "torch.distributed.all_reduce (PyTorch's Gloo)"}
+
+
+def label(name: str) -> str:
+    if name in LABELS:
+        return LABELS[name]
+    kind, rest = name.split("_", 1)
+    if kind == "kavg":
+        return f"hvd_hier K-AVG K={rest[1:]}"
+    k1, k2 = rest.split("x")
+    return (f"hvd_hier Hier-AVG K1={k1} K2={k2}" if kind == "hier"
+            else f"PyTorch HierarchicalModelAverager K1={k1} K2={k2}")
+
+
+def analytic_link_bytes(run: Dict) -> float:
+    """Payload bytes each node's uplink sends (and receives) for this run's global reductions.
+
+    A ring allreduce over P ranks sends 2(P-1)/P times the payload from each rank to the next;
+    with the ranks placed node by node, exactly one edge of the ring leaves each node. Local
+    reductions stay inside the node. Synchronous Horovod reduces the gradients (the
+    parameters' size) every step; hvd_hier averages parameters and floating buffers; PyTorch's
+    averager the parameters."""
+    p = run["size"]
+    ring = 2 * (p - 1) / p
+    if run["method"] == "sync":
+        return ring * run["params_bytes"] * run["steps"]
+    if run["method"] == "compute":
+        return 0.0
+    size = run["params_bytes"] if run["method"] == "torch" else run["payload_bytes"]
+    return ring * size * run["global_averages"]
+
+
+def summarize(run: Dict) -> Dict:
+    times = sorted(run["step_seconds"])
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    mean = run["total_seconds"] / run["steps"]
+    link = [v["tx"] for v in run["node_bytes"].values()]
+    expected = analytic_link_bytes(run)
+    total = run["total_seconds"]
+    return {
+        "mean_step": mean, "median_step": statistics.median(times), "p10": q(0.1),
+        "p90": q(0.9), "per_100_steps": 100 * mean,
+        "link_bytes": statistics.mean(link), "analytic_bytes": expected,
+        "link_ratio": statistics.mean(link) / expected if expected else None,
+        "share_local": run["seconds_local"] / total, "share_global": run["seconds_global"] / total,
+    }
+
+
+def fmt_bytes(b: float) -> str:
+    return f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+
+
+def table(results: List[Dict], rates: List[str], fit_by_rate: Dict[str, Fit]) -> str:
+    lines = []
+    for rate in rates:
+        rows = [r for r in results if r["rate"] == rate and not r["method"].startswith("raw_")]
+        sync = next((r for r in rows if r["name"] == "sync"), None)
+        lines += [f"### {rate}", "",
+                  "| method | step mean | median (p10-p90) | per 100 steps | vs sync | "
+                  "link bytes / node | analytic | measured/analytic | local / global share | "
+                  "cost model |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            s = r["summary"]
+            ratio = (f"{sync['summary']['mean_step'] / s['mean_step']:.2f}x"
+                     if sync and r["name"] != "sync" else "1" if r["name"] == "sync" else "")
+            link_ratio = f"{s['link_ratio']:.3f}" if s["link_ratio"] else "-"
+            model = predict_step(r, fit_by_rate[rate]) if rate in fit_by_rate else None
+            lines.append(
+                f"| {label(r['name'])} | {1e3 * s['mean_step']:.0f} ms | "
+                f"{1e3 * s['median_step']:.0f} ({1e3 * s['p10']:.0f}-{1e3 * s['p90']:.0f}) ms | "
+                f"{s['per_100_steps']:.1f} s | {ratio} | {fmt_bytes(s['link_bytes'])} | "
+                f"{fmt_bytes(s['analytic_bytes'])} | {link_ratio} | "
+                f"{100 * s['share_local']:.0f}% / {100 * s['share_global']:.0f}% | "
+                f"{'' if model is None else f'{1e3 * model:.0f} ms'} |")
+        lines.append("")
+        raw = [r for r in results if r["rate"] == rate and r["method"].startswith("raw_")]
+        if raw:
+            lines += [f"One allreduce (Sum) of {raw[0]['bytes'] / 1e6:.1f} MB by each library's "
+                      "collective engine alone, median (min-max) of "
+                      f"{raw[0]['steps']}:", "",
+                      "| engine | within a node | across all ranks |", "|---|---:|---:|"]
+            for r in raw:
+                cells = []
+                for kind in ("local", "global"):
+                    v = r[f"{kind}_seconds"]
+                    cells.append(f"{1e3 * statistics.median(v):.0f} ({1e3 * min(v):.0f}-"
+                                 f"{1e3 * max(v):.0f}) ms")
+                lines.append(f"| {label(r['name'])} | {cells[0]} | {cells[1]} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: List[Dict], rates: List[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bits = {r: parse_rate(r) for r in rates}
+    names = []
+    for r in results:
+        if r["name"] not in names:
+            names.append(r["name"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name in names:
+        if name.startswith("raw_"):
+            continue
+        key = "median_step" if name == "compute" else "mean_step"  # the floor: its median
+        pts = sorted((bits[r["rate"]] / 1e6, 1e3 * r["summary"][key])
+                     for r in results if r["name"] == name and bits[r["rate"]])
+        if not pts:
+            continue
+        style = "--" if name.startswith("torch") else ":" if name == "compute" else "-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label(name))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inter-node link (Mbit/s per node, each direction)")
+    ax.set_ylabel("wall time per step (ms, mean)")
+    first = next(r for r in results if "params_bytes" in r)
+    ax.set_title(f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, {first['model']} "
+                 f"({first['params_bytes'] / 1e6:.1f} MB of parameters)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="100mbit,1gbit,10gbit")
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--ranks-per-node", type=int, default=2)
+    p.add_argument("--schedules", default="1x8,4x2", help="K1xK2 list for kavg, hier, torch")
+    p.add_argument("--methods", default="compute,sync,raw,kavg,hier,torch",
+                   help="raw: each library's allreduce alone (explains the averaging times)")
+    p.add_argument("--packed", action="store_true",
+                   help="hvd_hier without flat storage (default: flat_storage=True)")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--model", default="resnet18", choices=["resnet18", "tiny"])
+    p.add_argument("--image-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    p.add_argument("--out-dir", default="bench_network")
+    p.add_argument("--prefix", default="hvdh",
+                   help="namespace names: <prefix>-n<i>, <prefix>-sw (left-overs are removed)")
+    p.add_argument("--report-only", action="store_true",
+                   help="no runs: tabulate and plot the runs in --out-dir/runs")
+    p.add_argument("--smoke", action="store_true",
+                   help="the harness check: tiny model, 8 steps, 1gbit, schedule 1x4")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.steps, args.rates, args.schedules = "tiny", 8, "1gbit", "1x4"
+    rates = args.rates.split(",")
+    for r in rates:
+        try:
+            if parse_rate(r) is None:
+                raise ValueError("unlimited")
+        except ValueError as e:
+            raise SystemExit(f"--rates: {e}")
+    schedules = parse_schedules(args.schedules)
+    methods = set(args.methods.split(","))
+    unknown = methods - {"compute", "sync", "raw", "kavg", "hier", "torch"}
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}")
+    out = Path(args.out_dir)
+    plan = runs_for(schedules, methods)
+    if args.report_only:
+        results = []
+        for rate in rates:
+            for name, _, _, _ in plan:
+                path = out / "runs" / f"{rate}_{name}.json"
+                if not path.exists():
+                    raise SystemExit(f"--report-only: {path} is missing")
+                results.append(json.loads(path.read_text()))
+    else:
+        results = measure(args, rates, plan, out)
+    for run in results:
+        if not run["method"].startswith("raw_"):
+            run["summary"] = summarize(run)
+    report(args, rates, results, out)
+    return results
+
+
+def measure(args, rates, plan, out: Path) -> List[Dict]:
+    why = can_create_namespaces()
+    if why:
+        raise SystemExit(f"bench_network: cannot build the simulated cluster: {why}")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    results = []
+    raise_on_signals()
+    with Cluster(args.nodes, rates[0], prefix=args.prefix) as cluster:
+        for rate in rates:
+            cluster.set_rate(rate)
+            # one TCP stream node 0 -> node 1, about 2 s of traffic: the measured B_inter
+            link_bw = cluster.throughput(0, 1, min(256 << 20, max(4 << 20, parse_rate(rate) // 4)))
+            print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
+            for name, method, k1, k2 in plan:
+                path = out / "runs" / f"{rate}_{name}.json"
+                # raw collectives: a quarter as many repetitions (each is a whole allreduce)
+                steps = max(4, args.steps // 4) if method.startswith("raw_") else args.steps
+                cmd = [python, str(HERE / "worker.py"), "--method", method, "--k1", str(k1),
+                       "--k2", str(k2), "--steps", str(steps), "--model", args.model,
+                       "--image-size", str(args.image_size), "--batch-size",
+                       str(args.batch_size), "--out", str(path)]
+                if method in ("kavg", "hier") and not args.packed:
+                    cmd.append("--flat-storage")
+                t0 = time.perf_counter()
+                launch(cluster, args.ranks_per_node, cmd,
+                       backend="torch" if method in ("torch", "raw_torch") else "horovod",
+                       env={"OMP_NUM_THREADS": "1"}, timeout=args.timeout,
+                       log_dir=str(out / "logs" / f"{rate}_{name}"))
+                run = json.loads(path.read_text())
+                run.update(name=name, rate=rate, rate_bits=parse_rate(rate),
+                           link_throughput=link_bw)
+                path.write_text(json.dumps(run, indent=1))  # --report-only reads it back
+                results.append(run)
+                if method.startswith("raw_"):
+                    print(f"{rate:>8} {label(name):<45} local "
+                          f"{1e3 * statistics.median(run['local_seconds']):6.0f} ms  global "
+                          f"{1e3 * statistics.median(run['global_seconds']):6.0f} ms  "
+                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+                    continue
+                s = summarize(run)
+                print(f"{rate:>8} {label(name):<45} {1e3 * s['mean_step']:8.0f} ms/step  "
+                      f"link {fmt_bytes(s['link_bytes']):>9} (analytic "
+                      f"{fmt_bytes(s['analytic_bytes'])})  [{time.perf_counter() - t0:.0f} s]",
+                      flush=True)
+    return results
+
+
+def report(args, rates, results: List[Dict], out: Path) -> None:
+    fits = {rate: Fit.from_runs([r for r in results if r["rate"] == rate]) for rate in rates}
+    fits = {k: v for k, v in fits.items() if v is not None}
+    first = next(r for r in results if "params_bytes" in r)
+    text = ("# Network benchmark\n\n"
+            f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, model {first['model']} "
+            f"({first['params_bytes'] / 1e6:.1f} MB of parameters), batch "
+            f"{first['batch_size']} of {first['image_size']}x{first['image_size']} synthetic "
+            f"images, {first['steps']} timed steps per run; hvd_hier with "
+            f"{'packed buckets' if args.packed else 'flat_storage=True'}.\n\n"
+            + table(results, rates, fits) + "\n" + real_cluster_table(results, fits))
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k not in ("step_seconds", "step_kinds")} for r in results],
+        indent=1))
+    plot(results, rates, out / "step_time_vs_bandwidth.png")
+    print("\n" + text)
+    print(f"wrote {out / 'table.md'}, {out / 'results.json'}, "
+          f"{out / 'step_time_vs_bandwidth.png'}")
+
+
+if __name__ == "__main__":
+    main()
