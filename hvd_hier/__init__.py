@@ -17,10 +17,12 @@ if not _hvd.is_initialized():
     # The local groups are process sets added after hvd.init(): that needs dynamic mode.
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
-from .optimizer import DistributedOptimizer  # noqa: E402
+from .optimizer import DistributedOptimizer, NonFiniteError, StallError  # noqa: E402
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from .schedule import HierSchedule, Reduction  # noqa: E402
 from .topology import plan_groups  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["DistributedOptimizer", "HierSchedule", "Reduction", "plan_groups", "__version__"]
+__all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint", "load_checkpoint",
+           "CheckpointError", "HierSchedule", "Reduction", "plan_groups", "__version__"]

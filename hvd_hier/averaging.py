@@ -12,9 +12,10 @@ one is packed and the previous one unpacked, and the extra memory is at most
 from __future__ import annotations
 
 import collections
+import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -102,11 +103,32 @@ def plan_buckets(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
     return done
 
 
-def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int) -> None:
+class StallError(TimeoutError):
+    """A collective did not complete in time: some rank of its process set never joined."""
+
+
+def wait(handle, deadline: Optional[float]):
+    """``hvd.synchronize(handle)``, but raise ``StallError`` once ``time.monotonic()`` passes
+    ``deadline`` (None: wait as long as it takes). Polls with a backoff of at most 2 ms."""
+    import horovod.torch as hvd
+
+    if deadline is not None:
+        delay = 1e-4
+        while not hvd.poll(handle):
+            if time.monotonic() > deadline:
+                raise StallError("a collective did not complete before its deadline")
+            time.sleep(delay)
+            delay = min(2 * delay, 2e-3)
+    return hvd.synchronize(handle)
+
+
+def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
+                   deadline: Optional[float] = None) -> None:
     """Sum one buffer per bucket over ``process_set`` in place, at most ``max_in_flight`` at
     once: ``start(bucket)`` returns ``(buffer, done)``, and ``done()`` runs once that buffer's
     sum has arrived. The oldest reduction is finished before the next bucket is started, so
-    at most ``max_in_flight`` buffers are in use.
+    at most ``max_in_flight`` buffers are in use. Past ``deadline`` (``time.monotonic()``),
+    ``StallError``.
 
     Horovod matches collectives by name across ranks, so names depend only on ``tag`` and
     the bucket index, never on how many averagers a rank has created.
@@ -117,7 +139,7 @@ def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int) ->
 
     def finish():
         handle, done = pending.popleft()
-        hvd.synchronize(handle)
+        wait(handle, deadline)
         done()
 
     with torch.no_grad():
@@ -185,7 +207,7 @@ class BucketAverager:
                 ext.unpack(base[: bucket.numel], views, scale)
                 self._pool[bucket.key].append(base)
 
-    def average(self, process_set, size: int, tag: str) -> int:
+    def average(self, process_set, size: int, tag: str, deadline: Optional[float] = None) -> int:
         """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced."""
         if size <= 1 or not self.buckets:
             return 0
@@ -203,7 +225,7 @@ class BucketAverager:
 
             return base[: bucket.numel], done
 
-        _sum_in_flight(self.buckets, start, process_set, tag, self.max_in_flight)
+        _sum_in_flight(self.buckets, start, process_set, tag, self.max_in_flight, deadline)
         return self.nbytes
 
 
@@ -355,7 +377,7 @@ class FlatAverager:
             for bucket in self.buckets:
                 bucket.storage.mul_(scale)
 
-    def average(self, process_set, size: int, tag: str) -> int:
+    def average(self, process_set, size: int, tag: str, deadline: Optional[float] = None) -> int:
         """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced
         (the buffers' size, padding included)."""
         if size <= 1 or not self.buckets:
@@ -366,5 +388,6 @@ class FlatAverager:
         def start(bucket):  # the buffer is the tensors' memory: sum it in place, then scale
             return bucket.storage, lambda: bucket.storage.mul_(scale)
 
-        _sum_in_flight(self.buckets, start, process_set, f"{tag}.flat", self.max_in_flight)
+        _sum_in_flight(self.buckets, start, process_set, f"{tag}.flat", self.max_in_flight,
+                       deadline)
         return self.nbytes

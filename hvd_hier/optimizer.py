@@ -18,18 +18,23 @@ from horovod.torch.compression import Compression
 from horovod.torch.mpi_ops import Adasum, Average, Sum, global_process_set
 from horovod.torch.optimizer import _DistributedOptimizer
 
-from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, _check_no_aliasing,
-                        flat_view)
+from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, StallError,
+                        _check_no_aliasing, flat_view, wait)
 from .schedule import HierSchedule, Reduction, check_int
 from .topology import LOCAL, build_topology, check_group_size, plan_groups
 
-__all__ = ["DistributedOptimizer"]
+__all__ = ["DistributedOptimizer", "NonFiniteError", "StallError"]
 
 _STATE_KEY = "hvd_hier"
 _STATS_KEYS = (
     "local_averages", "global_averages", "bytes_local", "bytes_global",
-    "seconds_local", "seconds_global",
+    "seconds_local", "seconds_global", "skipped_steps", "skipped_contributions",
 )
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """An averaging found inf or NaN in some ranks' parameters (raised on every rank)."""
 
 
 def _hostname() -> str:
@@ -116,8 +121,14 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         topo = h["topology"]
         if len(topo.set_ranks) > 1:
             mine = torch.tensor([h["t"]], dtype=torch.int64)
-            root = hvd.broadcast(mine, root_rank=topo.set_ranks[0],
-                                 name="hvd_hier.schedule", process_set=topo.global_set)
+            handle = hvd.broadcast_async(mine, root_rank=topo.set_ranks[0],
+                                         name="hvd_hier.schedule", process_set=topo.global_set)
+            try:
+                root = wait(handle, self._hier_deadline())
+            except StallError:
+                raise self._hier_stalled(
+                    f"the agreement on the schedule position (step {h['t']})",
+                    topo.set_ranks) from None
             t = int(root.item())
             if t != h["t"] and h["t"] != 0:
                 warnings.warn(
@@ -161,6 +172,11 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             frame = frame.f_back
         return False
 
+    # torch.amp.GradScaler calls step() on every iteration (instead of skipping it on the
+    # ranks whose gradients overflowed) and hands over ``grad_scale`` and ``found_inf``: the
+    # schedule then advances on every rank alike, and only the parameter update is skipped.
+    _step_supports_amp_scaling = True
+
     def step(self, closure=None):
         base = self._hier["base"]
         if self._hier_spurious_step():
@@ -169,16 +185,50 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         h = self._hier
         t = h["t"] + 1
         reduction = h["schedule"].reduction_at(t)
-        if reduction is Reduction.SYNC:
+        amp = hasattr(self, "found_inf")  # set by GradScaler.step for this call only
+        if reduction is Reduction.SYNC and not amp:
             loss = _DistributedOptimizer.step(self, closure)
         else:
-            self._hier_check_grads()
+            if reduction is Reduction.SYNC and not self._synchronized:
+                _DistributedOptimizer.synchronize(self)  # the averaged gradients
+            else:
+                self._hier_check_grads()
             self._synchronized = False
-            loss = base.step(self, closure)
-            if reduction is not Reduction.NONE:
-                self._hier_average(reduction)
+            update = True
+            if amp:  # the scaler's attributes are for us, not for the base optimizer's step
+                handed = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
+                          if k in self.__dict__}
+                update = not self._hier_unscale_and_check(handed.get("grad_scale"))
+            try:
+                loss = base.step(self, closure) if update else None
+            finally:
+                if amp:
+                    self.__dict__.update(handed)
+            if not update:
+                h["stats"]["skipped_steps"] += 1
+            if reduction not in (Reduction.NONE, Reduction.SYNC):
+                self._hier_average(reduction, t)
         h["t"] = t
         return loss
+
+    def _hier_unscale_and_check(self, grad_scale) -> bool:
+        """Under a GradScaler: divide the gradients by ``grad_scale`` (None: the user already
+        unscaled them) and say whether any is inf or NaN, in which case this rank's update
+        is skipped. In a warmup step the gradients are the averaged ones, identical on every
+        rank, so every rank decides alike; in a local step the decision is this rank's."""
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        found = False
+        by_key = {}
+        for g in grads:
+            by_key.setdefault((g.device, g.dtype), []).append(g)
+        for (device, _), same in by_key.items():
+            flag = torch.zeros((), dtype=torch.float32, device=device)
+            inv = (torch.ones((), dtype=torch.float32, device=device) if grad_scale is None
+                   else grad_scale.double().reciprocal().float().to(device))
+            torch._amp_foreach_non_finite_check_and_unscale_(same, flag, inv)
+            found = found or bool(flag.item())
+        return found
 
     def _hier_check_grads(self) -> None:
         for group in self.param_groups:
@@ -193,20 +243,79 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                         "the averaging phase does not take; pass sparse_as_dense=True (or use "
                         "a dense embedding)")
 
-    def _hier_average(self, reduction: Reduction) -> None:
+    def _hier_average(self, reduction: Reduction, t: int) -> None:
+        try:
+            self._hier_average_or_stall(reduction, t)
+        except StallError:
+            topo = self._hier["topology"]
+            members = topo.set_ranks if reduction is Reduction.GLOBAL else topo.group
+            raise self._hier_stalled(f"the {reduction.value} averaging at step {t}",
+                                     members) from None
+
+    def _hier_average_or_stall(self, reduction: Reduction, t: int) -> None:
         h = self._hier
         topo = h["topology"]
         if reduction is Reduction.GLOBAL:
-            process_set, size = topo.global_set, len(topo.set_ranks)
+            process_set, members = topo.global_set, topo.set_ranks
         else:  # a group of one rank has no process set: its average is itself
-            process_set, size = topo.local_set, topo.group_size
+            process_set, members = topo.local_set, topo.group
+        size = len(members)
         kind = reduction.value
-        start = time.perf_counter()
-        moved = h["averager"].average(process_set, size, kind)
         stats = h["stats"]
+        start = time.perf_counter()
+        divisor = size
+        if size > 1:
+            bad = self._hier_nonfinite_ranks(process_set, members, kind)
+            if bad:
+                where = (f"rank {bad[0]}" if len(bad) == 1
+                         else f"ranks {', '.join(map(str, bad))}")
+                if h["nonfinite"] == "raise" or len(bad) == size:
+                    raise NonFiniteError(
+                        f"hvd_hier: the parameters of {where} hold inf or NaN at step {t}, "
+                        f"before the {kind} averaging of ranks {members}; nothing was "
+                        "averaged, so the other ranks' parameters are intact" + (
+                            "" if len(bad) == size else
+                            " (nonfinite='skip' would average the finite ranks instead)"))
+                warnings.warn(
+                    f"hvd_hier: step {t}, {kind} averaging: the parameters of {where} hold "
+                    "inf or NaN; "
+                    f"averaging the other {size - len(bad)} ranks (nonfinite='skip')")
+                if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
+                    with torch.no_grad():
+                        torch._foreach_zero_(h["averager"].tensors)
+                divisor = size - len(bad)
+                stats["skipped_contributions"] += len(bad)
+        moved = h["averager"].average(process_set, divisor, kind, self._hier_deadline())
         stats[f"{kind}_averages"] += 1
         stats[f"bytes_{kind}"] += moved
         stats[f"seconds_{kind}"] += time.perf_counter() - start
+
+    def _hier_deadline(self) -> Optional[float]:
+        timeout = self._hier["stall_timeout_s"]
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _hier_stalled(self, what: str, members) -> StallError:
+        timeout = self._hier["stall_timeout_s"]
+        return StallError(
+            f"hvd_hier: {what} waited {timeout:g} s for ranks {members} and did not complete: "
+            "a rank stopped calling step(), or the ranks' schedules or parameters differ "
+            "(Horovod's stall warnings name the ranks that did not join). Pass a larger "
+            "stall_timeout_s if a rank is legitimately busy that long")
+
+    def _hier_nonfinite_ranks(self, process_set, members, kind: str) -> List[int]:
+        """The ranks of ``members`` whose averaged tensors hold inf or NaN (every rank of the
+        set gets the same answer): a max-abs pass here, then one allreduce of a flag per rank."""
+        tensors = self._hier["averager"].tensors
+        finite = True
+        if tensors:
+            peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
+            finite = bool(torch.isfinite(torch.stack([x.float() for x in peaks])).all())
+        flags = torch.zeros(len(members), dtype=torch.float32)
+        flags[members.index(hvd.rank())] = 0.0 if finite else 1.0
+        handle = hvd.allreduce_async(flags, op=hvd.Sum, name=f"hvd_hier.{kind}.nonfinite",
+                                     process_set=process_set)
+        flags = wait(handle, self._hier_deadline())
+        return [r for r, f in zip(members, flags.tolist()) if f > 0]
 
     def zero_grad(self, set_to_none: bool = True):
         if self._handles:
@@ -225,8 +334,12 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         ``bytes_local`` and ``bytes_global`` (payload bytes reduced by this rank: the size of
         the averaged tensors, with flat storage of its buffers, padding included; not wire
         traffic; 0 for local averagings of a group of one),
-        ``seconds_local``, ``seconds_global`` (wall time in the averagings), ``group`` (this
-        rank's local group), ``group_size``, ``num_groups``.
+        ``seconds_local``, ``seconds_global`` (wall time in the averagings),
+        ``skipped_steps`` (steps whose update a ``torch.amp.GradScaler`` skipped on this rank
+        because its gradients overflowed: the schedule advanced all the same),
+        ``skipped_contributions`` (with ``nonfinite="skip"``: non-finite ranks left out of
+        this rank's averagings), ``group`` (this rank's local group), ``group_size``,
+        ``num_groups``.
         """
         h = self._hier
         out = dict(h["stats"])
@@ -274,7 +387,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=4, local_rounds=4,
                          group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0,
-                         flat_storage=False):
+                         flat_storage=False, nonfinite="raise", stall_timeout_s=600.0):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
 
     A drop-in replacement for ``hvd.DistributedOptimizer``: same arguments, same use. Each
@@ -328,6 +441,20 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             ``torch.save`` of a single parameter saves its whole buffer (save
             ``p.clone()``, or the model's ``state_dict()``, which saves each buffer once).
             Default False.
+        nonfinite (str): what an averaging does when a rank's parameters or buffers hold
+            inf or NaN (checked on every rank before each averaging, with one small
+            collective: the max-abs of the averaged tensors and a flag per rank).
+            ``"raise"`` (default): every rank raises ``NonFiniteError`` naming the ranks,
+            before the averaging moves anything, so no rank's parameters are poisoned and
+            none is lost. ``"skip"``: the other ranks' values are averaged (the divisor is the
+            number of finite ranks) and the offending ranks receive that average; it warns
+            and counts ``skipped_contributions``. When every rank is non-finite, both raise.
+        stall_timeout_s (float or None): how long an averaging (or the first step's
+            agreement on the schedule) waits for the other ranks of its group before it
+            raises ``StallError`` naming the step and the ranks: a rank that stopped calling
+            ``step()`` is reported instead of hanging the job. Horovod's stall inspector
+            also warns every 60 s which ranks are missing. None waits forever. Warmup steps
+            are Horovod's own gradient allreduce and wait as Horovod does. Default 600.
 
     Returns:
         The wrapped optimizer. Besides the ``torch.optim.Optimizer`` API and Horovod's
@@ -407,6 +534,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         raise ValueError(f"bucket_cap_mb must be a number > 0, got {bucket_cap_mb!r}")
     if not isinstance(flat_storage, bool):
         raise ValueError(f"flat_storage must be True or False, got {flat_storage!r}")
+    if stall_timeout_s is not None and (
+            isinstance(stall_timeout_s, bool) or not isinstance(stall_timeout_s, (int, float))
+            or not math.isfinite(stall_timeout_s) or stall_timeout_s <= 0):
+        raise ValueError(f"stall_timeout_s must be a number > 0 or None, got {stall_timeout_s!r}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
     if named_parameters is not None:
         named_parameters = list(named_parameters)
 
@@ -464,7 +597,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
               "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
               "backward_passes_per_step": backward_passes_per_step,
               "sparse_as_dense": bool(sparse_as_dense), "process_set": set_ranks,
-              "flat_storage": flat_storage}
+              "flat_storage": flat_storage, "nonfinite": nonfinite,
+              "stall_timeout_s": stall_timeout_s}
     payload = {"config": config, "params": [signature(p) for p in params],
                "buffers": [signature(b) for b in buffer_list], "host": _hostname()}
     payloads = _allgather_object(payload, process_set) if len(set_ranks) > 1 else [payload]
@@ -482,9 +616,11 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     hier = {
         "schedule": schedule, "group_size": group_size, "topology": topology,
         "averager": averager, "base": base, "t": 0, "agreed": len(set_ranks) == 1,
-        "names": {id(p): n for p, n in zip(params, names)},
+        "names": {id(p): n for p, n in zip(params, names)}, "nonfinite": nonfinite,
+        "stall_timeout_s": stall_timeout_s,
         "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
-                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0},
+                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
+                  "skipped_steps": 0, "skipped_contributions": 0},
     }
     namespace = dict(_DistributedOptimizer.__dict__)
     namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()

@@ -170,3 +170,42 @@ def test_end_to_end_benchmark_runs(tmp_path):
         (k, m) for k in ("local", "global") for m in ("fused", "flat", "grouped", "per_tensor")}
     assert all(r["median_ms"] > 0 for r in result["rows"])
     assert [r["ratio_to_fused"] for r in result["rows"] if r["method"] == "fused"] == [1.0, 1.0]
+
+
+def test_grad_scaler_overflow_skips_the_update_not_the_schedule():
+    out = horovodrun("amp_skip.py", timeout=300)
+    seen = passed_lines(out)
+    for name in ("amp skip explicit_unscale=False", "amp skip explicit_unscale=True"):
+        assert seen.get(name) == {0, 1, 2, 3}, (name, out[-3000:])
+
+
+def test_nonfinite_parameters_raise_everywhere_or_are_skipped():
+    out = horovodrun("nonfinite.py", timeout=300)
+    seen = passed_lines(out)
+    for flat in (False, True):
+        for policy in ("raise", "skip"):
+            name = f"nonfinite {policy} flat={flat}"
+            assert seen.get(name) == {0, 1, 2, 3}, (name, out[-3000:])
+
+
+def test_exact_resume_after_a_restart_from_any_step(tmp_path):
+    """Two jobs: the first trains and checkpoints after steps 2, 7 and 11; the second
+    resumes from each and ends bit for bit where the first did."""
+    out = horovodrun("resume_job.py", "full", tmp_path, timeout=300)
+    assert passed_lines(out).get("full run") == {0, 1, 2, 3}, out[-3000:]
+    out = horovodrun("resume_job.py", "resume", tmp_path, timeout=300)
+    seen = passed_lines(out)
+    for name in ("exact resume after step 2", "exact resume after step 7",
+                 "exact resume after step 11", "checkpoint errors"):
+        assert seen.get(name) == {0, 1, 2, 3}, (name, out[-3000:])
+
+
+def test_a_rank_that_stops_stepping_is_reported_not_hung(tmp_path):
+    out = horovodrun("stall.py", tmp_path, timeout=120)
+    assert passed_lines(out).get("stall: reported") == {0, 1, 2, 3}, out[-3000:]
+
+
+def test_soak_memory_flat_nothing_leaks_counters_add_up():
+    """A short soak (make soak runs 20,000 steps)."""
+    out = horovodrun("soak.py", 3000, timeout=400)
+    assert passed_lines(out).get("soak 3000 steps") == {0, 1, 2, 3}, out[-3000:]

@@ -48,6 +48,9 @@ def run():
         (dict(bucket_cap_mb=0), "bucket_cap_mb must be a number > 0, got 0"),
         (dict(bucket_cap_mb=float("nan")), "bucket_cap_mb must be a number > 0, got nan"),
         (dict(flat_storage="yes"), "flat_storage must be True or False, got 'yes'"),
+        (dict(nonfinite="maybe"), "nonfinite must be 'raise' or 'skip', got 'maybe'"),
+        (dict(stall_timeout_s=0), "stall_timeout_s must be a number > 0 or None, got 0"),
+        (dict(stall_timeout_s="1"), "stall_timeout_s must be a number > 0 or None, got '1'"),
     ]
     for kwargs, message in cases:
         expect_error(ValueError, message, DO, sgd(m), named_parameters=np_(), **kwargs)
