@@ -43,7 +43,7 @@ def _hostname() -> str:
     return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
 
-def _allgather_object(obj, process_set) -> list:
+def _allgather_object(obj, process_set, name: str = "hvd_hier.config") -> list:
     """Gather one picklable object from every rank of ``process_set`` (in rank order).
 
     One allgather: each rank sends its pickle behind an 8-byte length, and the concatenation
@@ -51,7 +51,7 @@ def _allgather_object(obj, process_set) -> list:
     """
     data = pickle.dumps(obj)
     record = torch.frombuffer(bytearray(len(data).to_bytes(8, "little") + data), dtype=torch.uint8)
-    gathered = hvd.allgather(record, name="hvd_hier.config", process_set=process_set).numpy().tobytes()
+    gathered = hvd.allgather(record, name=name, process_set=process_set).numpy().tobytes()
     out, start = [], 0
     while start < len(gathered):
         n = int.from_bytes(gathered[start:start + 8], "little")

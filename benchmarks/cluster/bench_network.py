@@ -29,7 +29,7 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from costmodel import Fit, predict_step, real_cluster_table  # noqa: E402
+from costmodel import Fit, predict_step, real_cluster_table, ring  # noqa: E402
 from launch import launch  # noqa: E402
 from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
 
@@ -95,14 +95,13 @@ def analytic_link_bytes(run: Dict) -> float:
     reductions stay inside the node. Synchronous Horovod reduces the gradients (the
     parameters' size) every step; hvd_hier averages parameters and floating buffers; PyTorch's
     averager the parameters."""
-    p = run["size"]
-    ring = 2 * (p - 1) / p
+    ring_factor = ring(run["size"])
     if run["method"] == "sync":
-        return ring * run["params_bytes"] * run["steps"]
+        return ring_factor * run["params_bytes"] * run["steps"]
     if run["method"] == "compute":
         return 0.0
     size = run["params_bytes"] if run["method"] == "torch" else run["payload_bytes"]
-    return ring * size * run["global_averages"]
+    return ring_factor * size * run["global_averages"]
 
 
 def summarize(run: Dict) -> Dict:
