@@ -4,8 +4,10 @@
 # Horovod's last release needs two fixes to build against PyTorch >= 2.1 with CMake >= 4:
 #   * C++17 instead of C++14 in CMakeLists.txt and horovod/torch/CMakeLists.txt
 #   * CMAKE_POLICY_VERSION_MINIMUM=3.5 so CMake accepts the bundled Gloo
-# The wheel is cached outside the repository, keyed by Horovod, torch, Python and the
-# GPU flavour, so that later installs take seconds.
+# and the patches in scripts/patches/ are applied (each file says what it fixes).
+# The wheel is cached outside the repository, keyed by Horovod, the patches, torch, Python
+# and the GPU flavour, so that later installs take seconds; an installed Horovod is replaced
+# when its key differs (a file HVD_HIER_BUILD in the horovod package holds it).
 #
 # Usage: scripts/build_horovod.sh PYTHON
 # Environment:
@@ -45,12 +47,22 @@ if [[ -n "$nccl_dir" ]]; then
     flavour="cuda${torch_cuda}-nccl"
 fi
 
-key="horovod-${HOROVOD_VERSION}-torch${torch_ver}-${py_ver}-${flavour}"
+patches=("$(cd "$(dirname "$0")" && pwd)/patches/horovod-$HOROVOD_VERSION-"*.patch)
+[[ -e "${patches[0]}" ]] || patches=()
+patch_sum=$(cat /dev/null "${patches[@]}" | sha256sum | cut -c1-10)
+key="horovod-${HOROVOD_VERSION}-p${patch_sum}-torch${torch_ver}-${py_ver}-${flavour}"
 wheel_dir="$CACHE/wheels/$key"
 
-if "$PY" -c "import horovod, sys; sys.exit(horovod.__version__ != '$HOROVOD_VERSION')" 2>/dev/null \
-   && "$PY" -c "import horovod.torch" 2>/dev/null; then
-    echo "build_horovod: horovod $HOROVOD_VERSION already installed in $PY"
+installed=$("$PY" - <<'PYEOF' 2>/dev/null || true
+import os
+import horovod
+import horovod.torch  # noqa: F401  (the extension loads)
+marker = os.path.join(os.path.dirname(horovod.__file__), "HVD_HIER_BUILD")
+print(open(marker).read().strip() if os.path.exists(marker) else "unmarked")
+PYEOF
+)
+if [[ "$installed" == "$key" ]]; then
+    echo "build_horovod: horovod $HOROVOD_VERSION ($key) already installed in $PY"
     exit 0
 fi
 
@@ -65,6 +77,10 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
         "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
     grep -q 'CMAKE_CXX_STANDARD 17' "$src/CMakeLists.txt"
     grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
+    for patch in "${patches[@]}"; do
+        echo "build_horovod: applying $(basename "$patch")"
+        (cd "$src" && git apply --verbose "$patch")
+    done
 
     export CMAKE_POLICY_VERSION_MINIMUM=3.5
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
@@ -87,6 +103,7 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
 fi
 
 "$PY" -m pip install --no-deps --force-reinstall "$wheel_dir"/horovod-*.whl
+"$PY" -c 'import horovod, os, sys; open(os.path.join(os.path.dirname(horovod.__file__), "HVD_HIER_BUILD"), "w").write(sys.argv[1] + "\n")' "$key"
 # horovod's own runtime requirements (it was installed without deps)
 "$PY" -m pip install cloudpickle psutil pyyaml packaging cffi
 echo "build_horovod: installed $(ls "$wheel_dir"/horovod-*.whl)"
