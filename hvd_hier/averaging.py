@@ -160,7 +160,10 @@ class BucketAverager:
     Args:
         tensors: the tensors to average (parameters, buffers); all of a supported dtype.
         bucket_cap_bytes: the largest bucket.
-        max_in_flight: buckets reduced at once (their buffers are the extra memory).
+        max_in_flight: buckets reduced at once (their buffers are the extra memory). Horovod
+            may fuse buckets that are in flight together into one reduction, depending on
+            timing, and a ring of 3 or more ranks then adds in another order; with 1, every
+            sum is reproducible bit for bit.
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
@@ -179,11 +182,10 @@ class BucketAverager:
         self._pool: Dict[tuple, List[torch.Tensor]] = collections.defaultdict(list)
         self.nbytes = sum(b.nbytes for b in self.buckets)
 
-    def _segments(self, bucket: Bucket) -> List[torch.Tensor]:
-        views = []
-        for index, first, last in bucket.segments:
-            views.append(flat_view(self.tensors[index])[first:last])
-        return views
+    def _segments(self, bucket: Bucket, table: Optional[Sequence[torch.Tensor]] = None
+                  ) -> List[torch.Tensor]:
+        table = self.tensors if table is None else table
+        return [flat_view(table[index])[first:last] for index, first, last in bucket.segments]
 
     def _buffer(self, bucket: Bucket) -> torch.Tensor:
         pool = self._pool[bucket.key]
@@ -209,18 +211,33 @@ class BucketAverager:
 
     def average(self, process_set, size: int, tag: str, deadline: Optional[float] = None) -> int:
         """Average every tensor over ``process_set`` (``size`` ranks). Returns bytes reduced."""
-        if size <= 1 or not self.buckets:
+        if size <= 1:
             return 0
-        ext = self._ext
-        scale = 1.0 / size
+        return self.reduce(process_set, tag, 1.0, 1.0 / size, deadline)
 
-        def start(bucket):  # pack into a pooled buffer; after the sum, unpack with 1/n
+    def reduce(self, process_set, tag: str, prescale: float, postscale: float,
+               deadline: Optional[float] = None,
+               tensors: Optional[Sequence[torch.Tensor]] = None) -> int:
+        """Sum ``prescale * x`` over ``process_set`` and write ``postscale`` times the sum back
+        into every tensor. ``tensors`` replaces the planned tensors for this call (each of the
+        same number of elements, dtype and device: the gradients of the planned parameters,
+        say). Returns bytes reduced."""
+        if not self.buckets:
+            return 0
+        if tensors is not None:
+            tensors = list(tensors)
+            if [(t.numel(), t.dtype, t.device) for t in tensors] != \
+                    [(t.numel(), t.dtype, t.device) for t in self.tensors]:
+                raise ValueError("the tensors to reduce differ from the planned ones")
+        ext = self._ext
+
+        def start(bucket):  # pack (scaled) into a pooled buffer; after the sum, unpack
             base = self._buffer(bucket)
-            views = self._segments(bucket)
-            ext.pack(views, base[: bucket.numel])
+            views = self._segments(bucket, tensors)
+            ext.pack(views, base[: bucket.numel], prescale)
 
             def done():
-                ext.unpack(base[: bucket.numel], views, scale)
+                ext.unpack(base[: bucket.numel], views, postscale)
                 self._pool[bucket.key].append(base)
 
             return base[: bucket.numel], done
@@ -291,7 +308,7 @@ class FlatAverager:
     Args:
         tensors: the tensors to average (parameters, buffers); dense, of a supported dtype.
         bucket_cap_bytes: the largest buffer (unless one tensor is larger).
-        max_in_flight: buffers reduced at once.
+        max_in_flight: buffers reduced at once (1: reproducible sums, see BucketAverager).
         names: labels of the tensors for error messages.
     """
 

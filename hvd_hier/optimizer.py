@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -14,6 +15,7 @@ from typing import Dict, List, Optional
 import torch
 
 import horovod.torch as hvd
+from horovod.torch import mpi_ops
 from horovod.torch.compression import Compression
 from horovod.torch.mpi_ops import Adasum, Average, Sum, global_process_set
 from horovod.torch.optimizer import _DistributedOptimizer
@@ -21,9 +23,11 @@ from horovod.torch.optimizer import _DistributedOptimizer
 from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, StallError,
                         _check_no_aliasing, flat_view, wait)
 from .schedule import HierSchedule, Reduction, check_int
-from .topology import LOCAL, build_topology, check_group_size, plan_groups
+from .topology import adapt_groups, build_topology, check_group_size, plan_groups
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError"]
+
+log = logging.getLogger("hvd_hier")
 
 _STATE_KEY = "hvd_hier"
 _STATS_KEYS = (
@@ -43,15 +47,29 @@ def _hostname() -> str:
     return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
 
-def _allgather_object(obj, process_set, name: str = "hvd_hier.config") -> list:
+def _elastic_job() -> bool:
+    """Whether horovodrun started this process for elastic training (it sets HOROVOD_ELASTIC)."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+def _horovod_generation():
+    """An object that every ``hvd.init()`` replaces (horovod.torch's table of pending
+    handles): when it changes, Horovod was shut down and initialised again, as an elastic
+    reset does, and the process sets of the local groups are gone."""
+    return mpi_ops._handle_map
+
+
+def _allgather_object(obj, process_set, name: str = "hvd_hier.config",
+                      deadline: Optional[float] = None) -> list:
     """Gather one picklable object from every rank of ``process_set`` (in rank order).
 
     One allgather: each rank sends its pickle behind an 8-byte length, and the concatenation
-    is read back record by record.
+    is read back record by record. Past ``deadline`` (``time.monotonic()``), ``StallError``.
     """
     data = pickle.dumps(obj)
     record = torch.frombuffer(bytearray(len(data).to_bytes(8, "little") + data), dtype=torch.uint8)
-    gathered = hvd.allgather(record, name=name, process_set=process_set).numpy().tobytes()
+    handle = hvd.allgather_async(record, name=name, process_set=process_set)
+    gathered = wait(handle, deadline).numpy().tobytes()
     out, start = [], 0
     while start < len(gathered):
         n = int.from_bytes(gathered[start:start + 8], "little")
@@ -113,9 +131,14 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         """At the first step: take the schedule position of the process set's first rank.
 
         This makes the usual Horovod pattern (rank 0 loads a checkpoint, then broadcasts)
-        resume the schedule on every rank.
+        resume the schedule on every rank. If Horovod was initialised again since the
+        groups were built (an elastic reset), or they were never built (an elastic job's
+        first step), the groups are rebuilt first, and the position comes with them.
         """
         h = self._hier
+        if h["generation"] is not _horovod_generation():
+            self._hier_setup_groups()
+            return
         if h["agreed"]:
             return
         topo = h["topology"]
@@ -129,21 +152,58 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 raise self._hier_stalled(
                     f"the agreement on the schedule position (step {h['t']})",
                     topo.set_ranks) from None
-            t = int(root.item())
-            if t != h["t"] and h["t"] != 0:
-                warnings.warn(
-                    f"hvd_hier: this rank's schedule was at step {h['t']}, rank "
-                    f"{topo.set_ranks[0]}'s at step {t}; continuing from step {t}")
-            h["t"] = t
+            self._hier_adopt(int(root.item()), topo.set_ranks[0])
         h["agreed"] = True
+
+    def _hier_adopt(self, t: int, root: int) -> None:
+        h = self._hier
+        if t != h["t"] and h["t"] != 0:
+            warnings.warn(
+                f"hvd_hier: this rank's schedule was at step {h['t']}, rank {root}'s at step "
+                f"{t}; continuing from step {t}")
+        h["t"] = t
+
+    def _hier_setup_groups(self) -> None:
+        """Build the local groups for the job as it is now (``_setup``) and agree on the
+        schedule position; on the first rank, log what changed."""
+        h = self._hier
+        before = h["topology"]
+        try:
+            topo, payloads, note = _setup(h, self._hier_deadline())
+        except StallError:
+            raise self._hier_stalled(f"the setup of the local groups at step {h['t']}",
+                                     list(range(hvd.size()))) from None
+        h["topology"], h["generation"] = topo, _horovod_generation()
+        self._hier_adopt(payloads[0]["t"], topo.set_ranks[0])
+        h["agreed"] = True
+        # Handles of the old Horovod instance will never complete.
+        self._handles = {}
+        self._synchronized = False
+        for p in self._allreduce_delay:
+            self._allreduce_delay[p] = self.backward_passes_per_step
+        if hvd.rank() != topo.set_ranks[0]:
+            return
+        s = h["schedule"]
+        where = (f"{len(topo.set_ranks)} ranks in local groups {topo.groups}; the schedule "
+                 f"continues at step {h['t']} (K1={s.local_steps}, K2={s.local_rounds}, "
+                 f"warmup {s.warmup_steps})")
+        if note:
+            log.warning("hvd_hier: %s", note)
+        if before is None:
+            log.info("hvd_hier: %s", where)
+        else:
+            log.warning("hvd_hier: Horovod was initialised again (elastic reset): %d ranks "
+                        "before, %s", len(before.set_ranks), where)
 
     def _make_hook(self, p):
         horovod_hook = _DistributedOptimizer._make_hook(self, p)
 
         def hook(*args):
-            # Gradients are reduced only when the coming step is a warmup (synchronous) step.
+            # Gradients are reduced here only when the coming step is a warmup (synchronous)
+            # step, the schedule position is settled, and deterministic=False.
             h = self._hier
-            if h["agreed"] and self._hier_next() is Reduction.SYNC:
+            current = h["agreed"] and h["generation"] is _horovod_generation()
+            if current and not h["deterministic"] and self._hier_next() is Reduction.SYNC:
                 horovod_hook(*args)
 
         return hook
@@ -152,7 +212,32 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         """Warmup: wait for the gradient allreduce (as Horovod). After warmup: nothing."""
         self._hier_agree()
         if self._hier_next() is Reduction.SYNC:
+            return self._hier_sync_grads()
+        self._synchronized = True
+        return None
+
+    def _hier_sync_grads(self):
+        """The warmup's gradient reduction: Horovod's (its hooks started it during the
+        backward pass), or with ``deterministic=True`` hvd_hier's fixed buckets."""
+        h = self._hier
+        if not h["deterministic"]:
             return _DistributedOptimizer.synchronize(self)
+        self._hier_check_grads()
+        grads = []
+        for p in h["trained"]:
+            if p.grad is None:  # not used by this rank's forward pass: contributes zeros
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        topo = h["topology"]
+        if len(topo.set_ranks) > 1:
+            f = h["predivide"]
+            pre, post = (1.0 / f, f / len(topo.set_ranks)) if h["op"] == Average else (1.0, 1.0)
+            try:
+                h["grad_averager"].reduce(topo.global_set, "sync", pre, post,
+                                          self._hier_deadline(), tensors=grads)
+            except StallError:
+                raise self._hier_stalled(f"the gradient reduction of step {h['t'] + 1}",
+                                         topo.set_ranks) from None
         self._synchronized = True
         return None
 
@@ -190,7 +275,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             loss = _DistributedOptimizer.step(self, closure)
         else:
             if reduction is Reduction.SYNC and not self._synchronized:
-                _DistributedOptimizer.synchronize(self)  # the averaged gradients
+                self._hier_sync_grads()  # the averaged gradients
             else:
                 self._hier_check_grads()
             self._synchronized = False
@@ -339,15 +424,18 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         because its gradients overflowed: the schedule advanced all the same),
         ``skipped_contributions`` (with ``nonfinite="skip"``: non-finite ranks left out of
         this rank's averagings), ``group`` (this rank's local group), ``group_size``,
-        ``num_groups``.
+        ``num_groups``, ``groups`` (every local group). The last four are None in an elastic
+        job until its first ``step()`` builds the groups.
         """
         h = self._hier
         out = dict(h["stats"])
         out["steps"] = h["t"]
         out["sync_steps"] = min(h["t"], h["schedule"].warmup_steps)
-        out["group"] = list(h["topology"].group)
-        out["group_size"] = h["topology"].group_size
-        out["num_groups"] = len(h["topology"].groups)
+        topo = h["topology"]  # None until an elastic job's first step
+        out["group"] = None if topo is None else list(topo.group)
+        out["group_size"] = None if topo is None else topo.group_size
+        out["num_groups"] = None if topo is None else len(topo.groups)
+        out["groups"] = None if topo is None else [list(g) for g in topo.groups]
         return out
 
     def _hier_config(self) -> Dict[str, object]:
@@ -387,7 +475,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=4, local_rounds=4,
                          group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0,
-                         flat_storage=False, nonfinite="raise", stall_timeout_s=600.0):
+                         flat_storage=False, nonfinite="raise", stall_timeout_s=600.0,
+                         deterministic=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
 
     A drop-in replacement for ``hvd.DistributedOptimizer``: same arguments, same use. Each
@@ -455,6 +544,14 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             ``step()`` is reported instead of hanging the job. Horovod's stall inspector
             also warns every 60 s which ranks are missing. None waits forever. Warmup steps
             are Horovod's own gradient allreduce and wait as Horovod does. Default 600.
+        deterministic (bool): make every reduction reproducible bit for bit, from run to run
+            and across a restart from a checkpoint. Horovod fuses the reductions that are in
+            flight together depending on timing, and a ring of 3 or more ranks then adds in
+            another order (a difference in the last bit). With True, warmup gradients are
+            averaged after the backward pass, through hvd_hier's buckets in parameter order,
+            instead of by Horovod's hooks during it (no overlap; ``compression`` must be
+            ``Compression.none``, ``groups`` has no effect), and an averaging reduces one
+            bucket at a time. Default False.
 
     Returns:
         The wrapped optimizer. Besides the ``torch.optim.Optimizer`` API and Horovod's
@@ -490,6 +587,16 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         collectives. The schedule position is taken from the first rank of ``process_set``
         at the first ``step()``, so load a checkpoint before the first step (on that rank
         or on all).
+
+    Elastic Horovod (``hvd.elastic.run`` with ``hvd.elastic.TorchState(model=...,
+    optimizer=...)``): in an elastic job (``HOROVOD_ELASTIC=1``, set by horovodrun) the
+    construction is not a collective, so that a worker can join a running job; the groups are
+    built at the first ``step()``. After every reset (Horovod initialised again) the next
+    ``step()`` rebuilds them for the new ranks, re-checks that the ranks agree, and takes the
+    schedule position of rank 0. ``group_size`` is fitted to each new size: an integer that
+    does not divide it becomes its largest divisor not above it; ``"local"`` keeps one group
+    per host, even of different sizes. The first rank logs each reset and each use of the
+    rule on the ``hvd_hier`` logger. ``process_set`` must be the global process set.
     """
     # ---- checks that need no other rank: raised on every rank before any collective ----
     if not hvd.is_initialized():
@@ -503,13 +610,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if process_set is None or getattr(process_set, "process_set_id", None) is None:
         raise ValueError(
             f"process_set must be an initialised Horovod process set, got {process_set}")
-    set_ranks = list(range(hvd.size())) if process_set.process_set_id == 0 else list(
-        process_set.ranks)
-    if hvd.rank() not in set_ranks:
+    elastic = _elastic_job()
+    if elastic and process_set.process_set_id != 0:
         raise ValueError(
-            f"process_set {set_ranks} does not include this rank ({hvd.rank()}); create the "
-            "optimizer only on the ranks of process_set")
-    group_size = check_group_size(group_size, len(set_ranks))
+            f"process_set must be hvd.global_process_set in an elastic job, got {process_set}: "
+            "Horovod does not re-create other process sets when the job changes size")
+    group_size = check_group_size(group_size)  # against the job's size in _setup
     if op == Adasum:
         raise ValueError(
             "op=hvd.Adasum is not supported by hvd_hier.DistributedOptimizer (Adasum combines "
@@ -540,6 +646,13 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         raise ValueError(f"stall_timeout_s must be a number > 0 or None, got {stall_timeout_s!r}")
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
+    if deterministic and compression is not Compression.none:
+        raise ValueError(
+            f"deterministic=True reduces warmup gradients without compression, got "
+            f"compression={getattr(compression, '__name__', compression)}; pass "
+            "compression=hvd.Compression.none")
     if named_parameters is not None:
         named_parameters = list(named_parameters)
 
@@ -559,6 +672,66 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         buffer_list = [b for b in buffers if b.is_floating_point()]
     tensors = params + buffer_list  # everything averaged, and its labels for messages
     labels = names + [f"buffer {i}" for i in range(len(buffer_list))]
+    _check_tensors(tensors, labels)
+    if flat_storage:
+        try:
+            _check_no_aliasing(tensors, labels)
+        except ValueError as exc:
+            raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
+    if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
+        warnings.warn(
+            "hvd_hier.DistributedOptimizer with local_steps=1 and local_rounds=1 averages the "
+            "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
+            "does faster by overlapping the gradient reduction with the backward pass")
+
+    config = {"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
+              "warmup_steps": schedule.warmup_steps, "group_size": group_size,
+              "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
+              "backward_passes_per_step": backward_passes_per_step,
+              "sparse_as_dense": bool(sparse_as_dense), "flat_storage": flat_storage,
+              "nonfinite": nonfinite, "stall_timeout_s": stall_timeout_s,
+              "deterministic": deterministic}
+    hier = {
+        "schedule": schedule, "group_size": group_size, "process_set": process_set,
+        "config": config, "tensors": tensors, "labels": labels, "num_params": len(params),
+        "topology": None, "generation": None, "base": optimizer.__class__, "t": 0,
+        "agreed": False, "names": {id(p): n for p, n in zip(params, names)},
+        "nonfinite": nonfinite, "stall_timeout_s": stall_timeout_s,
+        "deterministic": deterministic, "op": op,
+        "predivide": float(gradient_predivide_factor),
+        "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
+                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
+                  "skipped_steps": 0, "skipped_contributions": 0},
+    }
+    if not elastic:
+        # One allgather now: disagreeing ranks and bad groups fail here, on every rank,
+        # before the optimizer exists. (An elastic job sets up at its first step instead: a
+        # worker that joins a running job constructs its optimizer while the others are
+        # already inside hvd.elastic.run, so construction must not be a collective.)
+        hier["topology"], _, _ = _setup(hier)
+        hier["generation"] = _horovod_generation()
+    cap = int(bucket_cap_mb * 2**20)
+    in_flight = 1 if deterministic else 2
+    if flat_storage:
+        hier["averager"] = FlatAverager(tensors, cap, max_in_flight=in_flight, names=labels)
+    else:
+        hier["averager"] = BucketAverager(tensors, cap, max_in_flight=in_flight)
+    if deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
+        hier["trained"] = [p for p in params if p.requires_grad]
+        hier["grad_averager"] = BucketAverager(hier["trained"], cap, max_in_flight=1)
+    base = optimizer.__class__
+    namespace = dict(_DistributedOptimizer.__dict__)
+    namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()
+                      if k not in ("__dict__", "__weakref__")})
+    namespace["__module__"] = __name__
+    namespace["__doc__"] = base.__doc__
+    cls = type(base.__name__, (base,), namespace)
+    return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
+               op, gradient_predivide_factor, groups, sparse_as_dense, process_set, hier)
+
+
+def _check_tensors(tensors, labels) -> None:
+    """One device, a dtype the averaging takes, a dense layout: ValueError naming the tensor."""
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         first = {}
@@ -577,56 +750,46 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             flat_view(t)
         except ValueError as exc:
             raise ValueError(f"hvd_hier.DistributedOptimizer: {name}: {exc}") from None
-    if flat_storage:
-        try:
-            _check_no_aliasing(tensors, labels)
-        except ValueError as exc:
-            raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
-    if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
-        warnings.warn(
-            "hvd_hier.DistributedOptimizer with local_steps=1 and local_rounds=1 averages the "
-            "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
-            "does faster by overlapping the gradient reduction with the backward pass")
 
-    # ---- one allgather: every rank checks that all ranks agree, and learns the hosts ----
+
+def _setup(h, deadline: Optional[float] = None):
+    """Fit the optimizer to the job as Horovod now sees it: ``(topology, payloads, note)``.
+
+    Every rank of the process set calls it at the same point: at construction, or (elastic
+    jobs, and after Horovod was initialised again) at the first step. Checks that need no
+    other rank come first and raise on every rank before any collective; then one allgather
+    tells every rank the others' configuration, tensors, host and schedule position (the
+    ranks must agree), and the local groups' process sets are created. ``note`` says how an
+    elastic job's groups differ from ``group_size`` (``adapt_groups``), else None.
+    """
+    process_set = h["process_set"]
+    set_ranks = list(range(hvd.size())) if process_set.process_set_id == 0 else list(
+        process_set.ranks)
+    if hvd.rank() not in set_ranks:
+        raise ValueError(
+            f"process_set {set_ranks} does not include this rank ({hvd.rank()}); create the "
+            "optimizer only on the ranks of process_set")
+    elastic = _elastic_job()
+    if not elastic:
+        check_group_size(h["group_size"], len(set_ranks))
+    tensors, labels = h["tensors"], h["labels"]
+    _check_tensors(tensors, labels)
+
     def signature(t):
         return (tuple(t.shape), str(t.dtype), tuple(t.stride()), t.device.type)
 
-    config = {"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
-              "warmup_steps": schedule.warmup_steps, "group_size": group_size,
-              "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
-              "backward_passes_per_step": backward_passes_per_step,
-              "sparse_as_dense": bool(sparse_as_dense), "process_set": set_ranks,
-              "flat_storage": flat_storage, "nonfinite": nonfinite,
-              "stall_timeout_s": stall_timeout_s}
-    payload = {"config": config, "params": [signature(p) for p in params],
-               "buffers": [signature(b) for b in buffer_list], "host": _hostname()}
-    payloads = _allgather_object(payload, process_set) if len(set_ranks) > 1 else [payload]
-    _check_agreement(payloads, set_ranks, names)
-    groups_of_ranks = plan_groups(set_ranks, group_size, [p["host"] for p in payloads])
-
-    # ---- process sets (every rank, same order), then the optimizer itself ----
-    topology = build_topology(set_ranks, groups_of_ranks, process_set, hvd.rank(), hvd.size())
-    cap = int(bucket_cap_mb * 2**20)
-    if flat_storage:
-        averager = FlatAverager(tensors, cap, names=labels)
+    n = h["num_params"]
+    payload = {"config": dict(h["config"], process_set=set_ranks),
+               "params": [signature(t) for t in tensors[:n]],
+               "buffers": [signature(t) for t in tensors[n:]], "host": _hostname(), "t": h["t"]}
+    payloads = ([payload] if len(set_ranks) == 1 else
+                _allgather_object(payload, process_set, deadline=deadline))
+    _check_agreement(payloads, set_ranks, labels[:n])
+    hosts = [p["host"] for p in payloads]
+    note = None
+    if elastic:
+        groups, note = adapt_groups(set_ranks, h["group_size"], hosts)
     else:
-        averager = BucketAverager(tensors, cap)
-    base = optimizer.__class__
-    hier = {
-        "schedule": schedule, "group_size": group_size, "topology": topology,
-        "averager": averager, "base": base, "t": 0, "agreed": len(set_ranks) == 1,
-        "names": {id(p): n for p, n in zip(params, names)}, "nonfinite": nonfinite,
-        "stall_timeout_s": stall_timeout_s,
-        "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
-                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
-                  "skipped_steps": 0, "skipped_contributions": 0},
-    }
-    namespace = dict(_DistributedOptimizer.__dict__)
-    namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()
-                      if k not in ("__dict__", "__weakref__")})
-    namespace["__module__"] = __name__
-    namespace["__doc__"] = base.__doc__
-    cls = type(base.__name__, (base,), namespace)
-    return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
-               op, gradient_predivide_factor, groups, sparse_as_dense, process_set, hier)
+        groups = plan_groups(set_ranks, h["group_size"], hosts)
+    topology = build_topology(set_ranks, groups, process_set, hvd.rank(), hvd.size())
+    return topology, payloads, note

@@ -1,7 +1,7 @@
 """Local groups: which ranks average together, and the Horovod process sets that do it.
 
-``plan_groups`` is pure (testable without processes); ``process_set_for`` and
-``build_topology`` talk to Horovod.
+``plan_groups`` and ``adapt_groups`` (the rule of elastic jobs) are pure, testable without
+processes; ``process_set_for`` and ``build_topology`` talk to Horovod.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from typing import List, Optional, Sequence
 
 from .schedule import check_int
 
-__all__ = ["check_group_size", "plan_groups", "check_can_create", "Topology", "build_topology",
-           "process_set_for"]
+__all__ = ["check_group_size", "plan_groups", "adapt_groups", "check_can_create", "Topology",
+           "build_topology", "process_set_for"]
 
 LOCAL = "local"
 
 
-def check_group_size(group_size, set_size: int):
+def check_group_size(group_size, set_size: Optional[int] = None):
     """Validate ``group_size`` against a process set of ``set_size`` ranks.
 
     Returns ``"local"`` or the group size as an int; raises ``ValueError`` naming the value.
+    With ``set_size=None`` only the kind of value is checked (elastic jobs, whose size
+    changes, fit the groups to each new size with ``adapt_groups``).
     """
     if isinstance(group_size, str):
         if group_size != LOCAL:
@@ -37,6 +39,8 @@ def check_group_size(group_size, set_size: int):
         raise ValueError(
             f"group_size must be an integer >= 1 or 'local', got {group_size!r}"
         ) from None
+    if set_size is None:
+        return size
     if size > set_size:
         raise ValueError(
             f"group_size={size} is larger than process_set, which has {set_size} ranks"
@@ -47,6 +51,16 @@ def check_group_size(group_size, set_size: int):
             f"pick a divisor of {set_size} or group_size='local'"
         )
     return size
+
+
+def _by_host(ranks: List[int], hostnames: Optional[Sequence[str]]) -> "OrderedDict[str, List[int]]":
+    """The ranks of each host, hosts in order of first appearance."""
+    if hostnames is None or len(hostnames) != len(ranks):
+        raise ValueError("group_size='local' needs the host name of every rank")
+    by_host: "OrderedDict[str, List[int]]" = OrderedDict()
+    for rank, host in zip(ranks, hostnames):
+        by_host.setdefault(host, []).append(rank)
+    return by_host
 
 
 def plan_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[str]] = None):
@@ -61,11 +75,7 @@ def plan_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[s
     size = check_group_size(group_size, len(ranks))
     if size != LOCAL:
         return [ranks[i : i + size] for i in range(0, len(ranks), size)]
-    if hostnames is None or len(hostnames) != len(ranks):
-        raise ValueError("group_size='local' needs the host name of every rank")
-    by_host: "OrderedDict[str, List[int]]" = OrderedDict()
-    for rank, host in zip(ranks, hostnames):
-        by_host.setdefault(host, []).append(rank)
+    by_host = _by_host(ranks, hostnames)
     counts = {host: len(members) for host, members in by_host.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(
@@ -73,6 +83,40 @@ def plan_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[s
             f"{counts}; pass an integer group_size that divides {len(ranks)}"
         )
     return list(by_host.values())
+
+
+def adapt_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[str]] = None):
+    """The local groups of an elastic job, whose size changes: ``(groups, note)``.
+
+    Where ``plan_groups`` would refuse the new size, a rule applies instead, and ``note`` says
+    what it did (None when the groups are those asked for):
+
+    * an integer ``group_size`` that does not divide the number of ranks P is lowered to the
+      largest divisor of P not above it (S=4 on 6 ranks: groups of 3; on 2 ranks: one group
+      of 2; on 5 ranks: groups of 1, i.e. K-AVG);
+    * ``"local"`` keeps one group per host even when the hosts now hold different numbers of
+      ranks (a local average is over the ranks present; the global one weighs every rank
+      alike).
+    """
+    ranks = list(ranks)
+    size = check_group_size(group_size)
+    n = len(ranks)
+    if size == LOCAL:
+        by_host = _by_host(ranks, hostnames)
+        counts = {host: len(members) for host, members in by_host.items()}
+        note = None
+        if len(set(counts.values())) != 1:
+            note = (f"the hosts hold different numbers of ranks ({counts}); each host stays "
+                    "one local group")
+        return list(by_host.values()), note
+    fitted = max(d for d in range(1, min(size, n) + 1) if n % d == 0)
+    note = None
+    if fitted != size:
+        why = "is larger than" if size > n else "does not divide"
+        ranks_n = f"{n} rank" if n == 1 else f"{n} ranks"
+        note = (f"group_size={size} {why} the {ranks_n}; using groups of {fitted}, the "
+                f"largest divisor of {n} not above {size}")
+    return [ranks[i : i + fitted] for i in range(0, n, fitted)], note
 
 
 def _horovod_sets():

@@ -48,3 +48,48 @@ def simulate_sgd(init, grad, lr, groups, k1, k2, warmup, steps):
                         w[r] = mean.copy()
         history.append({r: w[r].copy() for r in ranks})
     return history
+
+
+def quadratic_problem(rank, t, dim):
+    """Rank ``rank``'s loss at step ``t``: ``0.5 * a * ||w - b||^2``; returns ``(a, b)``.
+
+    The gradient ``a * (w - b)`` depends on ``w``, so where and when the models are averaged
+    changes the result (with a gradient independent of ``w`` it would not)."""
+    rng = np.random.default_rng(1_000_003 * t + rank)
+    return 0.5 + rng.random(), rng.standard_normal(dim)
+
+
+def simulate_quadratic(w0, lr, segments, k1, k2, warmup, steps, dim):
+    """Plain SGD on ``quadratic_problem`` under Hier-AVG, through a sequence of jobs.
+
+    ``segments``: ``[(first_step, groups), ...]``: from step ``first_step + 1`` on, the job has
+    the ranks of ``groups`` (lists of ranks). Every segment starts with every rank holding the
+    same model: the first from ``w0``, the next ones from rank 0's model at their
+    ``first_step`` in the previous segment (what an elastic job restores or broadcasts).
+    Returns the list over ranks of the last segment of their models after ``steps``.
+    """
+    w = np.asarray(w0, dtype=np.float64)
+    for i, (first, groups) in enumerate(segments):
+        last = segments[i + 1][0] if i + 1 < len(segments) else steps
+        ranks = sorted(r for g in groups for r in g)
+        models = {r: w.copy() for r in ranks}
+        for t in range(first + 1, last + 1):
+            kind = reference_reduction(t, k1, k2, warmup)
+            grads = {}
+            for r in ranks:
+                a, b = quadratic_problem(r, t, dim)
+                grads[r] = a * (models[r] - b)
+            if kind == "sync":
+                g = sum(grads[r] for r in ranks) / len(ranks)
+                for r in ranks:
+                    models[r] = models[r] - lr * g
+                continue
+            for r in ranks:
+                models[r] = models[r] - lr * grads[r]
+            for g in ([ranks] if kind == "global" else groups if kind == "local" else []):
+                mean = sum(models[r] for r in g) / len(g)
+                for r in g:
+                    models[r] = mean.copy()
+        w = models[0]
+        if i + 1 == len(segments):
+            return [models[r] for r in ranks]

@@ -16,8 +16,14 @@ def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc
     Fails the test (with the output) when the exit code differs from `expect_rc` or the run
     exceeds `timeout` seconds, killing the whole process group so nothing is left hanging.
     """
+    return launch(["-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo"], worker, *args,
+                  timeout=timeout, env=env, expect_rc=expect_rc)
+
+
+def launch(options, worker, *args, timeout=240, env=None, expect_rc=0):
+    """`horovodrun <options> python <worker> <args>`, as `horovodrun` above."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
-    cmd = [str(horovodrun_bin), "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo",
+    cmd = [str(horovodrun_bin), *map(str, options),
            sys.executable, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
     run_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",

@@ -24,6 +24,9 @@ def test_parameters_follow_the_schedule_exactly():
         "schedule K1=4 K2=1 S=2 W=1", "schedule K1=2 K2=2 S=local W=1",
         "schedule K1=2 K2=2 S=2 W=0 flat", "schedule K1=2 K2=3 S=2 W=3 flat",
         "schedule K1=3 K2=2 S=1 W=0 flat", "schedule K1=1 K2=4 S=2 W=2 flat",
+        "schedule K1=2 K2=3 S=2 W=3 deterministic", "schedule K1=1 K2=4 S=2 W=2 deterministic",
+        "schedule K1=2 K2=2 S=local W=1 deterministic",
+        "schedule K1=2 K2=3 S=2 W=3 flat deterministic",
         "buffers averaged, integer buffers and optimizer state local"])
 
 
@@ -167,7 +170,8 @@ def test_end_to_end_benchmark_runs(tmp_path):
                "--repeats", "1", "--json", out_json, timeout=300)
     result = json.loads(out_json.read_text())
     assert {(r["averaging"], r["method"]) for r in result["rows"]} == {
-        (k, m) for k in ("local", "global") for m in ("fused", "flat", "grouped", "per_tensor")}
+        (k, m) for k in ("local", "global")
+        for m in ("fused", "fused1", "flat", "flat1", "grouped", "per_tensor")}
     assert all(r["median_ms"] > 0 for r in result["rows"])
     assert [r["ratio_to_fused"] for r in result["rows"] if r["method"] == "fused"] == [1.0, 1.0]
 

@@ -51,3 +51,32 @@ def test_groups_of_a_subset_must_exist_already():
         "process_set [0, 1, 2, 3] is smaller than the job (8 ranks), so the local groups cannot "
         "be created by its ranks alone (Horovod adds a process set only when every rank calls "
         "add_process_set). Create them first on every rank: hvd.add_process_set([2, 3])")
+
+
+@pytest.mark.parametrize("size,group_size,groups,note", [
+    (4, 2, [[0, 1], [2, 3]], None),
+    (6, 4, [[0, 1, 2], [3, 4, 5]],
+     "group_size=4 does not divide the 6 ranks; using groups of 3, the largest divisor of 6 not above 4"),
+    (2, 4, [[0, 1]],
+     "group_size=4 is larger than the 2 ranks; using groups of 2, the largest divisor of 2 not above 4"),
+    (5, 2, [[0], [1], [2], [3], [4]],
+     "group_size=2 does not divide the 5 ranks; using groups of 1, the largest divisor of 5 not above 2"),
+    (3, 1, [[0], [1], [2]], None),
+    (1, 8, [[0]], "group_size=8 is larger than the 1 rank; using groups of 1, the largest divisor of 1 not above 8"),
+])
+def test_elastic_jobs_fit_an_integer_group_size_to_the_new_size(size, group_size, groups, note):
+    from hvd_hier.topology import adapt_groups
+
+    assert adapt_groups(list(range(size)), group_size) == (groups, note)
+
+
+def test_elastic_jobs_keep_one_group_per_host_when_hosts_are_uneven():
+    from hvd_hier.topology import adapt_groups
+
+    assert adapt_groups([0, 1, 2, 3], "local", ["a", "a", "b", "b"]) == ([[0, 1], [2, 3]], None)
+    assert adapt_groups([0, 1, 2], "local", ["a", "a", "b"]) == (
+        [[0, 1], [2]], "the hosts hold different numbers of ranks ({'a': 2, 'b': 1}); each host "
+        "stays one local group")
+    with pytest.raises(ValueError) as info:
+        adapt_groups([0, 1], 0)
+    assert str(info.value) == "group_size must be an integer >= 1 or 'local', got 0"

@@ -51,6 +51,10 @@ def run():
         (dict(nonfinite="maybe"), "nonfinite must be 'raise' or 'skip', got 'maybe'"),
         (dict(stall_timeout_s=0), "stall_timeout_s must be a number > 0 or None, got 0"),
         (dict(stall_timeout_s="1"), "stall_timeout_s must be a number > 0 or None, got '1'"),
+        (dict(deterministic=1), "deterministic must be True or False, got 1"),
+        (dict(deterministic=True, compression=hvd.Compression.fp16),
+         "deterministic=True reduces warmup gradients without compression, got "
+         "compression=FP16Compressor; pass compression=hvd.Compression.none"),
     ]
     for kwargs, message in cases:
         expect_error(ValueError, message, DO, sgd(m), named_parameters=np_(), **kwargs)

@@ -25,6 +25,8 @@ CONFIGS = [
 ]
 # the same with persistent flat storage: parameters are views into the reduced buffers
 FLAT_CONFIGS = [(2, 2, 2, 0), (2, 3, 2, 3), (3, 2, 1, 0), (1, 4, 2, 2)]
+# deterministic=True: warmup gradients through hvd_hier's buckets, one bucket in flight
+DETERMINISTIC_CONFIGS = [(2, 3, 2, 3), (1, 4, 2, 2), (2, 2, "local", 1)]
 SIZES = {"a": (3, 5), "b": (37,), "c": (2, 2)}  # 'c' is float64
 LR = 0.25
 
@@ -58,12 +60,13 @@ def flat(values):
     return np.concatenate([np.asarray(values[n], dtype=np.float64).ravel() for n in SIZES])
 
 
-def run_config(rank, size, k1, k2, s, warmup, flat_storage=False):
+def run_config(rank, size, k1, k2, s, warmup, flat_storage=False, deterministic=False):
     model = Model(rank)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     params = (model.a, model.b, model.c)
     kwargs = dict(named_parameters=model.named_parameters(), local_steps=k1, local_rounds=k2,
                   group_size=s, warmup_steps=warmup, flat_storage=flat_storage,
+                  deterministic=deterministic,
                   bucket_cap_mb=64 / 2**20)  # 64-byte buckets: tensors split across buckets
     if k1 == 1 and k2 == 1 and warmup == 0:
         opt = expect_warning("that is synchronous SGD", hvd_hier.DistributedOptimizer, opt, **kwargs)
@@ -102,7 +105,8 @@ def run_config(rank, size, k1, k2, s, warmup, flat_storage=False):
         assert stats["bytes_local"] == (counts["local"] * nbytes if group_len > 1 else 0), stats
     # flat storage: still views into the same buffers; otherwise never moved
     assert {p.untyped_storage().data_ptr() for p in params} == storages
-    report(f"schedule K1={k1} K2={k2} S={s} W={warmup}" + (" flat" if flat_storage else ""))
+    report(f"schedule K1={k1} K2={k2} S={s} W={warmup}" + (" flat" if flat_storage else "")
+           + (" deterministic" if deterministic else ""))
 
 
 def buffers_and_optimizer_state(rank):
@@ -147,6 +151,9 @@ def run():
         run_config(rank, size, *config)
     for config in FLAT_CONFIGS:
         run_config(rank, size, *config, flat_storage=True)
+    for config in DETERMINISTIC_CONFIGS:
+        run_config(rank, size, *config, deterministic=True)
+    run_config(rank, size, 2, 3, 2, 3, flat_storage=True, deterministic=True)
     buffers_and_optimizer_state(rank)
 
 

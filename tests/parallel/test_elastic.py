@@ -1,0 +1,81 @@
+"""Elastic Horovod (`hvd.elastic.run`) with hvd_hier under `horovodrun --gloo` with a host
+discovery script: a worker killed with SIGKILL, the job shrinking to the remaining host and
+growing back, and a worker that joins with other arguments (tests/parallel/workers/elastic.py
+describes the scenarios)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from harness import launch
+from reference import simulate_quadratic
+
+pytestmark = pytest.mark.parallel
+
+# as in workers/elastic.py
+K1, K2, WARMUP, LR, DIM, STEPS = 2, 3, 2, 0.1, 8, 44
+
+
+def elastic_run(folder, scenario, np_, discovery, timeout):
+    """Start the elastic job with ``discovery`` as its host discovery script, in which
+    ``$FLAG`` is ``folder/host2``, a file the workers create or remove."""
+    script = folder / "discover.sh"
+    script.write_text(f"#!/bin/sh\nFLAG={folder / 'host2'}\n{discovery}\nexit 0\n")
+    script.chmod(0o755)
+    options = ["--gloo", "-np", np_, "--min-np", 2, "--max-np", 4, "--host-discovery-script",
+               script, "--blacklist-cooldown-range", 1, 2]
+    return launch(options, "elastic.py", folder, scenario, timeout=timeout)
+
+
+def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path):
+    (tmp_path / "host2").touch()
+    out = elastic_run(tmp_path, "kill_and_grow", 4, "echo localhost:2\n"
+                      "[ -e $FLAG ] && echo 127.0.0.1:2", timeout=300)
+    # the second rank of 127.0.0.1: rank 1 or 3, as Horovod ordered the hosts
+    assert re.search(r"elastic rank [13]/4: SIGKILL to myself before step 17", out), out[-4000:]
+    finals = [json.loads((tmp_path / f"final_rank{r}.json").read_text()) for r in range(4)]
+    # 4 ranks on two hosts; the kill loses steps 15-16 (the last commit was after step 14);
+    # 2 ranks on localhost; grown back at the commit after step 32. The two workers that
+    # survived saw all of it, the two added saw the last part.
+    segments = [
+        {"step": 0, "size": 4, "schedule": 1, "groups": [[0, 1], [2, 3]]},
+        {"step": 14, "size": 2, "schedule": 15, "groups": [[0, 1]]},
+        {"step": 32, "size": 4, "schedule": 33, "groups": [[0, 1], [2, 3]]},
+    ]
+    seen = [f["segments"] for f in finals]
+    assert sorted(map(len, seen)) == [1, 1, 3, 3], (seen, out[-4000:])
+    assert all(s == segments[-len(s):] for s in seen), (seen, out[-4000:])
+    for before, after, groups, step in ((4, 2, "[[0, 1]]", 14), (2, 4, "[[0, 1], [2, 3]]", 32)):
+        line = (f"hvd_hier: Horovod was initialised again (elastic reset): {before} ranks before, "
+                f"{after} ranks in local groups {groups}; the schedule continues at step {step} "
+                f"(K1={K1}, K2={K2}, warmup {WARMUP})")
+        assert line in out, (line, out[-4000:])
+    assert [f["steps"] for f in finals] == [STEPS] * 4 and {f["size"] for f in finals} == {4}
+    assert all(f["w"] == finals[0]["w"] for f in finals), "ranks end with different models"
+    w0 = np.linspace(-1.0, 1.0, DIM)
+    want = simulate_quadratic(w0, LR, [(s["step"], s["groups"]) for s in segments], K1, K2,
+                              WARMUP, STEPS, DIM)
+    got = np.array(finals[0]["w"])
+    assert np.allclose(got, want[0], rtol=0, atol=1e-12), (got, want[0])
+    # the comparison can tell: the same job resumed from the commit before (step 8), or one
+    # that never shrank, ends elsewhere
+    for other in ([(0, [[0, 1], [2, 3]]), (8, [[0, 1]]), (32, [[0, 1], [2, 3]])],
+                  [(0, [[0, 1], [2, 3]])]):
+        wrong = simulate_quadratic(w0, LR, other, K1, K2, WARMUP, STEPS, DIM)
+        assert not np.allclose(got, wrong[0], rtol=0, atol=1e-4), other
+    # (horovodrun prefixes a line with the worker's first slot, not its rank now)
+    assert out.count("PASS elastic finished") == 4, out[-3000:]
+
+
+def test_a_worker_joining_with_other_arguments_fails_every_rank_alike(tmp_path):
+    # (an elastic job that starts on a single host does not start in Horovod 0.28.1: two)
+    out = elastic_run(tmp_path, "disagree", 2, "n=1; [ -e $FLAG ] && n=2\n"
+                      "echo localhost:$n\necho 127.0.0.1:$n", timeout=300)
+    reports = re.findall(r"elastic rank (\d)/4: ValueError: (.*)", out)
+    assert sorted(r for r, _ in reports) == ["0", "1", "2", "3"], out[-4000:]
+    assert {m for _, m in reports} == {
+        "hvd_hier.DistributedOptimizer: ranks disagree on local_steps: rank 0 has 2, rank 1 has "
+        "3; every rank must pass the same arguments"}, reports
+    assert out.count("PASS elastic disagreement reported") == 4, out[-4000:]

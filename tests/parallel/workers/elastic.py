@@ -1,0 +1,129 @@
+"""Elastic Horovod with hvd_hier: a worker killed, the job shrinks, a host comes back.
+
+Run by tests/parallel/test_elastic.py under ``horovodrun --gloo -np 4 --min-np 2 --max-np 4
+--host-discovery-script ...``, where the discovery script lists ``localhost:2`` always and
+``127.0.0.1:2`` while the file ``<out>/host2`` exists (Horovod treats the two names of this
+machine as two hosts).
+
+Scenario ``kill_and_grow`` (plain SGD on a quadratic whose gradient depends on the model,
+K1=2, K2=3, 2 warmup steps, ``group_size="local"``, a commit after every global averaging):
+
+* 4 ranks on two hosts; at step 17 the second rank of ``127.0.0.1`` removes ``host2`` and
+  kills itself with SIGKILL. The others fail in their next collective with it, restore the
+  commit of step 14 and go on as 2 ranks on ``localhost``.
+* At the commit of step 32 rank 0 creates ``host2`` again; the ranks wait for Horovod to
+  announce the new host, and the job goes on as 4 ranks from step 32 to step 44.
+
+Scenario ``disagree`` (the discovery script lists ``localhost:1`` and ``127.0.0.1:1``, then
+two slots on each once ``<out>/host2`` exists): 2 ranks; at the commit of step 8 a second slot
+appears on each host, and the workers started there (local rank 1) construct the optimizer
+with ``local_steps=3`` instead of 2. At the first step after the reset every rank raises the
+same ValueError.
+
+Each rank writes ``<out>/final_rank<r>.json``: its model, steps and groups, and for each
+entry of its process into the training function the step it started from, the job's size
+and the local groups. (Horovod may give either host the first ranks.)
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import hvd_hier  # noqa: F401  (before hvd.init(): dynamic process sets)
+import horovod.torch as hvd
+from reference import quadratic_problem
+
+K1, K2, WARMUP, LR, DIM = 2, 3, 2, 0.1, 8
+PERIOD = K1 * K2
+STEPS, KILL_AT, GROW_AT = 44, 17, 32
+
+
+class Quadratic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, DIM, dtype=torch.float64))
+
+    def loss(self, rank, t):
+        a, b = quadratic_problem(rank, t, DIM)
+        return 0.5 * a * ((self.w - torch.from_numpy(b)) ** 2).sum()
+
+
+def say(text):
+    print(f"elastic rank {hvd.rank()}/{hvd.size()}: {text}", flush=True)
+
+
+def run(out: Path, scenario: str):
+    hvd.init()
+    host = os.environ.get("HOROVOD_HOSTNAME", "")
+    model = Quadratic()
+    local_steps = 3 if scenario == "disagree" and hvd.local_rank() == 1 else K1
+    opt = hvd_hier.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=LR), named_parameters=model.named_parameters(),
+        local_steps=local_steps, local_rounds=K2, warmup_steps=WARMUP, group_size="local",
+        stall_timeout_s=120)
+    assert opt.averaging_stats()["groups"] is None  # elastic: built at the first step
+    state = hvd.elastic.TorchState(model=model, optimizer=opt, step=0)
+    segments = []
+
+    @hvd.elastic.run
+    def train(state):
+        segments.append({"step": state.step, "size": hvd.size(), "schedule": None})
+        say(f"training from step {state.step}")
+        while state.step < STEPS:
+            t = state.step + 1
+            if (scenario == "kill_and_grow" and t == KILL_AT and host == "127.0.0.1"
+                    and hvd.local_rank() == 1 and not (out / "killed").exists()):
+                (out / "killed").touch()
+                (out / "host2").unlink()
+                say(f"SIGKILL to myself before step {t}")
+                os.kill(os.getpid(), signal.SIGKILL)
+            opt.zero_grad()
+            model.loss(hvd.rank(), t).backward()
+            opt.step()
+            state.step = t
+            if segments[-1]["schedule"] is None:
+                stats = opt.averaging_stats()
+                segments[-1]["schedule"] = stats["steps"]
+                segments[-1]["groups"] = stats["groups"]
+            if t > WARMUP and (t - WARMUP) % PERIOD == 0:  # after a global averaging
+                state.commit()
+                grow = (scenario == "kill_and_grow" and t == GROW_AT) or (
+                    scenario == "disagree" and t == 8)
+                if grow and hvd.size() == 2:
+                    if hvd.rank() == 0:
+                        (out / "host2").touch()
+                    say(f"waiting for a host to be added at step {t}")
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        state.check_host_updates()  # raises on every rank at once
+                    raise RuntimeError("no host was added within 120 s")
+
+    try:
+        train(state)
+    except ValueError as exc:
+        if scenario != "disagree":
+            raise
+        say(f"ValueError: {exc}")
+        # rank 0 is the first slot of a host; rank 1 its second slot, a worker that joined
+        expected = ("hvd_hier.DistributedOptimizer: ranks disagree on local_steps: rank 0 has 2, "
+                    "rank 1 has 3; every rank must pass the same arguments")
+        assert str(exc) == expected, str(exc)
+        assert state.step == 8 and hvd.size() == 4, (state.step, hvd.size())
+        print("PASS elastic disagreement reported", flush=True)
+        return
+    stats = opt.averaging_stats()
+    result = {"rank": hvd.rank(), "size": hvd.size(), "w": model.w.detach().tolist(),
+              "steps": stats["steps"], "groups": stats["groups"]}
+    result["segments"] = segments  # what this process saw (a worker added late: the last)
+    (out / f"final_rank{hvd.rank()}.json").write_text(json.dumps(result))
+    print("PASS elastic finished", flush=True)
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]), sys.argv[2])
