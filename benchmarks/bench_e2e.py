@@ -9,6 +9,8 @@ interleaved round-robin in one run:
               group's process set, unpack with 1/n, buckets overlapped;
 * flat        hvd_hier with persistent flat storage (FlatAverager): the parameters are views
               into the buffers, which are reduced in place and scaled by 1/n;
+* fused1, flat1  the same with one bucket in flight (what deterministic=True does): no two
+              buckets can be fused by Horovod, so every sum is reproducible;
 * grouped     hvd.grouped_allreduce_(params, op=hvd.Average, process_set=...);
 * per_tensor  a loop of hvd.allreduce_(p, op=hvd.Average, process_set=...), one per tensor.
 
@@ -41,8 +43,9 @@ def main():
     p.add_argument("--group-size", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
-    p.add_argument("--methods", default="fused,flat,grouped,per_tensor",
-                   help="comma-separated: fused plus any of flat, grouped, per_tensor")
+    p.add_argument("--methods", default="fused,fused1,flat,flat1,grouped,per_tensor",
+                   help="comma-separated: fused plus any of fused1, flat, flat1, grouped, "
+                        "per_tensor")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -58,16 +61,27 @@ def main():
 
     g = torch.Generator().manual_seed(rank)
     params = [torch.randn(s, generator=g) for s in MODELS[args.model]]
-    averager = BucketAverager(params, int(args.bucket_cap_mb * 2**20))
-    flat_averager = None
-    if "flat" in args.methods.split(","):  # its own copy: flat storage re-points its tensors
-        flat_averager = FlatAverager([p.clone() for p in params], int(args.bucket_cap_mb * 2**20))
+    cap = int(args.bucket_cap_mb * 2**20)
+    wanted = args.methods.split(",")
+    averagers = {1: BucketAverager(params, cap, max_in_flight=1),
+                 2: BucketAverager(params, cap, max_in_flight=2)}
+    flat_averagers = {}
+    for in_flight, name in ((2, "flat"), (1, "flat1")):
+        if name in wanted:  # its own copy: flat storage re-points its tensors
+            flat_averagers[in_flight] = FlatAverager([p.clone() for p in params], cap,
+                                                     max_in_flight=in_flight)
 
     def fused(ps, n, kind):
-        averager.average(ps, n, kind)
+        averagers[2].average(ps, n, kind)
+
+    def fused1(ps, n, kind):
+        averagers[1].average(ps, n, kind)
 
     def flat(ps, n, kind):
-        flat_averager.average(ps, n, kind)
+        flat_averagers[2].average(ps, n, kind)
+
+    def flat1(ps, n, kind):
+        flat_averagers[1].average(ps, n, kind)
 
     def grouped(ps, n, kind):
         hvd.grouped_allreduce_(params, op=hvd.Average, name=f"bench.grouped.{kind}", process_set=ps)
@@ -76,11 +90,13 @@ def main():
         for i, t in enumerate(params):
             hvd.allreduce_(t, op=hvd.Average, name=f"bench.tensor.{kind}.{i}", process_set=ps)
 
-    every = {"fused": fused, "flat": flat, "grouped": grouped, "per_tensor": per_tensor}
-    unknown = set(args.methods.split(",")) - set(every)
-    if unknown or "fused" not in args.methods.split(","):
-        raise SystemExit(f"--methods takes fused (always) plus flat, grouped and per_tensor, got {args.methods}")
-    methods = {name: every[name] for name in args.methods.split(",")}
+    every = {"fused": fused, "fused1": fused1, "flat": flat, "flat1": flat1, "grouped": grouped,
+             "per_tensor": per_tensor}
+    unknown = set(wanted) - set(every)
+    if unknown or "fused" not in wanted:
+        raise SystemExit("--methods takes fused (always) plus fused1, flat, flat1, grouped and "
+                         f"per_tensor, got {args.methods}")
+    methods = {name: every[name] for name in wanted}
     times = {(k, m): [] for k in kinds for m in methods}
     for r in range(args.repeats + 1):
         for kind, (ps, n) in kinds.items():
