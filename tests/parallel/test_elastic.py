@@ -18,7 +18,7 @@ pytestmark = pytest.mark.parallel
 K1, K2, WARMUP, LR, DIM, STEPS = 2, 3, 2, 0.1, 8, 44
 
 
-def elastic_run(folder, scenario, np_, discovery, timeout):
+def elastic_run(folder, scenario, np_, discovery, timeout, *args):
     """Start the elastic job with ``discovery`` as its host discovery script, in which
     ``$FLAG`` is ``folder/host2``, a file the workers create or remove."""
     script = folder / "discover.sh"
@@ -26,13 +26,27 @@ def elastic_run(folder, scenario, np_, discovery, timeout):
     script.chmod(0o755)
     options = ["--gloo", "-np", np_, "--min-np", 2, "--max-np", 4, "--host-discovery-script",
                script, "--blacklist-cooldown-range", 1, 2]
-    return launch(options, "elastic.py", folder, scenario, timeout=timeout)
+    return launch(options, "elastic.py", folder, scenario, *args, timeout=timeout)
 
 
-def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path):
+# groups per host, or group_size=3 fitted by the rule to 2 ranks per group on 4 and on 2 ranks
+# (Horovod numbers the ranks host by host: the same groups), logged at every setup
+RULE_LOGS = {
+    "local": [],
+    "3": ["hvd_hier: group_size=3 does not divide the 4 ranks; using groups of 2, the largest "
+          "divisor of 4 not above 3",
+          "hvd_hier: group_size=3 is larger than the 2 ranks; using groups of 2, the largest "
+          "divisor of 2 not above 3"],
+}
+
+
+@pytest.mark.parametrize("group_size", ["local", "3"])
+def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path, group_size):
     (tmp_path / "host2").touch()
     out = elastic_run(tmp_path, "kill_and_grow", 4, "echo localhost:2\n"
-                      "[ -e $FLAG ] && echo 127.0.0.1:2", timeout=300)
+                      "[ -e $FLAG ] && echo 127.0.0.1:2", 300, group_size)
+    for line in RULE_LOGS[group_size]:
+        assert line in out, (line, out[-4000:])
     # the second rank of 127.0.0.1: rank 1 or 3, as Horovod ordered the hosts
     assert re.search(r"elastic rank [13]/4: SIGKILL to myself before step 17", out), out[-4000:]
     finals = [json.loads((tmp_path / f"final_rank{r}.json").read_text()) for r in range(4)]
@@ -72,7 +86,7 @@ def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path):
 def test_a_worker_joining_with_other_arguments_fails_every_rank_alike(tmp_path):
     # (an elastic job that starts on a single host does not start in Horovod 0.28.1: two)
     out = elastic_run(tmp_path, "disagree", 2, "n=1; [ -e $FLAG ] && n=2\n"
-                      "echo localhost:$n\necho 127.0.0.1:$n", timeout=300)
+                      "echo localhost:$n\necho 127.0.0.1:$n", 300)
     reports = re.findall(r"elastic rank (\d)/4: ValueError: (.*)", out)
     assert sorted(r for r, _ in reports) == ["0", "1", "2", "3"], out[-4000:]
     assert {m for _, m in reports} == {

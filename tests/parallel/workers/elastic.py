@@ -5,8 +5,10 @@ Run by tests/parallel/test_elastic.py under ``horovodrun --gloo -np 4 --min-np 2
 ``127.0.0.1:2`` while the file ``<out>/host2`` exists (Horovod treats the two names of this
 machine as two hosts).
 
+    elastic.py OUT SCENARIO [GROUP_SIZE]    (GROUP_SIZE: "local", the default, or an integer)
+
 Scenario ``kill_and_grow`` (plain SGD on a quadratic whose gradient depends on the model,
-K1=2, K2=3, 2 warmup steps, ``group_size="local"``, a commit after every global averaging):
+K1=2, K2=3, 2 warmup steps, a commit after every global averaging):
 
 * 4 ranks on two hosts; at step 17 the second rank of ``127.0.0.1`` removes ``host2`` and
   kills itself with SIGKILL. The others fail in their next collective with it, restore the
@@ -57,14 +59,14 @@ def say(text):
     print(f"elastic rank {hvd.rank()}/{hvd.size()}: {text}", flush=True)
 
 
-def run(out: Path, scenario: str):
+def run(out: Path, scenario: str, group_size):
     hvd.init()
     host = os.environ.get("HOROVOD_HOSTNAME", "")
     model = Quadratic()
     local_steps = 3 if scenario == "disagree" and hvd.local_rank() == 1 else K1
     opt = hvd_hier.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=LR), named_parameters=model.named_parameters(),
-        local_steps=local_steps, local_rounds=K2, warmup_steps=WARMUP, group_size="local",
+        local_steps=local_steps, local_rounds=K2, warmup_steps=WARMUP, group_size=group_size,
         stall_timeout_s=120)
     assert opt.averaging_stats()["groups"] is None  # elastic: built at the first step
     state = hvd.elastic.TorchState(model=model, optimizer=opt, step=0)
@@ -126,4 +128,5 @@ def run(out: Path, scenario: str):
 
 
 if __name__ == "__main__":
-    run(Path(sys.argv[1]), sys.argv[2])
+    size_arg = sys.argv[3] if len(sys.argv) > 3 else "local"
+    run(Path(sys.argv[1]), sys.argv[2], size_arg if size_arg == "local" else int(size_arg))
