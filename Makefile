@@ -1,4 +1,4 @@
-# hvd_hier: make install | make test | make demo | make results | make bench | make bench-network | make clean
+# hvd_hier: make install | make test | make demo | make results | make bench | make bench-network | make gpu-check | make clean
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -12,9 +12,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 TORCH_SPEC ?= torch==2.13.0
 NP ?= 4
 
-EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
+EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo results bench bench-e2e bench-network soak cuda-check clean
+.PHONY: install test unit demo results bench bench-e2e bench-network soak cuda-check gpu-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ cuda-check: install  ## compile every CUDA source (no GPU needed) for sm_80 and 
 	  -DHVD_HIER_CUDA_COMPILE_ONLY=ON -DCMAKE_CUDA_COMPILER=$$(command -v nvcc) >/dev/null
 	cmake --build build/cuda-check
 	echo "cuda-check: all CUDA sources compile for sm_80 and sm_90"
+
+GPU_CHECK_OUT ?= gpu_check
+# No install step: on a GPU machine the system python3 (with a CUDA build of torch) is used as it
+# is, without Horovod; the extension is built into build/gpu-check (docs/GPU.md).
+gpu-check:  ## one GPU: build the CUDA kernels, test them, time them; results in gpu_check/
+	scripts/gpu_check.sh --python $(PYTHON) $(GPU_CHECK_OUT)
 
 test: install cuda-check  ## the whole suite (unit + horovodrun --gloo)
 	rc=0; OMP_NUM_THREADS=1 $(PY) -m pytest tests -v || rc=$$?

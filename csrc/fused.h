@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define HVD_HIER_HD __host__ __device__ __forceinline__
@@ -18,8 +19,17 @@ namespace hvd_hier {
 // under the 4 KiB kernel-parameter limit: 8 * (160 + 161) + 8 = 2576 bytes.
 constexpr int kMaxTensors = 160;
 
-// Elements of the bucket handled by one CPU task or one CUDA block.
+// Elements of the bucket handled by one CPU task.
 constexpr int64_t kChunkElems = 1 << 15;
+
+// The CUDA kernel: threads per block, and elements of the bucket per block.
+constexpr int kCudaThreads = 256;
+constexpr int64_t kCudaChunkElems = kCudaThreads * 16;
+
+// Width of one vector load or store of the CUDA kernel.
+constexpr int kVecBytes = 16;
+// Vector steps a CUDA thread has in flight at once (loads issued before the first store).
+constexpr int kVecUnroll = 4;
 
 // A list of tensors laid out back to back in one flat bucket. Tensor i occupies bucket
 // elements [offsets[i], offsets[i + 1]); empty tensors have offsets[i] == offsets[i + 1].
@@ -98,6 +108,38 @@ struct ScaleCast {
     return static_cast<Dst>(scaled ? v * scale : v);
   }
 };
+
+// How a piece of n elements copied from address `src` (elements of src_size bytes) to
+// address `dst` (dst_size bytes) splits for 16-byte vector access: `head` elements one at a
+// time, then `vectors` steps of `lanes` elements each, whose loads and stores are all whole,
+// aligned 16-byte units on both sides, then the rest one at a time. `lanes` is 16 over the
+// smaller element size, so that a step moves whole 16-byte units on both sides (float ->
+// bfloat16: 8 elements, two 16-byte loads and one 16-byte store); a step therefore keeps both
+// sides aligned once they are, and the head is the first element, below `lanes`, at which
+// both are. When there is none (the two addresses are misaligned relative to each other, or
+// an element is off its natural boundary), the whole piece is scalar: head = n, vectors = 0.
+struct VecSplit {
+  int64_t head;
+  int64_t vectors;
+  int32_t lanes;
+};
+
+HVD_HIER_HD int32_t vec_lanes(int src_size, int dst_size) {
+  return kVecBytes / (src_size < dst_size ? src_size : dst_size);
+}
+
+HVD_HIER_HD VecSplit split_for_vectors(uint64_t src, int src_size, uint64_t dst, int dst_size,
+                                       int64_t n) {
+  const int32_t lanes = vec_lanes(src_size, dst_size);
+  if (n <= 0) return {0, 0, lanes};
+  for (int32_t head = 0; head < lanes && head < n; ++head) {
+    if ((src + static_cast<uint64_t>(head) * src_size) % kVecBytes == 0 &&
+        (dst + static_cast<uint64_t>(head) * dst_size) % kVecBytes == 0) {
+      return {head, (n - head) / lanes, lanes};
+    }
+  }
+  return {n, 0, lanes};
+}
 
 // Which way a kernel copies: tensors -> bucket (pack) or bucket -> tensors (unpack).
 enum class Direction : int { kPack = 0, kUnpack = 1 };

@@ -7,22 +7,47 @@ steps.
 
 Importing hvd_hier before ``hvd.init()`` enables Horovod's dynamic process sets, which the
 local groups need.
+
+Without Horovod installed, the package still imports: the kernels (``hvd_hier._C``), the
+averagers of ``hvd_hier.averaging`` (given a collective of their own) and the pure modules
+(``HierSchedule``, ``plan_groups``) work; the names that need Horovod raise its
+``ImportError`` when used.
 """
 
 import os as _os
+import sys as _sys
 
-import horovod.torch as _hvd
+__version__ = "0.1.0"
 
-if not _hvd.is_initialized():
-    # The local groups are process sets added after hvd.init(): that needs dynamic mode.
+# The local groups are process sets added after hvd.init(): that needs dynamic mode. Horovod
+# cannot have been initialised if horovod.torch was never imported.
+_hvd_torch = _sys.modules.get("horovod.torch")
+if _hvd_torch is None or not _hvd_torch.is_initialized():
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
-from .optimizer import DistributedOptimizer, NonFiniteError, StallError  # noqa: E402
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from .averaging import StallError  # noqa: E402
 from .schedule import HierSchedule, Reduction  # noqa: E402
 from .topology import plan_groups  # noqa: E402
 
-__version__ = "0.1.0"
+try:
+    import horovod.torch  # noqa: E402,F401
+except ImportError as _exc:  # the kernels and averagers work without Horovod
+    _HOROVOD_ERROR = _exc
+else:
+    _HOROVOD_ERROR = None
+    from .optimizer import DistributedOptimizer, NonFiniteError  # noqa: E402
+    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+
+_NEEDS_HOROVOD = {"DistributedOptimizer", "NonFiniteError", "save_checkpoint",
+                  "load_checkpoint", "CheckpointError"}
+
+
+def __getattr__(name):
+    if name in _NEEDS_HOROVOD and _HOROVOD_ERROR is not None:
+        raise ImportError(f"hvd_hier.{name} needs Horovod, which could not be imported "
+                          f"({_HOROVOD_ERROR})") from _HOROVOD_ERROR
+    raise AttributeError(f"module 'hvd_hier' has no attribute {name!r}")
+
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint", "load_checkpoint",
            "CheckpointError", "HierSchedule", "Reduction", "plan_groups", "__version__"]

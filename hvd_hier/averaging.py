@@ -21,7 +21,7 @@ import torch
 
 from ._ext import extension
 
-__all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "BucketAverager",
+__all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "HorovodSum", "BucketAverager",
            "FLAT_ALIGN_BYTES", "FlatBucket", "FlatAverager"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -122,8 +122,26 @@ def wait(handle, deadline: Optional[float]):
     return hvd.synchronize(handle)
 
 
+class HorovodSum:
+    """The collective the averagers use unless given another: Horovod's asynchronous in-place
+    allreduce (sum) of a buffer over a process set, and a wait with a deadline.
+
+    Any object with the same two methods can stand in for it (the GPU check runs the
+    averagers without Horovod that way): ``start(buffer, name, process_set)`` begins summing
+    ``buffer`` in place and returns a handle; ``wait(handle, deadline)`` returns once the sum
+    is in ``buffer`` and may be read by work queued on the current stream afterwards."""
+
+    def start(self, buffer: torch.Tensor, name: str, process_set):
+        import horovod.torch as hvd
+
+        return hvd.allreduce_async_(buffer, op=hvd.Sum, name=name, process_set=process_set)
+
+    def wait(self, handle, deadline: Optional[float]):
+        return wait(handle, deadline)
+
+
 def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
-                   deadline: Optional[float] = None) -> None:
+                   deadline: Optional[float] = None, collective=None) -> None:
     """Sum one buffer per bucket over ``process_set`` in place, at most ``max_in_flight`` at
     once: ``start(bucket)`` returns ``(buffer, done)``, and ``done()`` runs once that buffer's
     sum has arrived. The oldest reduction is finished before the next bucket is started, so
@@ -131,15 +149,15 @@ def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
     ``StallError``.
 
     Horovod matches collectives by name across ranks, so names depend only on ``tag`` and
-    the bucket index, never on how many averagers a rank has created.
+    the bucket index, never on how many averagers a rank has created. ``collective``:
+    see ``HorovodSum`` (the default).
     """
-    import horovod.torch as hvd
-
+    collective = collective if collective is not None else HorovodSum()
     pending = collections.deque()
 
     def finish():
         handle, done = pending.popleft()
-        wait(handle, deadline)
+        collective.wait(handle, deadline)
         done()
 
     with torch.no_grad():
@@ -147,8 +165,7 @@ def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
             if len(pending) >= max_in_flight:
                 finish()
             buf, done = start(bucket)
-            handle = hvd.allreduce_async_(buf, op=hvd.Sum, name=f"hvd_hier.{tag}.{i}",
-                                          process_set=process_set)
+            handle = collective.start(buf, f"hvd_hier.{tag}.{i}", process_set)
             pending.append((handle, done))
         while pending:
             finish()
@@ -164,10 +181,12 @@ class BucketAverager:
             may fuse buckets that are in flight together into one reduction, depending on
             timing, and a ring of 3 or more ranks then adds in another order; with 1, every
             sum is reproducible bit for bit.
+        collective: what sums a buffer over the process set; ``HorovodSum()`` by default.
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
-                 max_in_flight: int = 2):
+                 max_in_flight: int = 2, collective=None):
+        self.collective = collective if collective is not None else HorovodSum()
         self.tensors = list(tensors)
         for t in self.tensors:
             if t.dtype not in SUPPORTED_DTYPES:
@@ -242,7 +261,8 @@ class BucketAverager:
 
             return base[: bucket.numel], done
 
-        _sum_in_flight(self.buckets, start, process_set, tag, self.max_in_flight, deadline)
+        _sum_in_flight(self.buckets, start, process_set, tag, self.max_in_flight, deadline,
+                       self.collective)
         return self.nbytes
 
 
@@ -310,10 +330,12 @@ class FlatAverager:
         bucket_cap_bytes: the largest buffer (unless one tensor is larger).
         max_in_flight: buffers reduced at once (1: reproducible sums, see BucketAverager).
         names: labels of the tensors for error messages.
+        collective: what sums a buffer over the process set; ``HorovodSum()`` by default.
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
-                 max_in_flight: int = 2, names: Sequence[str] = None):
+                 max_in_flight: int = 2, names: Sequence[str] = None, collective=None):
+        self.collective = collective if collective is not None else HorovodSum()
         self.tensors = list(tensors)
         self.names = list(names) if names is not None else [f"tensor {i}" for i in range(len(self.tensors))]
         for t, name in zip(self.tensors, self.names):
@@ -406,5 +428,5 @@ class FlatAverager:
             return bucket.storage, lambda: bucket.storage.mul_(scale)
 
         _sum_in_flight(self.buckets, start, process_set, f"{tag}.flat", self.max_in_flight,
-                       deadline)
+                       deadline, self.collective)
         return self.nbytes

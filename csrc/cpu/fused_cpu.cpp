@@ -10,7 +10,10 @@
 
 namespace hvd_hier {
 
-static std::atomic<bool> g_force_baseline{false};
+enum class CpuMode : int { kAuto = 0, kBaseline = 1, kCudaEmulation = 2 };
+static std::atomic<int> g_mode{static_cast<int>(CpuMode::kAuto)};
+
+static CpuMode mode() { return static_cast<CpuMode>(g_mode.load()); }
 
 #if defined(HVD_HIER_CPU_AVX2)
 void copy_table_cpu_avx2(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
@@ -25,7 +28,7 @@ static bool has_avx2() {
 
 static bool use_avx2() {
 #if defined(HVD_HIER_CPU_AVX2)
-  return has_avx2() && !g_force_baseline.load();
+  return has_avx2() && mode() == CpuMode::kAuto;
 #else
   return false;
 #endif
@@ -33,6 +36,10 @@ static bool use_avx2() {
 
 void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
                     at::ScalarType bucket_dtype, double scale, Direction dir) {
+  if (mode() == CpuMode::kCudaEmulation) {
+    copy_table_cuda_emulated(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
+    return;
+  }
 #if defined(HVD_HIER_CPU_AVX2)
   if (use_avx2()) {
     copy_table_cpu_avx2(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
@@ -57,11 +64,18 @@ int64_t cpu_parallel_threads(int64_t tasks) {
   return n;
 }
 
-const char* cpu_kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
+const char* cpu_kernel_isa() {
+  if (mode() == CpuMode::kCudaEmulation) return "cuda_emulation";
+  return use_avx2() ? "avx2" : "baseline";
+}
 
 void set_cpu_kernel_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "auto" || isa == "baseline", "isa must be 'auto' or 'baseline', got '", isa, "'");
-  g_force_baseline.store(isa == "baseline");
+  TORCH_CHECK(isa == "auto" || isa == "baseline" || isa == "cuda_emulation",
+              "isa must be 'auto', 'baseline' or 'cuda_emulation', got '", isa, "'");
+  const CpuMode m = isa == "baseline"         ? CpuMode::kBaseline
+                    : isa == "cuda_emulation" ? CpuMode::kCudaEmulation
+                                              : CpuMode::kAuto;
+  g_mode.store(static_cast<int>(m));
 }
 
 }  // namespace hvd_hier

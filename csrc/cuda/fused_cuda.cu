@@ -1,38 +1,23 @@
 // CUDA back end: one launch per table. The table travels by value as a kernel argument;
-// block b handles bucket elements [b * kCudaChunkElems, (b + 1) * kCudaChunkElems) and
-// walks the tensors that range overlaps with the same index arithmetic as the CPU.
+// block b handles bucket elements [b * kCudaChunkElems, (b + 1) * kCudaChunkElems), and each
+// thread runs copy_block_lane (csrc/fused_block.h): the same index arithmetic as the CPU
+// loop, 16-byte vector loads and stores where both sides of a piece are aligned, a scalar
+// path for the rest. Launched on the current stream of the bucket's device.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../fused_block.h"
 #include "../fused_ops.h"
 
 namespace hvd_hier {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kCudaChunkElems = kThreads * 16;
-
 template <typename T, typename B, Direction Dir>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kCudaThreads)
     copy_kernel(const TensorTable table, B* __restrict__ bucket, double scale, bool scaled) {
-  const int64_t total = table.offsets[table.count];
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kCudaChunkElems;
-  const int64_t end = begin + kCudaChunkElems < total ? begin + kCudaChunkElems : total;
-  for_each_piece(table, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-    const int64_t n = hi - lo;
-    if (Dir == Direction::kPack) {
-      const ScaleCast<T, B> f{static_cast<typename ScaleCast<T, B>::acc_t>(scale), scaled};
-      const T* src = static_cast<const T*>(table.ptrs[i]) + lo;
-      B* dst = bucket + at;
-      for (int64_t k = threadIdx.x; k < n; k += kThreads) dst[k] = f(src[k]);
-    } else {
-      const ScaleCast<B, T> f{static_cast<typename ScaleCast<B, T>::acc_t>(scale), scaled};
-      const B* src = bucket + at;
-      T* dst = static_cast<T*>(table.ptrs[i]) + lo;
-      for (int64_t k = threadIdx.x; k < n; k += kThreads) dst[k] = f(src[k]);
-    }
-  });
+  copy_block_lane<T, B, Dir>(table, bucket, scale, scaled, static_cast<int64_t>(blockIdx.x),
+                             static_cast<int>(threadIdx.x));
 }
 
 }  // namespace
@@ -51,10 +36,10 @@ void copy_table_cuda(const TensorTable& table, at::ScalarType tensor_dtype, void
       auto* b = static_cast<scalar_t*>(bucket);
       if (dir == Direction::kPack) {
         copy_kernel<T, scalar_t, Direction::kPack>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table, b, scale, scaled);
+            <<<static_cast<unsigned>(blocks), kCudaThreads, 0, stream>>>(table, b, scale, scaled);
       } else {
         copy_kernel<T, scalar_t, Direction::kUnpack>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table, b, scale, scaled);
+            <<<static_cast<unsigned>(blocks), kCudaThreads, 0, stream>>>(table, b, scale, scaled);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

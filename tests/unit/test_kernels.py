@@ -12,12 +12,13 @@ SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, 4095, 4096, 4097, 32767, 32768, 32769, 1
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and C.built_with_cuda() else [])
 
 
-@pytest.fixture(params=["auto", "baseline"], autouse=True)
+@pytest.fixture(params=["auto", "baseline", "cuda_emulation"], autouse=True)
 def cpu_isa(request):
-    """Every kernel test runs on the best CPU loop for this processor and on the portable one."""
+    """Every kernel test runs on the best CPU loop for this processor, on the portable one, and
+    through the CUDA kernel's own thread code run on the CPU (its vector and alignment paths)."""
     C.set_cpu_kernel_isa(request.param)
-    if request.param == "baseline":
-        assert C.cpu_kernel_isa() == "baseline"
+    if request.param != "auto":
+        assert C.cpu_kernel_isa() == request.param
     yield request.param
     C.set_cpu_kernel_isa("auto")
 
@@ -133,3 +134,53 @@ def test_the_cpu_loop_runs_on_torchs_threads():
         assert C.cpu_parallel_threads(64) == 1
     finally:
         torch.set_num_threads(before)
+
+
+# (src dtype size, dst dtype size, src address, dst address, n) -> (head, vectors, lanes)
+SPLITS = [
+    ((4, 4, 0, 0, 100), (0, 25, 4)),        # both aligned: all vectors
+    ((4, 4, 4, 20, 100), (3, 24, 4)),       # both 4 bytes past a boundary: 3 scalars first
+    ((4, 4, 4, 24, 100), (100, 0, 4)),      # misaligned relative to each other: all scalar
+    ((4, 2, 0, 8, 100), (4, 12, 8)),        # float -> bfloat16: aligned together 4 elements in
+    ((2, 4, 8, 0, 100), (4, 12, 8)),        # and back
+    ((2, 2, 2, 2, 100), (7, 11, 8)),        # 16-bit: 7 scalars, then steps of 8
+    ((2, 2, 1, 1, 100), (100, 0, 8)),       # an element off its natural boundary
+    ((8, 2, 0, 0, 100), (0, 12, 8)),        # float64 -> float16: four 16-byte loads per store
+    ((4, 4, 4, 4, 2), (2, 0, 4)),           # shorter than the head
+    ((4, 4, 0, 0, 3), (0, 0, 4)),           # aligned but shorter than one step
+    ((4, 4, 0, 0, 0), (0, 0, 4)),           # empty
+]
+
+
+@pytest.mark.parametrize("args,expected", SPLITS)
+def test_vector_split_closed_form(args, expected):
+    src_size, dst_size, src, dst, n = args
+    assert C.vector_split(src, src_size, dst, dst_size, n) == expected
+
+
+def test_vector_split_refuses_odd_element_sizes():
+    expect("vector_split: element sizes must be 2, 4 or 8 bytes, got 3 and 4",
+           C.vector_split, 0, 3, 0, 4, 10)
+    expect("vector_split: element sizes must be 2, 4 or 8 bytes, got 4 and 0",
+           C.vector_split, 0, 4, 0, 0, 10)
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (4, 2), (2, 4), (2, 2), (8, 2), (2, 8), (8, 4), (8, 8)])
+def test_vector_split_is_aligned_maximal_and_earliest(sizes):
+    """For every alignment of both sides: the vector steps are 16-byte aligned on both sides,
+    the tail is shorter than one step, and no earlier head would have aligned both."""
+    ss, ds = sizes
+    lanes = C.VECTOR_BYTES // min(ss, ds)
+    for src in range(32):
+        for dst in range(32):
+            for n in (1, lanes - 1, lanes, 3 * lanes + 1, 1000):
+                head, vectors, got_lanes = C.vector_split(src, ss, dst, ds, n)
+                assert got_lanes == lanes
+                aligned = [h for h in range(min(lanes, n))
+                           if (src + h * ss) % 16 == 0 and (dst + h * ds) % 16 == 0]
+                if aligned:
+                    assert head == aligned[0], (src, dst, n)
+                    assert vectors == (n - head) // lanes
+                    assert n - head - vectors * lanes < lanes
+                else:
+                    assert (head, vectors) == (n, 0), (src, dst, n)
