@@ -54,7 +54,7 @@ HVD_HIER_HD void copy_piece_lane(const Src* __restrict__ src, Dst* __restrict__ 
   const Src* vsrc = src + s.head;
   Dst* vdst = dst + s.head;
   for (int64_t j0 = lane; j0 < s.vectors; j0 += static_cast<int64_t>(lanes) * kVecUnroll) {
-    SrcVec in[kVecUnroll];
+    SrcVec in[kVecUnroll] = {};
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
