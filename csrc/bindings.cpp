@@ -1,18 +1,33 @@
 // Python bindings of hvd_hier._C: declarations only; the work is in ops.cpp and the back ends.
 #include <torch/extension.h>
 
+#include <exception>
+
 #include "fused_ops.h"
 
 namespace {
 
-// Argument errors reach Python as ValueError with the message alone (no C++ backtrace).
+// The arguments are checked with the GIL held, and errors reach Python as ValueError with the
+// message alone (no C++ backtrace); only the copy itself runs without the GIL.
 int64_t copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, double scale,
              int64_t offset, hvd_hier::Direction dir) {
   try {
-    return hvd_hier::fused_copy(tensors, bucket, offset, scale, dir);
+    hvd_hier::check_copy(tensors, bucket, offset, dir);
   } catch (const c10::Error& e) {
     throw pybind11::value_error(e.msg());
   }
+  std::exception_ptr failure;
+  int64_t copied = 0;
+  {
+    pybind11::gil_scoped_release release;
+    try {
+      copied = hvd_hier::copy_unchecked(tensors, bucket, offset, scale, dir);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  return copied;
 }
 
 int64_t pack(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, double scale,
@@ -33,14 +48,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("pack", &pack,
         "Write the tensors back to back into bucket[offset:], multiplied by scale and cast to "
         "the bucket's dtype, in one pass. Returns the number of elements written.",
-        py::arg("tensors"), py::arg("bucket"), py::arg("scale") = 1.0, py::arg("offset") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("tensors"), py::arg("bucket"), py::arg("scale") = 1.0, py::arg("offset") = 0);
   m.def("unpack", &unpack,
         "Write bucket[offset:] back into the tensors, multiplied by scale (1/n turns a sum "
         "into an average) and cast to the tensors' dtype, in one pass. Returns the number of "
         "elements read.",
-        py::arg("bucket"), py::arg("tensors"), py::arg("scale") = 1.0, py::arg("offset") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("bucket"), py::arg("tensors"), py::arg("scale") = 1.0, py::arg("offset") = 0);
   m.def("built_with_cuda", &hvd_hier::built_with_cuda, "Whether the CUDA kernels were compiled in.");
   m.def("cpu_kernel_isa", &hvd_hier::cpu_kernel_isa,
         "Which code packs and unpacks CPU tensors: 'avx2' or 'baseline' (the compiled copies of "

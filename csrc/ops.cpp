@@ -24,8 +24,8 @@ bool built_with_cuda() {
 #endif
 }
 
-int64_t fused_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
-                   double scale, Direction dir) {
+int64_t check_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
+                   Direction dir) {
   const char* op = dir_name(dir);
   TORCH_CHECK(bucket.defined(), op, ": bucket is undefined");
   TORCH_CHECK(bucket.is_contiguous(), op, ": bucket must be contiguous");
@@ -59,7 +59,21 @@ int64_t fused_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& buc
   TORCH_CHECK(offset + total <= bucket.numel(), op, ": the tensors hold ", total,
               " elements, which do not fit in the bucket's ", bucket.numel(), " from offset ",
               offset);
+  return total;
+}
+
+int64_t fused_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
+                   double scale, Direction dir) {
+  check_copy(tensors, bucket, offset, dir);
+  return copy_unchecked(tensors, bucket, offset, scale, dir);
+}
+
+int64_t copy_unchecked(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket,
+                       int64_t offset, double scale, Direction dir) {
+  int64_t total = 0;
+  for (const at::Tensor& t : tensors) total += t.numel();
   if (total == 0) return 0;
+  const at::ScalarType dtype = tensors.front().scalar_type();
 
   c10::OptionalDeviceGuard guard(bucket.device());
   char* base = static_cast<char*>(bucket.data_ptr()) + offset * bucket.element_size();
