@@ -13,8 +13,8 @@ int64_t copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, d
              int64_t offset, hvd_hier::Direction dir) {
   try {
     hvd_hier::check_copy(tensors, bucket, offset, dir);
-  } catch (const c10::Error& e) {
-    throw pybind11::value_error(e.msg());
+  } catch (const std::invalid_argument& e) {
+    throw pybind11::value_error(e.what());
   }
   std::exception_ptr failure;
   int64_t copied = 0;
@@ -84,7 +84,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
   m.attr("CHUNK_ELEMS") = hvd_hier::kChunkElems;
   m.attr("CUDA_THREADS") = hvd_hier::kCudaThreads;
-  m.attr("CUDA_CHUNK_ELEMS") = hvd_hier::kCudaChunkElems;
+  m.attr("CUDA_CHUNK_BYTES") = hvd_hier::kCudaChunkBytes;
   m.attr("VECTOR_BYTES") = hvd_hier::kVecBytes;
   m.attr("VECTOR_UNROLL") = hvd_hier::kVecUnroll;
 }

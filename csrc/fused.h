@@ -22,14 +22,15 @@ constexpr int kMaxTensors = 160;
 // Elements of the bucket handled by one CPU task.
 constexpr int64_t kChunkElems = 1 << 15;
 
-// The CUDA kernel: threads per block, and elements of the bucket per block.
+// The CUDA kernel: threads per block.
 constexpr int kCudaThreads = 256;
-constexpr int64_t kCudaChunkElems = kCudaThreads * 16;
-
 // Width of one vector load or store of the CUDA kernel.
 constexpr int kVecBytes = 16;
 // Vector steps a CUDA thread has in flight at once (loads issued before the first store).
 constexpr int kVecUnroll = 4;
+// Bytes of the narrower side (bucket or tensors) that one CUDA block covers: one unrolled
+// round of vector steps for every thread, whatever the dtypes.
+constexpr int64_t kCudaChunkBytes = static_cast<int64_t>(kCudaThreads) * kVecUnroll * kVecBytes;
 
 // A list of tensors laid out back to back in one flat bucket. Tensor i occupies bucket
 // elements [offsets[i], offsets[i + 1]); empty tensors have offsets[i] == offsets[i + 1].
@@ -126,6 +127,17 @@ struct VecSplit {
 
 HVD_HIER_HD int32_t vec_lanes(int src_size, int dst_size) {
   return kVecBytes / (src_size < dst_size ? src_size : dst_size);
+}
+
+// Bucket elements per CUDA block, and blocks for `total` elements, for a copy between elements
+// of src_size and dst_size bytes (float32: 4096 elements, 16-bit types: 8192).
+HVD_HIER_HD int64_t cuda_chunk_elems(int src_size, int dst_size) {
+  return kCudaChunkBytes / (src_size < dst_size ? src_size : dst_size);
+}
+
+HVD_HIER_HD int64_t cuda_blocks(int64_t total, int src_size, int dst_size) {
+  const int64_t chunk = cuda_chunk_elems(src_size, dst_size);
+  return (total + chunk - 1) / chunk;
 }
 
 HVD_HIER_HD VecSplit split_for_vectors(uint64_t src, int src_size, uint64_t dst, int dst_size,

@@ -80,15 +80,16 @@ HVD_HIER_HD void copy_piece_lane(const Src* __restrict__ src, Dst* __restrict__ 
   for (int64_t k = s.head + s.vectors * kLanes + lane; k < n; k += lanes) dst[k] = f(src[k]);
 }
 
-// Block `block` of the kernel covers bucket elements [block * kCudaChunkElems, ... +
-// kCudaChunkElems); lane `lane` of its kCudaThreads threads does its share of every piece
-// of a tensor that range overlaps.
+// Block `block` of the kernel covers bucket elements [block * chunk, (block + 1) * chunk)
+// with chunk = cuda_chunk_elems(T, B); lane `lane` of its kCudaThreads threads does its share
+// of every piece of a tensor that range overlaps.
 template <typename T, typename B, Direction Dir>
 HVD_HIER_HD void copy_block_lane(const TensorTable& table, B* bucket, double scale, bool scaled,
                                  int64_t block, int lane) {
   const int64_t total = table.offsets[table.count];
-  const int64_t begin = block * kCudaChunkElems;
-  const int64_t end = begin + kCudaChunkElems < total ? begin + kCudaChunkElems : total;
+  const int64_t chunk = cuda_chunk_elems(sizeof(T), sizeof(B));
+  const int64_t begin = block * chunk;
+  const int64_t end = begin + chunk < total ? begin + chunk : total;
   for_each_piece(table, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
     if (Dir == Direction::kPack) {
       const ScaleCast<T, B> f{static_cast<typename ScaleCast<T, B>::acc_t>(scale), scaled};

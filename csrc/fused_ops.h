@@ -16,8 +16,8 @@ namespace hvd_hier {
 // bucket's device; each side is cast as needed. Returns the number of elements copied.
 int64_t fused_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
                    double scale, Direction dir);
-// fused_copy in two halves: the argument checks (c10::Error naming the problem; returns the
-// number of elements), and the copy itself, which trusts that check_copy passed.
+// fused_copy in two halves: the argument checks (std::invalid_argument naming the problem;
+// returns the number of elements), and the copy itself, which trusts that check_copy passed.
 int64_t check_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
                    Direction dir);
 int64_t copy_unchecked(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket,

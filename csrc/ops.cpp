@@ -3,7 +3,8 @@
 
 #include <c10/core/DeviceGuard.h>
 
-#include <sstream>
+#include <stdexcept>
+#include <string>
 
 namespace hvd_hier {
 namespace {
@@ -26,39 +27,50 @@ bool built_with_cuda() {
 
 int64_t check_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
                    Direction dir) {
-  const char* op = dir_name(dir);
-  TORCH_CHECK(bucket.defined(), op, ": bucket is undefined");
-  TORCH_CHECK(bucket.is_contiguous(), op, ": bucket must be contiguous");
-  TORCH_CHECK(supported(bucket.scalar_type()), op, ": bucket dtype ", bucket.scalar_type(),
-              " is not supported (float32, float64, float16, bfloat16)");
-  TORCH_CHECK(bucket.device().is_cpu() || bucket.device().is_cuda(), op, ": bucket device ",
-              bucket.device(), " is not supported (cpu, cuda)");
-  TORCH_CHECK(offset >= 0, op, ": offset must be >= 0, got ", offset);
+  // Messages are built from std::string alone, no iostreams: the error path then works the
+  // same whichever copy of the C++ library the module was linked with (a static one beside
+  // torch's shared one crashed formatting an integer through a stream on one machine).
+  const std::string op = dir_name(dir);
+  auto check = [&](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(op + ": " + what);
+  };
+  auto num = [](int64_t v) { return std::to_string(v); };
+  auto name = [](at::ScalarType t) { return std::string(c10::toString(t)); };
+  const std::string kinds = " is not supported (float32, float64, float16, bfloat16)";
+  check(bucket.defined(), "bucket is undefined");
+  check(bucket.is_contiguous(), "bucket must be contiguous");
+  check(supported(bucket.scalar_type()), "bucket dtype " + name(bucket.scalar_type()) + kinds);
+  check(bucket.device().is_cpu() || bucket.device().is_cuda(),
+        "bucket device " + bucket.device().str() + " is not supported (cpu, cuda)");
+  check(offset >= 0, "offset must be >= 0, got " + num(offset));
 #ifndef HVD_HIER_WITH_CUDA
-  TORCH_CHECK(!bucket.device().is_cuda(), op,
-              ": hvd_hier._C was built without CUDA; rebuild with HVD_HIER_WITH_CUDA=1");
+  check(!bucket.device().is_cuda(), "hvd_hier._C was built without CUDA; rebuild with HVD_HIER_WITH_CUDA=1");
 #endif
 
   int64_t total = 0;
   at::ScalarType dtype = bucket.scalar_type();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.defined(), op, ": tensors[", i, "] is undefined");
+    const std::string which = "tensors[" + num(static_cast<int64_t>(i)) + "]";
+    check(t.defined(), which + " is undefined");
     if (i == 0) dtype = t.scalar_type();
-    TORCH_CHECK(t.scalar_type() == dtype, op, ": tensors[", i, "] has dtype ", t.scalar_type(),
-                " but tensors[0] has ", dtype, "; use one bucket per dtype");
-    TORCH_CHECK(supported(dtype), op, ": tensors[", i, "] dtype ", dtype,
-                " is not supported (float32, float64, float16, bfloat16)");
-    TORCH_CHECK(t.device() == bucket.device(), op, ": tensors[", i, "] is on ", t.device(),
-                " but the bucket is on ", bucket.device());
-    TORCH_CHECK(t.is_contiguous(), op, ": tensors[", i, "] (shape ", t.sizes(),
-                ") is not contiguous; pass t.contiguous() and copy back, or make it contiguous");
-    TORCH_CHECK(!t.is_sparse(), op, ": tensors[", i, "] is sparse");
+    check(t.scalar_type() == dtype, which + " has dtype " + name(t.scalar_type()) +
+                                        " but tensors[0] has " + name(dtype) + "; use one bucket per dtype");
+    check(supported(dtype), which + " dtype " + name(dtype) + kinds);
+    check(t.device() == bucket.device(),
+          which + " is on " + t.device().str() + " but the bucket is on " + bucket.device().str());
+    if (!t.is_contiguous()) {
+      std::string shape = "[";
+      for (size_t d = 0; d < t.sizes().size(); ++d) shape += (d ? ", " : "") + num(t.sizes()[d]);
+      check(false, which + " (shape " + shape + "]) is not contiguous; pass t.contiguous() and copy "
+                   "back, or make it contiguous");
+    }
+    check(!t.is_sparse(), which + " is sparse");
     total += t.numel();
   }
-  TORCH_CHECK(offset + total <= bucket.numel(), op, ": the tensors hold ", total,
-              " elements, which do not fit in the bucket's ", bucket.numel(), " from offset ",
-              offset);
+  check(offset + total <= bucket.numel(), "the tensors hold " + num(total) +
+                                              " elements, which do not fit in the bucket's " +
+                                              num(bucket.numel()) + " from offset " + num(offset));
   return total;
 }
 

@@ -65,7 +65,7 @@ def check_extension(build_dir: Path, rehearsal: bool) -> dict:
         raise SystemExit(f"gpu_check: {where} was built without CUDA")
     return {"path": str(where), "package": str(Path(hvd_hier.__file__).parent),
             "built_with_cuda": bool(C.built_with_cuda()), "cuda_threads": C.CUDA_THREADS,
-            "cuda_chunk_elems": C.CUDA_CHUNK_ELEMS, "vector_bytes": C.VECTOR_BYTES,
+            "cuda_chunk_bytes": C.CUDA_CHUNK_BYTES, "vector_bytes": C.VECTOR_BYTES,
             "vector_unroll": C.VECTOR_UNROLL}
 
 

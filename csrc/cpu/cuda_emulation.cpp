@@ -14,7 +14,7 @@ namespace {
 template <typename T, typename B, Direction Dir>
 void emulate(const TensorTable& table, B* bucket, double scale) {
   const int64_t total = table.offsets[table.count];
-  const int64_t blocks = (total + kCudaChunkElems - 1) / kCudaChunkElems;
+  const int64_t blocks = cuda_blocks(total, sizeof(T), sizeof(B));
   const bool scaled = scale != 1.0;
   for (int64_t block = 0; block < blocks; ++block) {
     for (int lane = 0; lane < kCudaThreads; ++lane) {

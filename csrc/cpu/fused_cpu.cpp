@@ -6,6 +6,8 @@
 #include "fused_cpu_impl.h"
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace hvd_hier {
@@ -70,8 +72,9 @@ const char* cpu_kernel_isa() {
 }
 
 void set_cpu_kernel_isa(const std::string& isa) {
-  TORCH_CHECK(isa == "auto" || isa == "baseline" || isa == "cuda_emulation",
-              "isa must be 'auto', 'baseline' or 'cuda_emulation', got '", isa, "'");
+  if (isa != "auto" && isa != "baseline" && isa != "cuda_emulation") {
+    throw std::invalid_argument("isa must be 'auto', 'baseline' or 'cuda_emulation', got '" + isa + "'");
+  }
   const CpuMode m = isa == "baseline"         ? CpuMode::kBaseline
                     : isa == "cuda_emulation" ? CpuMode::kCudaEmulation
                                               : CpuMode::kAuto;
