@@ -75,11 +75,12 @@ def test_cpu_rehearsal_end_to_end(tmp_path):
     log = (out / "pytest.log").read_text()
     assert "test_device_kernels.py" in log and "test_device_averagers.py" in log
     # the timing harness ran every case, with no target on the CPU
-    ops = [(r["op"], r["tensors"], r["bucket"], r["path"].split(" ")[0]) for r in report["timings"]]
-    assert ops == [("pack", "float32", "float32", "vector"), ("unpack", "float32", "float32", "vector"),
-                   ("pack", "bfloat16", "bfloat16", "vector"), ("unpack", "bfloat16", "bfloat16", "vector"),
-                   ("pack", "float32", "bfloat16", "vector"), ("unpack", "float32", "bfloat16", "vector"),
-                   ("pack", "float32", "float32", "scalar")]
+    ops = [(r["op"], r["tensors"], r["bucket"], r["scale"], r["path"].split(" ")[0]) for r in report["timings"]]
+    assert ops == [("pack", "float32", "float32", 1.0, "vector"), ("unpack", "float32", "float32", 0.25, "vector"),
+                   ("pack", "bfloat16", "bfloat16", 1.0, "vector"), ("unpack", "bfloat16", "bfloat16", 0.25, "vector"),
+                   ("pack", "float32", "bfloat16", 1.0, "vector"), ("unpack", "float32", "bfloat16", 0.25, "vector"),
+                   ("pack", "float32", "float32", 1.0, "scalar"),
+                   ("unpack", "bfloat16", "bfloat16", 1.0, "vector"), ("pack", "bfloat16", "bfloat16", 0.25, "vector")]
     assert all(r["kernel_us"] > 0 and r["copy_us"] > 0 and r["target"] is None for r in report["timings"])
     table = (out / "gpu_check.md").read_text()
     assert proc.stdout.endswith(table)  # the table is printed last
@@ -89,7 +90,7 @@ def test_cpu_rehearsal_end_to_end(tmp_path):
 
 
 def fake_report(fraction):
-    row = {"op": "pack", "tensors": "float32", "bucket": "float32", "path": "vector", "model": "resnet50",
+    row = {"op": "pack", "scale": 1.0, "tensors": "float32", "bucket": "float32", "path": "vector", "model": "resnet50",
            "MB_moved": 204.5, "kernel_us": 50.0, "copy_us": 50.0 * fraction, "kernel_GBps": 4090.0,
            "fraction_of_copy": fraction, "target": 0.8}
     return {"rehearsal": False, "ok": True, "seconds": 123.4,
@@ -108,7 +109,7 @@ def test_report_on_a_gpu_marks_met_and_missed_targets():
     assert "| card | NVIDIA H200, sm_90, 132 SMs, 139.8 GiB; driver / max SM, memory clocks: 580.1, 1980 MHz, 3201 MHz |" in met
     assert "| build | sm_90 with CUDA in 61.2 s |" in met
     assert "| tests/gpu: test_device_kernels | 180 passed, 0 failed, 0 skipped (20.0 s) |" in met
-    assert "| pack | float32 → float32 | vector | resnet50 | 204.5 | 50.0 | 42.5 | 4090.0 | 0.85 | ≥ 0.8: met |" in met
+    assert "| pack | float32 → float32 | 1 | vector | resnet50 | 204.5 | 50.0 | 42.5 | 4090.0 | 0.85 | ≥ 0.8: met |" in met
     missed = gpu_check.markdown(fake_report(0.5))
     assert "| 0.5 | ≥ 0.8: **MISSED** |" in missed
 
