@@ -19,7 +19,7 @@ from .schedule import check_int, check_periods
 from .topology import LOCAL, _by_host, check_group_size
 
 __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "check_levels", "levels_from_args",
-           "plan_level_groups", "adapt_level_groups"]
+           "plan_level_groups", "check_level_sizes", "adapt_level_groups"]
 
 ALL = "all"
 KNOWN_OPTIONS: frozenset = frozenset()  # per-level options: none yet
@@ -151,6 +151,11 @@ def levels_from_args(levels, local_steps, local_rounds, group_size) -> Tuple[Lev
     return (Level(k1, size), Level(k1 * k2, ALL))
 
 
+def _at(where: str, message: str) -> str:
+    """``message`` about the level ``where`` ("" for the two-level shorthand: no prefix)."""
+    return f"{where}: {message}" if where else message
+
+
 def _groups_of(where: str, size, ranks: List[int], hosts: Optional[Sequence[str]]):
     n = len(ranks)
     if size == ALL:
@@ -159,8 +164,9 @@ def _groups_of(where: str, size, ranks: List[int], hosts: Optional[Sequence[str]
         by_host = _by_host(ranks, hosts)
         counts = {h: len(m) for h, m in by_host.items()}
         if len(set(counts.values())) != 1:
-            raise ValueError(f"{where}: group_size='local' needs the same number of ranks on "
-                             f"every host, got {counts}")
+            hint = "" if where else f"; pass an integer group_size that divides {n}"
+            raise ValueError(_at(where, "group_size='local' needs the same number of ranks on "
+                                        f"every host, got {counts}{hint}"))
         return list(by_host.values())
     if isinstance(size, tuple):
         inside = sorted(r for g in size for r in g)
@@ -170,13 +176,13 @@ def _groups_of(where: str, size, ranks: List[int], hosts: Optional[Sequence[str]
             what = (f"misses ranks {missing}" if missing else "") + \
                    (" and " if missing and extra else "") + \
                    (f"names ranks {extra} outside it" if extra else "")
-            raise ValueError(f"{where}: the groups {[list(g) for g in size]} must partition the "
-                             f"process set {ranks}, but {what}")
+            raise ValueError(_at(where, f"the groups {[list(g) for g in size]} must partition "
+                                        f"the process set {ranks}, but {what}"))
         return [list(g) for g in size]
     try:
         check_group_size(size, n)
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(_at(where, str(exc))) from None
     return [ranks[i:i + size] for i in range(0, n, size)]
 
 
@@ -191,13 +197,20 @@ def _check_nested(levels_groups: List[List[List[int]]]) -> None:
                     f"split; each level's groups must be made of whole groups of the level below")
 
 
+def _labels(levels, labels) -> List[str]:
+    return [f"levels[{i}]" for i in range(len(levels))] if labels is None else list(labels)
+
+
 def plan_level_groups(ranks: Sequence[int], levels: Sequence[Level],
-                      hosts: Optional[Sequence[str]] = None) -> List[List[List[int]]]:
+                      hosts: Optional[Sequence[str]] = None,
+                      labels: Optional[Sequence[str]] = None) -> List[List[List[int]]]:
     """Each level's groups over ``ranks`` (a process set's global ranks, in order;
     ``hosts[i]`` is the host of ``ranks[i]``): ``ValueError`` naming the level when a size
-    does not fit, the outermost level does not span the set, or the levels are not nested."""
+    does not fit, the outermost level does not span the set, or the levels are not nested.
+    ``labels`` name the levels in messages (default ``levels[i]``; ``""``: no name)."""
     ranks = list(ranks)
-    out = [_groups_of(f"levels[{i}]", lv.group_size, ranks, hosts) for i, lv in enumerate(levels)]
+    names = _labels(levels, labels)
+    out = [_groups_of(names[i], lv.group_size, ranks, hosts) for i, lv in enumerate(levels)]
     if len(out[-1]) != 1:
         raise ValueError(f"levels[{len(out) - 1}], the outermost level, must span the whole process "
                          f"set of {len(ranks)} ranks, got groups {out[-1]}")
@@ -205,8 +218,27 @@ def plan_level_groups(ranks: Sequence[int], levels: Sequence[Level],
     return out
 
 
+def check_level_sizes(ranks: Sequence[int], levels: Sequence[Level],
+                      labels: Optional[Sequence[str]] = None) -> None:
+    """What can be checked of the levels' groups before the hosts are known (before any
+    collective): every level but the ``"local"`` ones must fit ``ranks``, the outermost must
+    span them, and without a ``"local"`` level the groups must nest."""
+    ranks = list(ranks)
+    if not any(lv.group_size == LOCAL for lv in levels):
+        plan_level_groups(ranks, levels, labels=labels)
+        return
+    names = _labels(levels, labels)
+    for i, lv in enumerate(levels):
+        if lv.group_size != LOCAL:
+            groups = _groups_of(names[i], lv.group_size, ranks, None)
+            if i == len(levels) - 1 and len(groups) != 1:
+                raise ValueError(f"levels[{i}], the outermost level, must span the whole process "
+                                 f"set of {len(ranks)} ranks, got groups {groups}")
+
+
 def adapt_level_groups(ranks: Sequence[int], levels: Sequence[Level],
-                       hosts: Optional[Sequence[str]] = None) -> Tuple[List[List[List[int]]], List[str]]:
+                       hosts: Optional[Sequence[str]] = None,
+                       labels: Optional[Sequence[str]] = None) -> Tuple[List[List[List[int]]], List[str]]:
     """The levels' groups in an elastic job, whose size changes: ``(groups per level, notes)``.
 
     Where ``plan_level_groups`` would refuse the new size, a rule applies, level by level
@@ -216,9 +248,16 @@ def adapt_level_groups(ranks: Sequence[int], levels: Sequence[Level],
     ``"local"`` keeps one group per host even when the hosts hold different numbers of
     ranks; the outermost level spans every rank. Finally each level's groups are cut along
     the groups of the level above (outermost inward), which keeps them nested whatever the
-    hosts. Explicit rank lists cannot follow a changing job and are refused.
+    hosts. Explicit rank lists cannot follow a changing job and are refused. ``labels`` name
+    the levels in the notes (default ``levels[i]``; ``""`` for none, as the two-level
+    shorthand's notes have).
     """
     ranks = list(ranks)
+    labels = _labels(levels, labels)
+
+    def prefix(i):
+        return f"{labels[i]}: " if labels[i] else ""
+
     n = len(ranks)
     notes: List[str] = []
     out: List[List[List[int]]] = []
@@ -239,8 +278,8 @@ def adapt_level_groups(ranks: Sequence[int], levels: Sequence[Level],
             by_host = _by_host(ranks, hosts)
             counts = {h: len(m) for h, m in by_host.items()}
             if len(set(counts.values())) != 1:
-                notes.append(f"{where}: the hosts hold different numbers of ranks ({counts}); "
-                             "each host stays one group")
+                notes.append(f"{prefix(i)}the hosts hold different numbers of ranks ({counts}); "
+                             "each host stays one local group")
             out.append(list(by_host.values()))
             inner_size = None
             continue
@@ -249,8 +288,10 @@ def adapt_level_groups(ranks: Sequence[int], levels: Sequence[Level],
         fitted = max(candidates) if candidates else step
         if fitted != size:
             why = "is larger than" if size > n else "does not divide"
-            notes.append(f"{where}: group_size={size} {why} the {n} rank{'s' if n != 1 else ''}; "
-                         f"using groups of {fitted}")
+            multiple = f" that is a multiple of {step}" if step > 1 else ""
+            notes.append(f"{prefix(i)}group_size={size} {why} the {n} rank{'s' if n != 1 else ''}; "
+                         f"using groups of {fitted}, the largest divisor of {n} not above {size}"
+                         f"{multiple}")
         out.append([ranks[k:k + fitted] for k in range(0, n, fitted)])
         inner_size = fitted
     for i in range(len(out) - 2, -1, -1):  # cut each level along the one above
@@ -261,7 +302,7 @@ def adapt_level_groups(ranks: Sequence[int], levels: Sequence[Level],
                 cut.setdefault((k, owner[r]), []).append(r)
         pieces = list(cut.values())
         if len(pieces) != len(out[i]):
-            notes.append(f"levels[{i}]: groups cut along those of levels[{i + 1}] to stay nested: "
-                         f"{pieces}")
+            notes.append(f"{prefix(i)}groups cut along those of {labels[i + 1] or 'the level above'} "
+                         f"to stay nested: {pieces}")
         out[i] = pieces
     return out, notes

@@ -22,8 +22,9 @@ from horovod.torch.optimizer import _DistributedOptimizer
 
 from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, StallError,
                         _check_no_aliasing, flat_view, wait)
+from .levels import adapt_level_groups, check_level_sizes, levels_from_args, plan_level_groups
 from .schedule import HierSchedule, Reduction, check_int
-from .topology import adapt_groups, build_topology, check_group_size, plan_groups
+from .topology import build_topology
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError"]
 
@@ -169,7 +170,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         h = self._hier
         before = h["topology"]
         try:
-            topo, payloads, note = _setup(h, self._hier_deadline())
+            topo, payloads, notes = _setup(h, self._hier_deadline())
         except StallError:
             raise self._hier_stalled(f"the setup of the local groups at step {h['t']}",
                                      list(range(hvd.size()))) from None
@@ -184,11 +185,16 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         if hvd.rank() != topo.set_ranks[0]:
             return
         s = h["schedule"]
-        where = (f"{len(topo.set_ranks)} ranks in local groups {topo.groups}; the schedule "
-                 f"continues at step {h['t']} (K1={s.local_steps}, K2={s.local_rounds}, "
-                 f"warmup {s.warmup_steps})")
-        if note:
-            log.warning("hvd_hier: %s", note)
+        if h["shorthand"]:
+            where = (f"{len(topo.set_ranks)} ranks in local groups {topo.groups}; the schedule "
+                     f"continues at step {h['t']} (K1={s.local_steps}, K2={s.local_rounds}, "
+                     f"warmup {s.warmup_steps})")
+        else:
+            where = (f"{len(topo.set_ranks)} ranks in levels "
+                     f"{[lv.groups for lv in topo.levels]}; the schedule continues at step "
+                     f"{h['t']} (periods {list(s.periods)}, warmup {s.warmup_steps})")
+        for line in notes:
+            log.warning("hvd_hier: %s", line)
         if before is None:
             log.info("hvd_hier: %s", where)
         else:
@@ -291,8 +297,9 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                     self.__dict__.update(handed)
             if not update:
                 h["stats"]["skipped_steps"] += 1
-            if reduction not in (Reduction.NONE, Reduction.SYNC):
-                self._hier_average(reduction, t)
+            level = h["schedule"].level_at(t)
+            if level is not None:
+                self._hier_average(level, t)
         h["t"] = t
         return loss
 
@@ -328,29 +335,35 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                         "the averaging phase does not take; pass sparse_as_dense=True (or use "
                         "a dense embedding)")
 
-    def _hier_average(self, reduction: Reduction, t: int) -> None:
+    def _hier_kind(self, level: int) -> str:
+        """How a level is named in messages and collectives: "local" and "global" for the
+        two-level form, "level i" otherwise."""
+        h = self._hier
+        if h["shorthand"]:
+            return "global" if level == h["schedule"].num_levels - 1 else "local"
+        return f"level {level}"
+
+    def _hier_average(self, level: int, t: int) -> None:
         try:
-            self._hier_average_or_stall(reduction, t)
+            self._hier_average_or_stall(level, t)
         except StallError:
-            topo = self._hier["topology"]
-            members = topo.set_ranks if reduction is Reduction.GLOBAL else topo.group
-            raise self._hier_stalled(f"the {reduction.value} averaging at step {t}",
+            members = self._hier["topology"].levels[level].group
+            raise self._hier_stalled(f"the {self._hier_kind(level)} averaging at step {t}",
                                      members) from None
 
-    def _hier_average_or_stall(self, reduction: Reduction, t: int) -> None:
+    def _hier_average_or_stall(self, level: int, t: int) -> None:
         h = self._hier
-        topo = h["topology"]
-        if reduction is Reduction.GLOBAL:
-            process_set, members = topo.global_set, topo.set_ranks
-        else:  # a group of one rank has no process set: its average is itself
-            process_set, members = topo.local_set, topo.group
+        lt = h["topology"].levels[level]
+        # a group of one rank has no process set: its average is itself
+        process_set, members = lt.process_set, lt.group
         size = len(members)
-        kind = reduction.value
+        kind = self._hier_kind(level)
+        tag = kind.replace(" ", "")
         stats = h["stats"]
         start = time.perf_counter()
         divisor = size
         if size > 1:
-            bad = self._hier_nonfinite_ranks(process_set, members, kind)
+            bad = self._hier_nonfinite_ranks(process_set, members, tag)
             if bad:
                 where = (f"rank {bad[0]}" if len(bad) == 1
                          else f"ranks {', '.join(map(str, bad))}")
@@ -370,10 +383,16 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                         torch._foreach_zero_(h["averager"].tensors)
                 divisor = size - len(bad)
                 stats["skipped_contributions"] += len(bad)
-        moved = h["averager"].average(process_set, divisor, kind, self._hier_deadline())
-        stats[f"{kind}_averages"] += 1
-        stats[f"bytes_{kind}"] += moved
-        stats[f"seconds_{kind}"] += time.perf_counter() - start
+        moved = h["averager"].average(process_set, divisor, tag, self._hier_deadline())
+        seconds = time.perf_counter() - start
+        two = "global" if level == h["schedule"].num_levels - 1 else "local"
+        stats[f"{two}_averages"] += 1
+        stats[f"bytes_{two}"] += moved
+        stats[f"seconds_{two}"] += seconds
+        per_level = h["level_stats"][level]
+        per_level["averages"] += 1
+        per_level["bytes"] += moved
+        per_level["seconds"] += seconds
 
     def _hier_deadline(self) -> Optional[float]:
         timeout = self._hier["stall_timeout_s"]
@@ -426,6 +445,12 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         this rank's averagings), ``group`` (this rank's local group), ``group_size``,
         ``num_groups``, ``groups`` (every local group). The last four are None in an elastic
         job until its first ``step()`` builds the groups.
+
+        With more than two levels, ``local_*`` add up every level but the outermost and
+        ``global_*`` count the outermost; ``group``, ``group_size``, ``num_groups`` and
+        ``groups`` are the innermost level's. ``levels`` has one dict per level, innermost
+        first: ``period``, ``group_size`` (as passed), ``averages``, ``bytes``, ``seconds``,
+        ``group`` and ``groups`` (None until the groups are built).
         """
         h = self._hier
         out = dict(h["stats"])
@@ -436,17 +461,30 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         out["group_size"] = None if topo is None else topo.group_size
         out["num_groups"] = None if topo is None else len(topo.groups)
         out["groups"] = None if topo is None else [list(g) for g in topo.groups]
+        out["levels"] = []
+        for i, lv in enumerate(h["levels"]):
+            lt = None if topo is None else topo.levels[i]
+            size = lv.group_size
+            out["levels"].append(dict(
+                h["level_stats"][i], period=lv.period,
+                group_size=[list(g) for g in size] if isinstance(size, tuple) else size,
+                group=None if lt is None else list(lt.group),
+                groups=None if lt is None else [list(g) for g in lt.groups]))
         return out
 
     def _hier_config(self) -> Dict[str, object]:
-        s = self._hier["schedule"]
-        return {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
-                "warmup_steps": s.warmup_steps, "group_size": self._hier["group_size"]}
+        h = self._hier
+        s = h["schedule"]
+        if h["shorthand"]:
+            return {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
+                    "warmup_steps": s.warmup_steps, "group_size": h["levels"][0].group_size}
+        return {"levels": [lv.describe() for lv in h["levels"]], "warmup_steps": s.warmup_steps}
 
     def state_dict(self):
         sd = self._hier["base"].state_dict(self)
         sd[_STATE_KEY] = {"step": self._hier["t"], "config": self._hier_config(),
-                          "stats": dict(self._hier["stats"])}
+                          "stats": dict(self._hier["stats"]),
+                          "level_stats": [dict(x) for x in self._hier["level_stats"]]}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -460,6 +498,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "a plain optimizer); the schedule starts again at step 0")
             h["t"] = 0
             h["stats"] = {k: type(v)(0) for k, v in h["stats"].items()}
+            h["level_stats"] = _new_level_stats(len(h["levels"]))
             return
         if saved["config"] != self._hier_config():
             warnings.warn(
@@ -468,15 +507,18 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "new schedule")
         h["t"] = int(saved["step"])
         h["stats"].update({k: saved["stats"][k] for k in _STATS_KEYS if k in saved["stats"]})
+        levels = saved.get("level_stats")
+        if levels is not None and len(levels) == len(h["levels"]):
+            h["level_stats"] = [dict(x) for x in levels]
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=Compression.none,
                          backward_passes_per_step=1, op=Average, gradient_predivide_factor=1.0,
                          num_groups=0, groups=None, sparse_as_dense=False,
-                         process_set=global_process_set, *, local_steps=4, local_rounds=4,
-                         group_size="local", warmup_steps=0, buffers=None, bucket_cap_mb=25.0,
-                         flat_storage=False, nonfinite="raise", stall_timeout_s=600.0,
-                         deterministic=False):
+                         process_set=global_process_set, *, local_steps=None, local_rounds=None,
+                         group_size=None, levels=None, warmup_steps=0, buffers=None,
+                         bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise",
+                         stall_timeout_s=600.0, deterministic=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
 
     A drop-in replacement for ``hvd.DistributedOptimizer``: same arguments, same use. Each
@@ -515,6 +557,15 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             blocks of S ranks of ``process_set`` in rank order (S must divide its size);
             ``"local"`` (default) groups the ranks of each host, as ``horovodrun`` placed
             them (every host must have the same number).
+        levels: any number of averaging levels instead of the three arguments above:
+            ``[(period, group_size), ...]`` or ``hvd_hier.Level(period, group_size)``,
+            innermost first. ``group_size`` is an int, ``"local"``, ``"all"`` or a list of
+            rank lists (e.g. racks) that partitions ``process_set``; the outermost level must
+            span it (``"all"`` or its size). Each period is a multiple of the one below and
+            each level's groups are unions of the groups below. At ``u = t - warmup_steps``
+            the outermost level whose period divides ``u`` averages (at most one per step).
+            ``local_steps=K1, local_rounds=K2, group_size=S`` is exactly
+            ``levels=[(K1, S), (K1 * K2, "all")]``; passing both forms is an error.
         warmup_steps (int): steps of synchronous SGD before averaging starts. Default 0.
         buffers: optional iterable of tensors (e.g. ``model.buffers()``) averaged at the
             same steps as the parameters; integer buffers (BatchNorm's step counter) are
@@ -606,7 +657,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         raise TypeError(
             "hvd_hier.DistributedOptimizer: optimizer must be a torch.optim.Optimizer, got "
             f"{type(optimizer).__name__}")
-    schedule = HierSchedule(local_steps, local_rounds, warmup_steps)
+    shorthand = levels is None
+    levels = levels_from_args(levels, local_steps, local_rounds, group_size)
+    schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
     if process_set is None or getattr(process_set, "process_set_id", None) is None:
         raise ValueError(
             f"process_set must be an initialised Horovod process set, got {process_set}")
@@ -615,7 +668,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         raise ValueError(
             f"process_set must be hvd.global_process_set in an elastic job, got {process_set}: "
             "Horovod does not re-create other process sets when the job changes size")
-    group_size = check_group_size(group_size)  # against the job's size in _setup
+    if elastic:
+        for i, lv in enumerate(levels):
+            if isinstance(lv.group_size, tuple):
+                raise ValueError(
+                    f"levels[{i}]: explicit rank lists cannot follow an elastic job's changing "
+                    "ranks; use an integer group_size, 'local' or 'all'")
     if op == Adasum:
         raise ValueError(
             "op=hvd.Adasum is not supported by hvd_hier.DistributedOptimizer (Adasum combines "
@@ -678,21 +736,24 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             _check_no_aliasing(tensors, labels)
         except ValueError as exc:
             raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
-    if schedule.local_steps == 1 and schedule.local_rounds == 1 and schedule.warmup_steps == 0:
+    if schedule.period == 1 and schedule.warmup_steps == 0:
+        args = ("local_steps=1 and local_rounds=1" if shorthand
+                else "an outermost level of period 1")
         warnings.warn(
-            "hvd_hier.DistributedOptimizer with local_steps=1 and local_rounds=1 averages the "
+            f"hvd_hier.DistributedOptimizer with {args} averages the "
             "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
             "does faster by overlapping the gradient reduction with the backward pass")
 
-    config = {"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
-              "warmup_steps": schedule.warmup_steps, "group_size": group_size,
+    config = {"levels": [lv.describe() for lv in levels],
+              "warmup_steps": schedule.warmup_steps,
               "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
               "backward_passes_per_step": backward_passes_per_step,
               "sparse_as_dense": bool(sparse_as_dense), "flat_storage": flat_storage,
               "nonfinite": nonfinite, "stall_timeout_s": stall_timeout_s,
               "deterministic": deterministic}
     hier = {
-        "schedule": schedule, "group_size": group_size, "process_set": process_set,
+        "schedule": schedule, "levels": levels, "shorthand": shorthand,
+        "process_set": process_set, "level_stats": _new_level_stats(len(levels)),
         "config": config, "tensors": tensors, "labels": labels, "num_params": len(params),
         "topology": None, "generation": None, "base": optimizer.__class__, "t": 0,
         "agreed": False, "names": {id(p): n for p, n in zip(params, names)},
@@ -730,6 +791,10 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                op, gradient_predivide_factor, groups, sparse_as_dense, process_set, hier)
 
 
+def _new_level_stats(n: int) -> List[Dict[str, object]]:
+    return [{"averages": 0, "bytes": 0, "seconds": 0.0} for _ in range(n)]
+
+
 def _check_tensors(tensors, labels) -> None:
     """One device, a dtype the averaging takes, a dense layout: ValueError naming the tensor."""
     devices = {t.device for t in tensors}
@@ -753,14 +818,14 @@ def _check_tensors(tensors, labels) -> None:
 
 
 def _setup(h, deadline: Optional[float] = None):
-    """Fit the optimizer to the job as Horovod now sees it: ``(topology, payloads, note)``.
+    """Fit the optimizer to the job as Horovod now sees it: ``(topology, payloads, notes)``.
 
     Every rank of the process set calls it at the same point: at construction, or (elastic
     jobs, and after Horovod was initialised again) at the first step. Checks that need no
     other rank come first and raise on every rank before any collective; then one allgather
     tells every rank the others' configuration, tensors, host and schedule position (the
-    ranks must agree), and the local groups' process sets are created. ``note`` says how an
-    elastic job's groups differ from ``group_size`` (``adapt_groups``), else None.
+    ranks must agree), and every level's process sets are created. ``notes`` say how an
+    elastic job's groups differ from the levels' group sizes (``adapt_level_groups``).
     """
     process_set = h["process_set"]
     set_ranks = list(range(hvd.size())) if process_set.process_set_id == 0 else list(
@@ -770,8 +835,10 @@ def _setup(h, deadline: Optional[float] = None):
             f"process_set {set_ranks} does not include this rank ({hvd.rank()}); create the "
             "optimizer only on the ranks of process_set")
     elastic = _elastic_job()
-    if not elastic:
-        check_group_size(h["group_size"], len(set_ranks))
+    levels = h["levels"]
+    names = ["" for _ in levels] if h["shorthand"] else None  # the shorthand names no level
+    if not elastic:  # sizes that cannot fit fail here, before any collective
+        check_level_sizes(set_ranks, levels, names)
     tensors, labels = h["tensors"], h["labels"]
     _check_tensors(tensors, labels)
 
@@ -786,10 +853,10 @@ def _setup(h, deadline: Optional[float] = None):
                 _allgather_object(payload, process_set, deadline=deadline))
     _check_agreement(payloads, set_ranks, labels[:n])
     hosts = [p["host"] for p in payloads]
-    note = None
+    notes: List[str] = []
     if elastic:
-        groups, note = adapt_groups(set_ranks, h["group_size"], hosts)
+        level_groups, notes = adapt_level_groups(set_ranks, levels, hosts, names)
     else:
-        groups = plan_groups(set_ranks, h["group_size"], hosts)
-    topology = build_topology(set_ranks, groups, process_set, hvd.rank(), hvd.size())
-    return topology, payloads, note
+        level_groups = plan_level_groups(set_ranks, levels, hosts, names)
+    topology = build_topology(set_ranks, level_groups, process_set, hvd.rank(), hvd.size())
+    return topology, payloads, notes

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 from .schedule import check_int
 
 __all__ = ["check_group_size", "plan_groups", "adapt_groups", "check_can_create", "Topology",
-           "build_topology", "process_set_for"]
+           "LevelTopology", "build_topology", "process_set_for"]
 
 LOCAL = "local"
 
@@ -160,14 +160,34 @@ def process_set_for(ranks: Sequence[int]):
 
 
 @dataclass
+class LevelTopology:
+    """One averaging level's groups and this rank's place in them."""
+
+    groups: List[List[int]]  #: the level's groups, each a list of global ranks
+    group: List[int]  #: this rank's group
+    process_set: object  #: process set of this rank's group (None when it is one rank)
+
+
+@dataclass
 class Topology:
-    """The groups of one optimizer and this rank's place in them."""
+    """The groups of one optimizer, level by level (innermost first), and this rank's place."""
 
     set_ranks: List[int]  #: global ranks of the optimizer's process set
-    groups: List[List[int]]  #: the local groups, each a list of global ranks
-    group: List[int]  #: this rank's group
-    global_set: object  #: process set of the global reduction
-    local_set: object  #: process set of this rank's group (None when the group is 1 rank)
+    levels: List[LevelTopology]  #: one per level, innermost first; the last spans set_ranks
+    global_set: object  #: the optimizer's process set
+
+    # The two-level view: the innermost level is the "local" one.
+    @property
+    def groups(self) -> List[List[int]]:
+        return self.levels[0].groups
+
+    @property
+    def group(self) -> List[int]:
+        return self.levels[0].group
+
+    @property
+    def local_set(self):
+        return self.levels[0].process_set
 
     @property
     def group_size(self) -> int:
@@ -193,16 +213,22 @@ def check_can_create(groups, existing, world_size: int) -> None:
             f"every rank calls add_process_set). Create them first on every rank: {calls}")
 
 
-def build_topology(set_ranks, groups, process_set, rank: int, world_size: int) -> Topology:
-    """Create (or find) the process sets of ``groups``; every rank calls it identically."""
-    check_can_create(groups, set(_horovod_sets()), world_size)
-    local_set = None
-    my_group = next(g for g in groups if rank in g)
-    if len(groups) == 1:
-        local_set = process_set  # one group: the local reduction is over the whole set
-    elif len(my_group) > 1:
-        for g in groups:  # every rank adds every group, in the same order
-            ps = process_set_for(g)
-            if g is my_group:
-                local_set = ps
-    return Topology(list(set_ranks), [list(g) for g in groups], list(my_group), process_set, local_set)
+def build_topology(set_ranks, level_groups, process_set, rank: int, world_size: int) -> Topology:
+    """Create (or find) the process sets of every level's groups (``level_groups``: one list
+    of groups per level, innermost first); every rank calls it identically."""
+    existing = set(_horovod_sets())
+    for groups in level_groups:
+        check_can_create(groups, existing, world_size)
+    levels = []
+    for groups in level_groups:
+        my_group = next(g for g in groups if rank in g)
+        ps = None
+        if len(groups) == 1:
+            ps = process_set  # one group: the whole set
+        else:
+            for g in groups:  # every rank adds every group of 2 or more, in the same order
+                found = process_set_for(g) if len(g) > 1 else None
+                if g is my_group:
+                    ps = found
+        levels.append(LevelTopology([list(g) for g in groups], list(my_group), ps))
+    return Topology(list(set_ranks), levels, process_set)

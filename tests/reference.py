@@ -93,3 +93,37 @@ def simulate_quadratic(w0, lr, segments, k1, k2, warmup, steps, dim):
         w = models[0]
         if i + 1 == len(segments):
             return [models[r] for r in ranks]
+
+
+def reference_level(t, periods, warmup):
+    """The level averaging at step t, from the definition: the outermost whose period divides
+    u = t - warmup; "sync" during warmup, None when no period divides u."""
+    if t <= warmup:
+        return "sync"
+    u = t - warmup
+    due = [i for i, p in enumerate(periods) if u % p == 0]
+    return max(due) if due else None
+
+
+def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps):
+    """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
+    level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array."""
+    ranks = sorted(r for g in level_groups[-1] for r in g)
+    w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
+    history = []
+    for t in range(1, steps + 1):
+        level = reference_level(t, periods, warmup)
+        if level == "sync":
+            g = sum(np.asarray(grad(r, t), dtype=np.float64) for r in ranks) / len(ranks)
+            for r in ranks:
+                w[r] = w[r] - lr * g
+        else:
+            for r in ranks:
+                w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
+            if level is not None:
+                for g in level_groups[level]:
+                    mean = sum(w[r] for r in g) / len(g)
+                    for r in g:
+                        w[r] = mean.copy()
+        history.append({r: w[r].copy() for r in ranks})
+    return history

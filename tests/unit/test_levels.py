@@ -162,11 +162,18 @@ def test_elastic_rule_level_by_level():
         [[[0, 1], [2, 3], [4, 5], [6, 7]], [[0, 1, 2, 3], [4, 5, 6, 7]], [RANKS]], [])
     groups, notes = adapt_level_groups(list(range(6)), lv)
     assert groups == [[[0, 1], [2, 3], [4, 5]], [[0, 1], [2, 3], [4, 5]], [list(range(6))]]
-    assert notes == ["levels[1]: group_size=4 does not divide the 6 ranks; using groups of 2"]
+    assert notes == ["levels[1]: group_size=4 does not divide the 6 ranks; using groups of 2, the largest "
+                     "divisor of 6 not above 4 that is a multiple of 2"]
     groups, notes = adapt_level_groups(list(range(3)), lv)
     assert groups == [[[0], [1], [2]], [[0, 1, 2]], [[0, 1, 2]]]
-    assert notes == ["levels[0]: group_size=2 does not divide the 3 ranks; using groups of 1",
-                     "levels[1]: group_size=4 is larger than the 3 ranks; using groups of 3"]
+    assert notes == ["levels[0]: group_size=2 does not divide the 3 ranks; using groups of 1, the largest "
+                     "divisor of 3 not above 2",
+                     "levels[1]: group_size=4 is larger than the 3 ranks; using groups of 3, the largest "
+                     "divisor of 3 not above 4"]
+    # the two-level shorthand's notes name no level, as they always have
+    _, notes = adapt_level_groups(list(range(4)), check_levels([(1, 3), (2, "all")]), labels=["", ""])
+    assert notes == ["group_size=3 does not divide the 4 ranks; using groups of 2, the largest divisor "
+                     "of 4 not above 3"]
 
 
 def test_elastic_rule_cuts_blocks_along_hosts():
@@ -174,6 +181,10 @@ def test_elastic_rule_cuts_blocks_along_hosts():
     groups, notes = adapt_level_groups(list(range(6)), lv, ["a"] * 3 + ["b"] * 3)
     assert groups == [[[0, 1], [2], [3], [4, 5]], [[0, 1, 2], [3, 4, 5]], [list(range(6))]]
     assert notes == ["levels[0]: groups cut along those of levels[1] to stay nested: [[0, 1], [2], [3], [4, 5]]"]
+    _, notes = adapt_level_groups(list(range(6)), check_levels([(1, "local"), (2, "all")]),
+                                  ["a"] * 4 + ["b"] * 2, labels=["", ""])
+    assert notes == ["the hosts hold different numbers of ranks ({'a': 4, 'b': 2}); each host stays one "
+                     "local group"]
     with pytest.raises(ValueError) as info:
         adapt_level_groups(RANKS, check_levels([(1, [[0, 1, 2, 3], [4, 5, 6, 7]]), (2, "all")]))
     assert str(info.value) == ("levels[0]: explicit rank lists cannot follow an elastic job's changing "

@@ -1,0 +1,16 @@
+"""Any number of averaging levels, under horovodrun -np 8 on two host names."""
+
+import pytest
+
+from harness import horovodrun
+
+pytestmark = pytest.mark.parallel
+
+SECTIONS = ["three", "three_warmup", "uneven_periods", "rank_lists", "local_middle",
+            "equal_periods", "two_level_form", "resume_mid_cycle", "not_nested"]
+
+
+def test_levels_follow_the_simulation_at_every_step():
+    out = horovodrun("levels.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
+    for name in SECTIONS:
+        assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"
