@@ -744,7 +744,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
             "does faster by overlapping the gradient reduction with the backward pass")
 
-    config = {"levels": [lv.describe() for lv in levels],
+    # What the ranks must agree on (in the words the user used: the two-level arguments, or
+    # levels=), checked by the setup's allgather.
+    level_config = ({"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
+                     "group_size": levels[0].group_size} if shorthand
+                    else {"levels": [lv.describe() for lv in levels]})
+    config = {**level_config,
               "warmup_steps": schedule.warmup_steps,
               "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
               "backward_passes_per_step": backward_passes_per_step,
