@@ -12,7 +12,6 @@ explicit list of rank lists (e.g. racks) that partitions the process set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .schedule import check_int, check_periods

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import socket
@@ -17,13 +16,13 @@ import torch
 import horovod.torch as hvd
 from horovod.torch import mpi_ops
 from horovod.torch.compression import Compression
-from horovod.torch.mpi_ops import Adasum, Average, Sum, global_process_set
+from horovod.torch.mpi_ops import Average, global_process_set
 from horovod.torch.optimizer import _DistributedOptimizer
 
-from .averaging import (SUPPORTED_DTYPES, BucketAverager, FlatAverager, StallError,
-                        _check_no_aliasing, flat_view, wait)
-from .levels import adapt_level_groups, check_level_sizes, levels_from_args, plan_level_groups
-from .schedule import HierSchedule, Reduction, check_int
+from .averaging import BucketAverager, FlatAverager, StallError, wait
+from .config import check_tensors, collect_tensors, make_config
+from .levels import adapt_level_groups, check_level_sizes, plan_level_groups
+from .schedule import Reduction
 from .topology import build_topology
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError"]
@@ -35,7 +34,6 @@ _STATS_KEYS = (
     "local_averages", "global_averages", "bytes_local", "bytes_global",
     "seconds_local", "seconds_global", "skipped_steps", "skipped_contributions",
 )
-NONFINITE_POLICIES = ("raise", "skip")
 
 
 class NonFiniteError(FloatingPointError):
@@ -473,12 +471,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         return out
 
     def _hier_config(self) -> Dict[str, object]:
-        h = self._hier
-        s = h["schedule"]
-        if h["shorthand"]:
-            return {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
-                    "warmup_steps": s.warmup_steps, "group_size": h["levels"][0].group_size}
-        return {"levels": [lv.describe() for lv in h["levels"]], "warmup_steps": s.warmup_steps}
+        return self._hier["hier_config"].schedule_config()
 
     def state_dict(self):
         sd = self._hier["base"].state_dict(self)
@@ -653,118 +646,37 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if not hvd.is_initialized():
         raise RuntimeError(
             "hvd_hier.DistributedOptimizer: Horovod is not initialised; call hvd.init() first")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            "hvd_hier.DistributedOptimizer: optimizer must be a torch.optim.Optimizer, got "
-            f"{type(optimizer).__name__}")
-    shorthand = levels is None
-    levels = levels_from_args(levels, local_steps, local_rounds, group_size)
-    schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
+    elastic = _elastic_job()
+    if named_parameters is not None:
+        named_parameters = list(named_parameters)
+    config = make_config(
+        local_steps=local_steps, local_rounds=local_rounds, group_size=group_size, levels=levels,
+        warmup_steps=warmup_steps, op=op, compression=compression,
+        backward_passes_per_step=backward_passes_per_step,
+        gradient_predivide_factor=gradient_predivide_factor, num_groups=num_groups,
+        groups=groups, sparse_as_dense=sparse_as_dense, bucket_cap_mb=bucket_cap_mb,
+        flat_storage=flat_storage, nonfinite=nonfinite, stall_timeout_s=stall_timeout_s,
+        deterministic=deterministic, elastic=elastic)
     if process_set is None or getattr(process_set, "process_set_id", None) is None:
         raise ValueError(
             f"process_set must be an initialised Horovod process set, got {process_set}")
-    elastic = _elastic_job()
     if elastic and process_set.process_set_id != 0:
         raise ValueError(
             f"process_set must be hvd.global_process_set in an elastic job, got {process_set}: "
             "Horovod does not re-create other process sets when the job changes size")
-    if elastic:
-        for i, lv in enumerate(levels):
-            if isinstance(lv.group_size, tuple):
-                raise ValueError(
-                    f"levels[{i}]: explicit rank lists cannot follow an elastic job's changing "
-                    "ranks; use an integer group_size, 'local' or 'all'")
-    if op == Adasum:
-        raise ValueError(
-            "op=hvd.Adasum is not supported by hvd_hier.DistributedOptimizer (Adasum combines "
-            "gradients, Hier-AVG averages models); use op=hvd.Average or hvd.Sum")
-    if op not in (Average, Sum):
-        raise ValueError(f"op must be hvd.Average or hvd.Sum, got {op!r}")
-    backward_passes_per_step = check_int("backward_passes_per_step", backward_passes_per_step, 1)
-    if isinstance(gradient_predivide_factor, bool) or not isinstance(
-            gradient_predivide_factor, (int, float)) or not gradient_predivide_factor > 0:
-        raise ValueError(
-            f"gradient_predivide_factor must be a number > 0, got {gradient_predivide_factor!r}")
-    if gradient_predivide_factor != 1.0 and op != Average:
-        raise ValueError(
-            f"gradient_predivide_factor={gradient_predivide_factor} needs op=hvd.Average")
-    num_groups = check_int("num_groups", num_groups, 0)
-    if num_groups:
-        warnings.warn("num_groups is deprecated in Horovod; use groups", DeprecationWarning)
-        if groups is None:
-            groups = num_groups
-    if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or \
-            not math.isfinite(bucket_cap_mb) or bucket_cap_mb <= 0:
-        raise ValueError(f"bucket_cap_mb must be a number > 0, got {bucket_cap_mb!r}")
-    if not isinstance(flat_storage, bool):
-        raise ValueError(f"flat_storage must be True or False, got {flat_storage!r}")
-    if stall_timeout_s is not None and (
-            isinstance(stall_timeout_s, bool) or not isinstance(stall_timeout_s, (int, float))
-            or not math.isfinite(stall_timeout_s) or stall_timeout_s <= 0):
-        raise ValueError(f"stall_timeout_s must be a number > 0 or None, got {stall_timeout_s!r}")
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-    if not isinstance(deterministic, bool):
-        raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
-    if deterministic and compression is not Compression.none:
-        raise ValueError(
-            f"deterministic=True reduces warmup gradients without compression, got "
-            f"compression={getattr(compression, '__name__', compression)}; pass "
-            "compression=hvd.Compression.none")
-    if named_parameters is not None:
-        named_parameters = list(named_parameters)
-
-    names_by_id = {}
-    if named_parameters:
-        names_by_id = {id(p): n for n, p in named_parameters if isinstance(n, str)}
-    params, names = [], []
-    for gi, group in enumerate(optimizer.param_groups):
-        for pi, p in enumerate(group["params"]):
-            params.append(p)
-            name = names_by_id.get(id(p))
-            names.append(repr(name) if name is not None else f"param_groups[{gi}]['params'][{pi}]")
-    buffer_list = []
-    if buffers is not None:
-        if isinstance(buffers, torch.Tensor):
-            raise TypeError("buffers must be an iterable of tensors, such as model.buffers()")
-        buffer_list = [b for b in buffers if b.is_floating_point()]
-    tensors = params + buffer_list  # everything averaged, and its labels for messages
-    labels = names + [f"buffer {i}" for i in range(len(buffer_list))]
-    _check_tensors(tensors, labels)
-    if flat_storage:
-        try:
-            _check_no_aliasing(tensors, labels)
-        except ValueError as exc:
-            raise ValueError(f"hvd_hier.DistributedOptimizer: {exc}") from None
-    if schedule.period == 1 and schedule.warmup_steps == 0:
-        args = ("local_steps=1 and local_rounds=1" if shorthand
-                else "an outermost level of period 1")
-        warnings.warn(
-            f"hvd_hier.DistributedOptimizer with {args} averages the "
-            "model after every step: that is synchronous SGD, which hvd.DistributedOptimizer "
-            "does faster by overlapping the gradient reduction with the backward pass")
-
-    # What the ranks must agree on (in the words the user used: the two-level arguments, or
-    # levels=), checked by the setup's allgather.
-    level_config = ({"local_steps": schedule.local_steps, "local_rounds": schedule.local_rounds,
-                     "group_size": levels[0].group_size} if shorthand
-                    else {"levels": [lv.describe() for lv in levels]})
-    config = {**level_config,
-              "warmup_steps": schedule.warmup_steps,
-              "bucket_cap_mb": float(bucket_cap_mb), "op": str(op),
-              "backward_passes_per_step": backward_passes_per_step,
-              "sparse_as_dense": bool(sparse_as_dense), "flat_storage": flat_storage,
-              "nonfinite": nonfinite, "stall_timeout_s": stall_timeout_s,
-              "deterministic": deterministic}
+    found = collect_tensors(optimizer, named_parameters, buffers, config.flat_storage)
+    params, names = found.params, found.names
+    tensors, labels = found.all, found.labels
+    schedule, levels = config.schedule, config.levels
     hier = {
-        "schedule": schedule, "levels": levels, "shorthand": shorthand,
+        "schedule": schedule, "levels": levels, "shorthand": config.shorthand,
         "process_set": process_set, "level_stats": _new_level_stats(len(levels)),
-        "config": config, "tensors": tensors, "labels": labels, "num_params": len(params),
+        "config": config.agreement(), "hier_config": config, "tensors": tensors, "labels": labels, "num_params": len(params),
         "topology": None, "generation": None, "base": optimizer.__class__, "t": 0,
         "agreed": False, "names": {id(p): n for p, n in zip(params, names)},
-        "nonfinite": nonfinite, "stall_timeout_s": stall_timeout_s,
-        "deterministic": deterministic, "op": op,
-        "predivide": float(gradient_predivide_factor),
+        "nonfinite": config.nonfinite, "stall_timeout_s": config.stall_timeout_s,
+        "deterministic": config.deterministic, "op": config.op,
+        "predivide": config.gradient_predivide_factor,
         "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
                   "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
                   "skipped_steps": 0, "skipped_contributions": 0},
@@ -776,13 +688,13 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         # already inside hvd.elastic.run, so construction must not be a collective.)
         hier["topology"], _, _ = _setup(hier)
         hier["generation"] = _horovod_generation()
-    cap = int(bucket_cap_mb * 2**20)
-    in_flight = 1 if deterministic else 2
-    if flat_storage:
+    cap = config.bucket_cap_bytes
+    in_flight = 1 if config.deterministic else 2
+    if config.flat_storage:
         hier["averager"] = FlatAverager(tensors, cap, max_in_flight=in_flight, names=labels)
     else:
         hier["averager"] = BucketAverager(tensors, cap, max_in_flight=in_flight)
-    if deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
+    if config.deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
         hier["trained"] = [p for p in params if p.requires_grad]
         hier["grad_averager"] = BucketAverager(hier["trained"], cap, max_in_flight=1)
     base = optimizer.__class__
@@ -792,34 +704,13 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     namespace["__module__"] = __name__
     namespace["__doc__"] = base.__doc__
     cls = type(base.__name__, (base,), namespace)
-    return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
-               op, gradient_predivide_factor, groups, sparse_as_dense, process_set, hier)
+    return cls(optimizer.param_groups, named_parameters, compression,
+               config.backward_passes_per_step, config.op, config.gradient_predivide_factor,
+               config.groups, config.sparse_as_dense, process_set, hier)
 
 
 def _new_level_stats(n: int) -> List[Dict[str, object]]:
     return [{"averages": 0, "bytes": 0, "seconds": 0.0} for _ in range(n)]
-
-
-def _check_tensors(tensors, labels) -> None:
-    """One device, a dtype the averaging takes, a dense layout: ValueError naming the tensor."""
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        first = {}
-        for n, t in zip(labels, tensors):
-            first.setdefault(str(t.device), n)
-        where = ", ".join(f"{n} on {d}" for d, n in first.items())
-        raise ValueError(
-            "hvd_hier.DistributedOptimizer: parameters and buffers must be on one device, "
-            f"got {where}")
-    for name, t in zip(labels, tensors):
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(
-                f"hvd_hier.DistributedOptimizer: {name} has dtype {t.dtype}; averaging "
-                "supports float32, float64, float16 and bfloat16")
-        try:
-            flat_view(t)
-        except ValueError as exc:
-            raise ValueError(f"hvd_hier.DistributedOptimizer: {name}: {exc}") from None
 
 
 def _setup(h, deadline: Optional[float] = None):
@@ -845,7 +736,7 @@ def _setup(h, deadline: Optional[float] = None):
     if not elastic:  # sizes that cannot fit fail here, before any collective
         check_level_sizes(set_ranks, levels, names)
     tensors, labels = h["tensors"], h["labels"]
-    _check_tensors(tensors, labels)
+    check_tensors(tensors, labels)
 
     def signature(t):
         return (tuple(t.shape), str(t.dtype), tuple(t.stride()), t.device.type)
