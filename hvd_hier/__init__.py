@@ -25,7 +25,7 @@ _hvd_torch = _sys.modules.get("horovod.torch")
 if _hvd_torch is None or not _hvd_torch.is_initialized():
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
-from .averaging import StallError  # noqa: E402
+from .collectives import NonFiniteError, StallError  # noqa: E402
 from .schedule import HierSchedule, Reduction  # noqa: E402
 from .topology import plan_groups  # noqa: E402
 
@@ -35,10 +35,10 @@ except ImportError as _exc:  # the kernels and averagers work without Horovod
     _HOROVOD_ERROR = _exc
 else:
     _HOROVOD_ERROR = None
-    from .optimizer import DistributedOptimizer, NonFiniteError  # noqa: E402
+    from .optimizer import DistributedOptimizer  # noqa: E402
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
-_NEEDS_HOROVOD = {"DistributedOptimizer", "NonFiniteError", "save_checkpoint",
+_NEEDS_HOROVOD = {"DistributedOptimizer", "save_checkpoint",
                   "load_checkpoint", "CheckpointError"}
 
 

@@ -12,7 +12,6 @@ one is packed and the previous one unpacked, and the extra memory is at most
 from __future__ import annotations
 
 import collections
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ._ext import extension
+from .collectives import HorovodSum, StallError, wait  # noqa: F401  (re-exported)
 
 __all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "HorovodSum", "BucketAverager",
            "FLAT_ALIGN_BYTES", "FlatBucket", "FlatAverager"]
@@ -101,43 +101,6 @@ def plan_buckets(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
                 done.append(open_buckets.pop(key))
     done.extend(open_buckets.values())
     return done
-
-
-class StallError(TimeoutError):
-    """A collective did not complete in time: some rank of its process set never joined."""
-
-
-def wait(handle, deadline: Optional[float]):
-    """``hvd.synchronize(handle)``, but raise ``StallError`` once ``time.monotonic()`` passes
-    ``deadline`` (None: wait as long as it takes). Polls with a backoff of at most 2 ms."""
-    import horovod.torch as hvd
-
-    if deadline is not None:
-        delay = 1e-4
-        while not hvd.poll(handle):
-            if time.monotonic() > deadline:
-                raise StallError("a collective did not complete before its deadline")
-            time.sleep(delay)
-            delay = min(2 * delay, 2e-3)
-    return hvd.synchronize(handle)
-
-
-class HorovodSum:
-    """The collective the averagers use unless given another: Horovod's asynchronous in-place
-    allreduce (sum) of a buffer over a process set, and a wait with a deadline.
-
-    Any object with the same two methods can stand in for it (the GPU check runs the
-    averagers without Horovod that way): ``start(buffer, name, process_set)`` begins summing
-    ``buffer`` in place and returns a handle; ``wait(handle, deadline)`` returns once the sum
-    is in ``buffer`` and may be read by work queued on the current stream afterwards."""
-
-    def start(self, buffer: torch.Tensor, name: str, process_set):
-        import horovod.torch as hvd
-
-        return hvd.allreduce_async_(buffer, op=hvd.Sum, name=name, process_set=process_set)
-
-    def wait(self, handle, deadline: Optional[float]):
-        return wait(handle, deadline)
 
 
 def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,

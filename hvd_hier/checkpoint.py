@@ -28,7 +28,7 @@ import torch
 
 import horovod.torch as hvd
 
-from .optimizer import _allgather_object
+from .collectives import allgather_object
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "rng_state",
            "set_rng_state"]
@@ -101,7 +101,7 @@ def load_checkpoint(directory, model: torch.nn.Module, optimizer) -> Dict[str, A
         problem = f"{path} cannot be read: {exc}"
     mine = {"rank": rank, "problem": problem,
             "step": None if payload is None else payload.get("step")}
-    everyone = (_allgather_object(mine, hvd.global_process_set, "hvd_hier.load_checkpoint")
+    everyone = (allgather_object(mine, hvd.global_process_set, "hvd_hier.load_checkpoint")
                 if size > 1 else [mine])
     problems = [f"rank {m['rank']}: {m['problem']}" for m in everyone if m["problem"]]
     if problems:

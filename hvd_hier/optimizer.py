@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import socket
-import sys
 import time
 import warnings
 from typing import Dict, List, Optional
@@ -14,12 +12,14 @@ from typing import Dict, List, Optional
 import torch
 
 import horovod.torch as hvd
-from horovod.torch import mpi_ops
 from horovod.torch.compression import Compression
 from horovod.torch.mpi_ops import Average, global_process_set
-from horovod.torch.optimizer import _DistributedOptimizer
+from ._horovod import OPTIMIZER_MODULE
+from ._horovod import DistributedOptimizerBase as _DistributedOptimizer
+from ._horovod import generation as _horovod_generation
 
-from .averaging import BucketAverager, FlatAverager, StallError, wait
+from .averaging import BucketAverager, FlatAverager
+from .collectives import NonFiniteError, StallError, allgather_object, wait
 from .config import check_tensors, collect_tensors, make_config
 from .levels import adapt_level_groups, check_level_sizes, plan_level_groups
 from .schedule import Reduction
@@ -36,10 +36,6 @@ _STATS_KEYS = (
 )
 
 
-class NonFiniteError(FloatingPointError):
-    """An averaging found inf or NaN in some ranks' parameters (raised on every rank)."""
-
-
 def _hostname() -> str:
     # horovodrun gives each rank the host name it was placed on; it tells apart two names
     # of one machine (e.g. localhost and 127.0.0.1) as two hosts, as Horovod itself does.
@@ -49,32 +45,6 @@ def _hostname() -> str:
 def _elastic_job() -> bool:
     """Whether horovodrun started this process for elastic training (it sets HOROVOD_ELASTIC)."""
     return os.environ.get("HOROVOD_ELASTIC") == "1"
-
-
-def _horovod_generation():
-    """An object that every ``hvd.init()`` replaces (horovod.torch's table of pending
-    handles): when it changes, Horovod was shut down and initialised again, as an elastic
-    reset does, and the process sets of the local groups are gone."""
-    return mpi_ops._handle_map
-
-
-def _allgather_object(obj, process_set, name: str = "hvd_hier.config",
-                      deadline: Optional[float] = None) -> list:
-    """Gather one picklable object from every rank of ``process_set`` (in rank order).
-
-    One allgather: each rank sends its pickle behind an 8-byte length, and the concatenation
-    is read back record by record. Past ``deadline`` (``time.monotonic()``), ``StallError``.
-    """
-    data = pickle.dumps(obj)
-    record = torch.frombuffer(bytearray(len(data).to_bytes(8, "little") + data), dtype=torch.uint8)
-    handle = hvd.allgather_async(record, name=name, process_set=process_set)
-    gathered = wait(handle, deadline).numpy().tobytes()
-    out, start = [], 0
-    while start < len(gathered):
-        n = int.from_bytes(gathered[start:start + 8], "little")
-        out.append(pickle.loads(gathered[start + 8:start + 8 + n]))
-        start += 8 + n
-    return out
 
 
 def _describe(sig) -> str:
@@ -245,22 +215,6 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         self._synchronized = True
         return None
 
-    def _hier_spurious_step(self) -> bool:
-        """Whether ``hvd.broadcast_optimizer_state`` is calling step() to create state.
-
-        That call zeroes the gradients and steps once on each rank by itself: it must
-        neither advance the schedule nor start a collective.
-        """
-        target = hvd.broadcast_optimizer_state.__code__
-        frame = sys._getframe(2)
-        for _ in range(8):
-            if frame is None:
-                return False
-            if frame.f_code is target:
-                return True
-            frame = frame.f_back
-        return False
-
     # torch.amp.GradScaler calls step() on every iteration (instead of skipping it on the
     # ranks whose gradients overflowed) and hands over ``grad_scale`` and ``found_inf``: the
     # schedule then advances on every rank alike, and only the parameter update is skipped.
@@ -268,8 +222,6 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
 
     def step(self, closure=None):
         base = self._hier["base"]
-        if self._hier_spurious_step():
-            return base.step(self, closure)
         self._hier_agree()
         h = self._hier
         t = h["t"] + 1
@@ -701,7 +653,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     namespace = dict(_DistributedOptimizer.__dict__)
     namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()
                       if k not in ("__dict__", "__weakref__")})
-    namespace["__module__"] = __name__
+    # Horovod's module: hvd.broadcast_optimizer_state then creates the optimizer's state
+    # through the base class's step(), not through this one (see _horovod.py).
+    namespace["__module__"] = OPTIMIZER_MODULE
     namespace["__doc__"] = base.__doc__
     cls = type(base.__name__, (base,), namespace)
     return cls(optimizer.param_groups, named_parameters, compression,
@@ -746,7 +700,7 @@ def _setup(h, deadline: Optional[float] = None):
                "params": [signature(t) for t in tensors[:n]],
                "buffers": [signature(t) for t in tensors[n:]], "host": _hostname(), "t": h["t"]}
     payloads = ([payload] if len(set_ranks) == 1 else
-                _allgather_object(payload, process_set, deadline=deadline))
+                allgather_object(payload, process_set, deadline=deadline))
     _check_agreement(payloads, set_ranks, labels[:n])
     hosts = [p["host"] for p in payloads]
     notes: List[str] = []

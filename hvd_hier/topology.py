@@ -121,10 +121,9 @@ def adapt_groups(ranks: Sequence[int], group_size, hostnames: Optional[Sequence[
 
 def _horovod_sets():
     """Horovod's table of process sets: {tuple(ranks): id}."""
-    from horovod.torch import mpi_ops
+    from ._horovod import process_set_table
 
-    table = mpi_ops._basics._get_process_set_ids_and_ranks()
-    return {tuple(ranks): ps_id for ps_id, ranks in table.items()}
+    return process_set_table()
 
 
 _DYNAMIC_HINT = (

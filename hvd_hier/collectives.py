@@ -1,0 +1,74 @@
+"""The collective helpers and the exceptions of hvd_hier: a wait with a deadline, an
+allgather of Python objects, the averagers' default collective, and the errors they raise."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Optional
+
+import torch
+
+__all__ = ["StallError", "NonFiniteError", "wait", "allgather_object", "HorovodSum"]
+
+
+class NonFiniteError(FloatingPointError):
+    """An averaging found inf or NaN in some ranks' parameters (raised on every rank)."""
+
+
+class StallError(TimeoutError):
+    """A collective did not complete in time: some rank of its process set never joined."""
+
+
+def wait(handle, deadline: Optional[float]):
+    """``hvd.synchronize(handle)``, but raise ``StallError`` once ``time.monotonic()`` passes
+    ``deadline`` (None: wait as long as it takes). Polls with a backoff of at most 2 ms."""
+    import horovod.torch as hvd
+
+    if deadline is not None:
+        delay = 1e-4
+        while not hvd.poll(handle):
+            if time.monotonic() > deadline:
+                raise StallError("a collective did not complete before its deadline")
+            time.sleep(delay)
+            delay = min(2 * delay, 2e-3)
+    return hvd.synchronize(handle)
+
+
+class HorovodSum:
+    """The collective the averagers use unless given another: Horovod's asynchronous in-place
+    allreduce (sum) of a buffer over a process set, and a wait with a deadline.
+
+    Any object with the same two methods can stand in for it (the GPU check runs the
+    averagers without Horovod that way): ``start(buffer, name, process_set)`` begins summing
+    ``buffer`` in place and returns a handle; ``wait(handle, deadline)`` returns once the sum
+    is in ``buffer`` and may be read by work queued on the current stream afterwards."""
+
+    def start(self, buffer: torch.Tensor, name: str, process_set):
+        import horovod.torch as hvd
+
+        return hvd.allreduce_async_(buffer, op=hvd.Sum, name=name, process_set=process_set)
+
+    def wait(self, handle, deadline: Optional[float]):
+        return wait(handle, deadline)
+
+
+def allgather_object(obj, process_set, name: str = "hvd_hier.config",
+                     deadline: Optional[float] = None) -> list:
+    """Gather one picklable object from every rank of ``process_set`` (in rank order).
+
+    One allgather: each rank sends its pickle behind an 8-byte length, and the concatenation
+    is read back record by record. Past ``deadline`` (``time.monotonic()``), ``StallError``.
+    """
+    import horovod.torch as hvd
+
+    data = pickle.dumps(obj)
+    record = torch.frombuffer(bytearray(len(data).to_bytes(8, "little") + data), dtype=torch.uint8)
+    handle = hvd.allgather_async(record, name=name, process_set=process_set)
+    gathered = wait(handle, deadline).numpy().tobytes()
+    out, start = [], 0
+    while start < len(gathered):
+        n = int.from_bytes(gathered[start:start + 8], "little")
+        out.append(pickle.loads(gathered[start + 8:start + 8 + n]))
+        start += 8 + n
+    return out
