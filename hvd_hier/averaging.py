@@ -21,8 +21,9 @@ import torch
 from ._ext import extension
 from .collectives import HorovodSum, StallError, wait  # noqa: F401  (re-exported)
 
-__all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "HorovodSum", "BucketAverager",
-           "FLAT_ALIGN_BYTES", "FlatBucket", "FlatAverager"]
+__all__ = ["SUPPORTED_DTYPES", "flat_view", "Bucket", "plan_buckets", "HorovodSum", "Averager",
+           "BucketAverager", "FLAT_ALIGN_BYTES", "FlatPlan", "plan_flat_layout", "FlatBucket",
+           "FlatAverager"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -103,6 +104,31 @@ def plan_buckets(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int,
     return done
 
 
+class Averager:
+    """What both averagers offer the optimizer (``BucketAverager``: packed buckets;
+    ``FlatAverager``: persistent flat storage):
+
+    * ``tensors``: the averaged tensors, in order; ``nbytes``: the bytes one averaging reduces;
+    * ``average(process_set, size, tag, deadline)``: average every tensor in place over the
+      ``size`` ranks of ``process_set`` through ``collective``; returns the bytes reduced;
+    * ``memory_passes(scale)``: the memory side of an averaging without communication
+      (benchmarks); ``pool_bytes()``: extra memory held now.
+    """
+
+    tensors: List[torch.Tensor]
+    nbytes: int
+    collective: object
+
+    def average(self, process_set, size: int, tag: str, deadline: Optional[float] = None) -> int:
+        raise NotImplementedError
+
+    def memory_passes(self, scale: float) -> None:
+        raise NotImplementedError
+
+    def pool_bytes(self) -> int:
+        raise NotImplementedError
+
+
 def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
                    deadline: Optional[float] = None, collective=None) -> None:
     """Sum one buffer per bucket over ``process_set`` in place, at most ``max_in_flight`` at
@@ -134,7 +160,7 @@ def _sum_in_flight(buckets, start, process_set, tag: str, max_in_flight: int,
             finish()
 
 
-class BucketAverager:
+class BucketAverager(Averager):
     """Averages a fixed list of tensors in place over a process set.
 
     Args:
@@ -255,6 +281,41 @@ def _align(n: int, element_size: int) -> int:
     return -(-n // step) * step
 
 
+@dataclass(frozen=True)
+class FlatPlan:
+    """One buffer of flat storage: its device, dtype and size in elements, and the tensors
+    it holds as ``(tensor index, element offset)``."""
+
+    device: torch.device
+    dtype: torch.dtype
+    numel: int
+    members: Tuple[Tuple[int, int], ...]
+
+
+def plan_flat_layout(tensors: Sequence[torch.Tensor], bucket_cap_bytes: int) -> List[FlatPlan]:
+    """The buffers of flat storage for ``tensors``: per (device, dtype), in order, each tensor
+    at an offset aligned to ``FLAT_ALIGN_BYTES``, a new buffer whenever the next tensor would
+    pass ``bucket_cap_bytes`` (a larger tensor gets a buffer of its own). Empty tensors get no
+    slot. Buffers are listed by (device, dtype) of first appearance, then in order."""
+    plans: Dict[tuple, List[Tuple[List[Tuple[int, int]], int]]] = {}
+    for index, t in enumerate(tensors):
+        if t.numel() == 0:
+            continue
+        key = (t.device, t.dtype)
+        buckets = plans.setdefault(key, [])
+        cap = max(1, bucket_cap_bytes // t.element_size())
+        if buckets:
+            members, used = buckets[-1]
+            start = _align(used, t.element_size())
+            if start + t.numel() <= cap:
+                members.append((index, start))
+                buckets[-1] = (members, start + t.numel())
+                continue
+        buckets.append(([(index, 0)], t.numel()))
+    return [FlatPlan(device, dtype, used, tuple(members))
+            for (device, dtype), buckets in plans.items() for members, used in buckets]
+
+
 def _check_no_aliasing(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> None:
     """Raise if two of ``tensors`` share memory (tied weights): moving them into separate
     slots of flat storage would untie them."""
@@ -273,7 +334,7 @@ def _check_no_aliasing(tensors: Sequence[torch.Tensor], names: Sequence[str]) ->
                     "weights); flat storage would untie them, so pass flat_storage=False")
 
 
-class FlatAverager:
+class FlatAverager(Averager):
     """Persistent flat storage: the tensors become views into a few preallocated buffers.
 
     At construction every tensor's values are copied once into a buffer of its (device,
@@ -310,30 +371,14 @@ class FlatAverager:
         self.buckets: List[FlatBucket] = []
         # per tensor: its bucket, offset, and what it looked like when moved there
         self._slots: List[Tuple[FlatBucket, int, tuple]] = [None] * len(self.tensors)
-        plans: Dict[tuple, List[Tuple[List[Tuple[int, int]], int]]] = {}
-        for index, t in enumerate(self.tensors):
-            if t.numel() == 0:
-                continue
-            key = (t.device, t.dtype)
-            buckets = plans.setdefault(key, [])
-            cap = max(1, bucket_cap_bytes // t.element_size())
-            if buckets:
-                members, used = buckets[-1]
-                start = _align(used, t.element_size())
-                if start + t.numel() <= cap:
-                    members.append((index, start))
-                    buckets[-1] = (members, start + t.numel())
-                    continue
-            buckets.append(([(index, 0)], t.numel()))
-        for (device, dtype), buckets in plans.items():
-            for members, used in buckets:
-                # one buffer at a time: the old tensors' memory is released as they move
-                storage = torch.zeros(used, dtype=dtype, device=device)
-                bucket = FlatBucket(storage, members)
-                with torch.no_grad():
-                    for index, offset in members:
-                        self._move(index, bucket, offset, self.tensors[index])
-                self.buckets.append(bucket)
+        for plan in plan_flat_layout(self.tensors, bucket_cap_bytes):
+            # one buffer at a time: the old tensors' memory is released as they move
+            storage = torch.zeros(plan.numel, dtype=plan.dtype, device=plan.device)
+            bucket = FlatBucket(storage, list(plan.members))
+            with torch.no_grad():
+                for index, offset in plan.members:
+                    self._move(index, bucket, offset, self.tensors[index])
+            self.buckets.append(bucket)
         self.nbytes = sum(b.nbytes for b in self.buckets)
 
     def _move(self, index: int, bucket: FlatBucket, offset: int, values: torch.Tensor) -> None:

@@ -163,3 +163,27 @@ def test_every_dtype(dtype):
     for n, t in zip((1, 7, 33), tensors):
         assert t.dtype == dtype and torch.equal(t, (torch.arange(n, dtype=torch.float32) * 0.5).to(dtype))
         assert t.data_ptr() % FLAT_ALIGN_BYTES == 0
+
+
+def test_plan_flat_layout_is_pure_and_closed_form():
+    """The layout alone, on tensors that are not moved: per (device, dtype) in order, offsets
+    on 64-byte boundaries, a new buffer at the cap, a larger tensor alone, empty ones skipped."""
+    from hvd_hier.averaging import FlatPlan, plan_flat_layout
+
+    f32 = [torch.empty(10), torch.empty(0), torch.empty(5), torch.empty(20)]
+    f16 = [torch.empty(3, dtype=torch.float16), torch.empty(40, dtype=torch.float16)]
+    tensors = [f32[0], f16[0], f32[1], f32[2], f16[1], f32[3]]
+    before = [t.data_ptr() for t in tensors]
+    plans = plan_flat_layout(tensors, bucket_cap_bytes=128)  # 32 float32, 64 float16
+    cpu = torch.device("cpu")
+    assert plans == [
+        FlatPlan(cpu, torch.float32, 21, ((0, 0), (3, 16))),  # 10 -> aligned to 16, then 5
+        FlatPlan(cpu, torch.float32, 20, ((5, 0),)),          # 16 + 20 > 32: a new buffer
+        FlatPlan(cpu, torch.float16, 3, ((1, 0),)),           # 3 -> aligned to 32 halves, + 40 > 64:
+        FlatPlan(cpu, torch.float16, 40, ((4, 0),)),          # a new buffer
+    ]
+    assert plan_flat_layout(f16, bucket_cap_bytes=256) == [
+        FlatPlan(cpu, torch.float16, 72, ((0, 0), (1, 32)))]
+    assert [t.data_ptr() for t in tensors] == before  # nothing moved
+    big = plan_flat_layout([torch.empty(100)], bucket_cap_bytes=64)
+    assert big == [FlatPlan(cpu, torch.float32, 100, ((0, 0),))]
