@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import warnings
 from typing import Dict, List, Optional
@@ -19,82 +17,41 @@ from ._horovod import DistributedOptimizerBase as _DistributedOptimizer
 from ._horovod import generation as _horovod_generation
 
 from .averaging import BucketAverager, FlatAverager
-from .collectives import NonFiniteError, StallError, allgather_object, wait
-from .config import check_tensors, collect_tensors, make_config
-from .levels import adapt_level_groups, check_level_sizes, plan_level_groups
+from .collectives import NonFiniteError, StallError, wait
+from .config import collect_tensors, make_config
+from .jobsetup import elastic_job, setup
 from .schedule import Reduction
-from .topology import build_topology
+from .state import HierState, Stats
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError"]
 
 log = logging.getLogger("hvd_hier")
 
 _STATE_KEY = "hvd_hier"
-_STATS_KEYS = (
-    "local_averages", "global_averages", "bytes_local", "bytes_global",
-    "seconds_local", "seconds_global", "skipped_steps", "skipped_contributions",
-)
-
-
-def _hostname() -> str:
-    # horovodrun gives each rank the host name it was placed on; it tells apart two names
-    # of one machine (e.g. localhost and 127.0.0.1) as two hosts, as Horovod itself does.
-    return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
-
-
-def _elastic_job() -> bool:
-    """Whether horovodrun started this process for elastic training (it sets HOROVOD_ELASTIC)."""
-    return os.environ.get("HOROVOD_ELASTIC") == "1"
-
-
-def _describe(sig) -> str:
-    shape, dtype, stride, device = sig
-    return f"shape {tuple(shape)}, {dtype}, strides {tuple(stride)} on {device}"
-
-
-def _check_agreement(payloads: list, set_ranks: List[int], names: List[str]) -> None:
-    """Raise the same ValueError on every rank if the ranks' configurations differ."""
-    ref = payloads[0]
-    for rank, other in zip(set_ranks[1:], payloads[1:]):
-        for key, value in ref["config"].items():
-            if other["config"][key] != value:
-                raise ValueError(
-                    f"hvd_hier.DistributedOptimizer: ranks disagree on {key}: rank "
-                    f"{set_ranks[0]} has {value!r}, rank {rank} has {other['config'][key]!r}; "
-                    "every rank must pass the same arguments"
-                )
-        for what in ("params", "buffers"):
-            mine, theirs = ref[what], other[what]
-            if len(mine) != len(theirs):
-                raise ValueError(
-                    f"hvd_hier.DistributedOptimizer: ranks disagree on the {what}: rank "
-                    f"{set_ranks[0]} has {len(mine)} tensors, rank {rank} has {len(theirs)}"
-                )
-            for i, (a, b) in enumerate(zip(mine, theirs)):
-                if a != b:
-                    label = names[i] if what == "params" else f"buffer {i}"
-                    raise ValueError(
-                        f"hvd_hier.DistributedOptimizer: ranks disagree on {label}: rank "
-                        f"{set_ranks[0]} has {_describe(a)}, rank {rank} has {_describe(b)}; "
-                        "every rank must build the same model in the same order"
-                    )
 
 
 class _HierAvgOptimizer(torch.optim.Optimizer):
     """Methods laid over Horovod's ``_DistributedOptimizer`` (see ``DistributedOptimizer``)."""
 
     def __init__(self, params, named_parameters, compression, backward_passes_per_step, op,
-                 gradient_predivide_factor, groups, sparse_as_dense, process_set, hier):
+                 gradient_predivide_factor, groups, sparse_as_dense, process_set, state):
         # Horovod's constructor: validates named_parameters, registers the gradient hooks
         # used during warmup (gated by _make_hook below).
-        self._hier = hier
+        self._hier = state
         _DistributedOptimizer.__init__(
             self, params, named_parameters, compression, backward_passes_per_step, op,
             gradient_predivide_factor, groups, sparse_as_dense, process_set)
 
     # -- the schedule ---------------------------------------------------------------------
+    def hier_state(self) -> HierState:
+        """hvd_hier's run-time state (``hvd_hier.state.HierState``): configuration, tensors,
+        schedule position, topology of every level, averagers, counters. For inspection and
+        tests; change it only through the optimizer."""
+        return self._hier
+
     def _hier_next(self) -> Reduction:
-        return self._hier["schedule"].reduction_at(self._hier["t"] + 1)
+        h = self._hier
+        return h.config.schedule.reduction_at(h.position.t + 1)
 
     def _hier_agree(self) -> None:
         """At the first step: take the schedule position of the process set's first rank.
@@ -104,47 +61,47 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         groups were built (an elastic reset), or they were never built (an elastic job's
         first step), the groups are rebuilt first, and the position comes with them.
         """
-        h = self._hier
-        if h["generation"] is not _horovod_generation():
+        pos = self._hier.position
+        if pos.generation is not _horovod_generation():
             self._hier_setup_groups()
             return
-        if h["agreed"]:
+        if pos.agreed:
             return
-        topo = h["topology"]
+        topo = self._hier.topology
         if len(topo.set_ranks) > 1:
-            mine = torch.tensor([h["t"]], dtype=torch.int64)
+            mine = torch.tensor([pos.t], dtype=torch.int64)
             handle = hvd.broadcast_async(mine, root_rank=topo.set_ranks[0],
                                          name="hvd_hier.schedule", process_set=topo.global_set)
             try:
                 root = wait(handle, self._hier_deadline())
             except StallError:
                 raise self._hier_stalled(
-                    f"the agreement on the schedule position (step {h['t']})",
+                    f"the agreement on the schedule position (step {pos.t})",
                     topo.set_ranks) from None
             self._hier_adopt(int(root.item()), topo.set_ranks[0])
-        h["agreed"] = True
+        pos.agreed = True
 
     def _hier_adopt(self, t: int, root: int) -> None:
-        h = self._hier
-        if t != h["t"] and h["t"] != 0:
+        pos = self._hier.position
+        if t != pos.t and pos.t != 0:
             warnings.warn(
-                f"hvd_hier: this rank's schedule was at step {h['t']}, rank {root}'s at step "
+                f"hvd_hier: this rank's schedule was at step {pos.t}, rank {root}'s at step "
                 f"{t}; continuing from step {t}")
-        h["t"] = t
+        pos.t = t
 
     def _hier_setup_groups(self) -> None:
-        """Build the local groups for the job as it is now (``_setup``) and agree on the
-        schedule position; on the first rank, log what changed."""
+        """Build the local groups for the job as it is now (``jobsetup.setup``) and agree on
+        the schedule position; on the first rank, log what changed."""
         h = self._hier
-        before = h["topology"]
+        before = h.topology
         try:
-            topo, payloads, notes = _setup(h, self._hier_deadline())
+            topo, payloads, notes = setup(h, self._hier_deadline())
         except StallError:
-            raise self._hier_stalled(f"the setup of the local groups at step {h['t']}",
+            raise self._hier_stalled(f"the setup of the local groups at step {h.position.t}",
                                      list(range(hvd.size()))) from None
-        h["topology"], h["generation"] = topo, _horovod_generation()
+        h.topology, h.position.generation = topo, _horovod_generation()
         self._hier_adopt(payloads[0]["t"], topo.set_ranks[0])
-        h["agreed"] = True
+        h.position.agreed = True
         # Handles of the old Horovod instance will never complete.
         self._handles = {}
         self._synchronized = False
@@ -152,15 +109,15 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             self._allreduce_delay[p] = self.backward_passes_per_step
         if hvd.rank() != topo.set_ranks[0]:
             return
-        s = h["schedule"]
-        if h["shorthand"]:
+        s, t = h.config.schedule, h.position.t
+        if h.config.shorthand:
             where = (f"{len(topo.set_ranks)} ranks in local groups {topo.groups}; the schedule "
-                     f"continues at step {h['t']} (K1={s.local_steps}, K2={s.local_rounds}, "
+                     f"continues at step {t} (K1={s.local_steps}, K2={s.local_rounds}, "
                      f"warmup {s.warmup_steps})")
         else:
             where = (f"{len(topo.set_ranks)} ranks in levels "
                      f"{[lv.groups for lv in topo.levels]}; the schedule continues at step "
-                     f"{h['t']} (periods {list(s.periods)}, warmup {s.warmup_steps})")
+                     f"{t} (periods {list(s.periods)}, warmup {s.warmup_steps})")
         for line in notes:
             log.warning("hvd_hier: %s", line)
         if before is None:
@@ -176,8 +133,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             # Gradients are reduced here only when the coming step is a warmup (synchronous)
             # step, the schedule position is settled, and deterministic=False.
             h = self._hier
-            current = h["agreed"] and h["generation"] is _horovod_generation()
-            if current and not h["deterministic"] and self._hier_next() is Reduction.SYNC:
+            current = h.position.agreed and h.position.generation is _horovod_generation()
+            if current and not h.config.deterministic and self._hier_next() is Reduction.SYNC:
                 horovod_hook(*args)
 
         return hook
@@ -194,23 +151,24 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         """The warmup's gradient reduction: Horovod's (its hooks started it during the
         backward pass), or with ``deterministic=True`` hvd_hier's fixed buckets."""
         h = self._hier
-        if not h["deterministic"]:
+        if not h.config.deterministic:
             return _DistributedOptimizer.synchronize(self)
         self._hier_check_grads()
         grads = []
-        for p in h["trained"]:
+        for p in h.trained:
             if p.grad is None:  # not used by this rank's forward pass: contributes zeros
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-        topo = h["topology"]
+        topo = h.topology
         if len(topo.set_ranks) > 1:
-            f = h["predivide"]
-            pre, post = (1.0 / f, f / len(topo.set_ranks)) if h["op"] == Average else (1.0, 1.0)
+            f = h.config.gradient_predivide_factor
+            average = h.config.op == Average
+            pre, post = (1.0 / f, f / len(topo.set_ranks)) if average else (1.0, 1.0)
             try:
-                h["grad_averager"].reduce(topo.global_set, "sync", pre, post,
-                                          self._hier_deadline(), tensors=grads)
+                h.grad_averager.reduce(topo.global_set, "sync", pre, post,
+                                       self._hier_deadline(), tensors=grads)
             except StallError:
-                raise self._hier_stalled(f"the gradient reduction of step {h['t'] + 1}",
+                raise self._hier_stalled(f"the gradient reduction of step {h.position.t + 1}",
                                          topo.set_ranks) from None
         self._synchronized = True
         return None
@@ -221,11 +179,11 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def step(self, closure=None):
-        base = self._hier["base"]
         self._hier_agree()
         h = self._hier
-        t = h["t"] + 1
-        reduction = h["schedule"].reduction_at(t)
+        base, schedule = h.base, h.config.schedule
+        t = h.position.t + 1
+        reduction = schedule.reduction_at(t)
         amp = hasattr(self, "found_inf")  # set by GradScaler.step for this call only
         if reduction is Reduction.SYNC and not amp:
             loss = _DistributedOptimizer.step(self, closure)
@@ -246,11 +204,11 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 if amp:
                     self.__dict__.update(handed)
             if not update:
-                h["stats"]["skipped_steps"] += 1
-            level = h["schedule"].level_at(t)
+                h.stats.skipped_steps += 1
+            level = schedule.level_at(t)
             if level is not None:
                 self._hier_average(level, t)
-        h["t"] = t
+        h.position.t = t
         return loss
 
     def _hier_unscale_and_check(self, grad_scale) -> bool:
@@ -279,7 +237,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                     if self.sparse_as_dense:
                         p.grad = p.grad.to_dense()
                         continue
-                    name = self._hier["names"].get(id(p), "a parameter")
+                    name = self._hier.names_by_id.get(id(p), "a parameter")
                     raise ValueError(
                         f"hvd_hier.DistributedOptimizer: {name} has a sparse gradient, which "
                         "the averaging phase does not take; pass sparse_as_dense=True (or use "
@@ -288,28 +246,27 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
     def _hier_kind(self, level: int) -> str:
         """How a level is named in messages and collectives: "local" and "global" for the
         two-level form, "level i" otherwise."""
-        h = self._hier
-        if h["shorthand"]:
-            return "global" if level == h["schedule"].num_levels - 1 else "local"
+        config = self._hier.config
+        if config.shorthand:
+            return "global" if level == len(config.levels) - 1 else "local"
         return f"level {level}"
 
     def _hier_average(self, level: int, t: int) -> None:
         try:
             self._hier_average_or_stall(level, t)
         except StallError:
-            members = self._hier["topology"].levels[level].group
+            members = self._hier.topology.levels[level].group
             raise self._hier_stalled(f"the {self._hier_kind(level)} averaging at step {t}",
                                      members) from None
 
     def _hier_average_or_stall(self, level: int, t: int) -> None:
         h = self._hier
-        lt = h["topology"].levels[level]
+        lt = h.topology.levels[level]
         # a group of one rank has no process set: its average is itself
         process_set, members = lt.process_set, lt.group
         size = len(members)
         kind = self._hier_kind(level)
         tag = kind.replace(" ", "")
-        stats = h["stats"]
         start = time.perf_counter()
         divisor = size
         if size > 1:
@@ -317,7 +274,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             if bad:
                 where = (f"rank {bad[0]}" if len(bad) == 1
                          else f"ranks {', '.join(map(str, bad))}")
-                if h["nonfinite"] == "raise" or len(bad) == size:
+                if h.config.nonfinite == "raise" or len(bad) == size:
                     raise NonFiniteError(
                         f"hvd_hier: the parameters of {where} hold inf or NaN at step {t}, "
                         f"before the {kind} averaging of ranks {members}; nothing was "
@@ -330,26 +287,18 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                     f"averaging the other {size - len(bad)} ranks (nonfinite='skip')")
                 if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
                     with torch.no_grad():
-                        torch._foreach_zero_(h["averager"].tensors)
+                        torch._foreach_zero_(h.averager.tensors)
                 divisor = size - len(bad)
-                stats["skipped_contributions"] += len(bad)
-        moved = h["averager"].average(process_set, divisor, tag, self._hier_deadline())
-        seconds = time.perf_counter() - start
-        two = "global" if level == h["schedule"].num_levels - 1 else "local"
-        stats[f"{two}_averages"] += 1
-        stats[f"bytes_{two}"] += moved
-        stats[f"seconds_{two}"] += seconds
-        per_level = h["level_stats"][level]
-        per_level["averages"] += 1
-        per_level["bytes"] += moved
-        per_level["seconds"] += seconds
+                h.stats.skipped_contributions += len(bad)
+        moved = h.averager.average(process_set, divisor, tag, self._hier_deadline())
+        h.stats.levels[level].add(moved, time.perf_counter() - start)
 
     def _hier_deadline(self) -> Optional[float]:
-        timeout = self._hier["stall_timeout_s"]
+        timeout = self._hier.config.stall_timeout_s
         return None if timeout is None else time.monotonic() + timeout
 
     def _hier_stalled(self, what: str, members) -> StallError:
-        timeout = self._hier["stall_timeout_s"]
+        timeout = self._hier.config.stall_timeout_s
         return StallError(
             f"hvd_hier: {what} waited {timeout:g} s for ranks {members} and did not complete: "
             "a rank stopped calling step(), or the ranks' schedules or parameters differ "
@@ -359,7 +308,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
     def _hier_nonfinite_ranks(self, process_set, members, kind: str) -> List[int]:
         """The ranks of ``members`` whose averaged tensors hold inf or NaN (every rank of the
         set gets the same answer): a max-abs pass here, then one allreduce of a flag per rank."""
-        tensors = self._hier["averager"].tensors
+        tensors = self._hier.averager.tensors
         finite = True
         if tensors:
             peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
@@ -377,7 +326,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "optimizer.zero_grad() was called after loss.backward() but before "
                 "optimizer.step() or optimizer.synchronize(). This is prohibited as it can "
                 "cause a race condition.")
-        return self._hier["base"].zero_grad(self, set_to_none)
+        return self._hier.base.zero_grad(self, set_to_none)
 
     # -- introspection and checkpoints ----------------------------------------------------
     def averaging_stats(self) -> Dict[str, object]:
@@ -403,33 +352,33 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         ``group`` and ``groups`` (None until the groups are built).
         """
         h = self._hier
-        out = dict(h["stats"])
-        out["steps"] = h["t"]
-        out["sync_steps"] = min(h["t"], h["schedule"].warmup_steps)
-        topo = h["topology"]  # None until an elastic job's first step
+        out = h.stats.two_level()
+        out["steps"] = h.position.t
+        out["sync_steps"] = min(h.position.t, h.config.schedule.warmup_steps)
+        topo = h.topology  # None until an elastic job's first step
         out["group"] = None if topo is None else list(topo.group)
         out["group_size"] = None if topo is None else topo.group_size
         out["num_groups"] = None if topo is None else len(topo.groups)
         out["groups"] = None if topo is None else [list(g) for g in topo.groups]
         out["levels"] = []
-        for i, lv in enumerate(h["levels"]):
+        for i, lv in enumerate(h.config.levels):
             lt = None if topo is None else topo.levels[i]
             size = lv.group_size
             out["levels"].append(dict(
-                h["level_stats"][i], period=lv.period,
+                vars(h.stats.levels[i]), period=lv.period,
                 group_size=[list(g) for g in size] if isinstance(size, tuple) else size,
                 group=None if lt is None else list(lt.group),
                 groups=None if lt is None else [list(g) for g in lt.groups]))
         return out
 
     def _hier_config(self) -> Dict[str, object]:
-        return self._hier["hier_config"].schedule_config()
+        return self._hier.config.schedule_config()
 
     def state_dict(self):
-        sd = self._hier["base"].state_dict(self)
-        sd[_STATE_KEY] = {"step": self._hier["t"], "config": self._hier_config(),
-                          "stats": dict(self._hier["stats"]),
-                          "level_stats": [dict(x) for x in self._hier["level_stats"]]}
+        h = self._hier
+        sd = h.base.state_dict(self)
+        sd[_STATE_KEY] = {"step": h.position.t, "config": self._hier_config(),
+                          "stats": h.stats.to_dict()}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -441,20 +390,16 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             warnings.warn(
                 "hvd_hier: the optimizer state dict has no Hier-AVG schedule (it was saved by "
                 "a plain optimizer); the schedule starts again at step 0")
-            h["t"] = 0
-            h["stats"] = {k: type(v)(0) for k, v in h["stats"].items()}
-            h["level_stats"] = _new_level_stats(len(h["levels"]))
+            h.position.t = 0
+            h.stats = Stats.zero(len(h.config.levels))
             return
         if saved["config"] != self._hier_config():
             warnings.warn(
                 f"hvd_hier: the checkpoint was saved with {saved['config']}, this optimizer "
                 f"has {self._hier_config()}; continuing from step {saved['step']} with the "
                 "new schedule")
-        h["t"] = int(saved["step"])
-        h["stats"].update({k: saved["stats"][k] for k in _STATS_KEYS if k in saved["stats"]})
-        levels = saved.get("level_stats")
-        if levels is not None and len(levels) == len(h["levels"]):
-            h["level_stats"] = [dict(x) for x in levels]
+        h.position.t = int(saved["step"])
+        h.stats.load(saved["stats"])
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=Compression.none,
@@ -598,7 +543,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if not hvd.is_initialized():
         raise RuntimeError(
             "hvd_hier.DistributedOptimizer: Horovod is not initialised; call hvd.init() first")
-    elastic = _elastic_job()
+    elastic = elastic_job()
     if named_parameters is not None:
         named_parameters = list(named_parameters)
     config = make_config(
@@ -617,38 +562,23 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             f"process_set must be hvd.global_process_set in an elastic job, got {process_set}: "
             "Horovod does not re-create other process sets when the job changes size")
     found = collect_tensors(optimizer, named_parameters, buffers, config.flat_storage)
-    params, names = found.params, found.names
-    tensors, labels = found.all, found.labels
-    schedule, levels = config.schedule, config.levels
-    hier = {
-        "schedule": schedule, "levels": levels, "shorthand": config.shorthand,
-        "process_set": process_set, "level_stats": _new_level_stats(len(levels)),
-        "config": config.agreement(), "hier_config": config, "tensors": tensors, "labels": labels, "num_params": len(params),
-        "topology": None, "generation": None, "base": optimizer.__class__, "t": 0,
-        "agreed": False, "names": {id(p): n for p, n in zip(params, names)},
-        "nonfinite": config.nonfinite, "stall_timeout_s": config.stall_timeout_s,
-        "deterministic": config.deterministic, "op": config.op,
-        "predivide": config.gradient_predivide_factor,
-        "stats": {"local_averages": 0, "global_averages": 0, "bytes_local": 0,
-                  "bytes_global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
-                  "skipped_steps": 0, "skipped_contributions": 0},
-    }
+    state = HierState(config, process_set, found, optimizer.__class__)
     if not elastic:
         # One allgather now: disagreeing ranks and bad groups fail here, on every rank,
         # before the optimizer exists. (An elastic job sets up at its first step instead: a
         # worker that joins a running job constructs its optimizer while the others are
         # already inside hvd.elastic.run, so construction must not be a collective.)
-        hier["topology"], _, _ = _setup(hier)
-        hier["generation"] = _horovod_generation()
+        state.topology, _, _ = setup(state)
+        state.position.generation = _horovod_generation()
     cap = config.bucket_cap_bytes
     in_flight = 1 if config.deterministic else 2
     if config.flat_storage:
-        hier["averager"] = FlatAverager(tensors, cap, max_in_flight=in_flight, names=labels)
+        state.averager = FlatAverager(found.all, cap, max_in_flight=in_flight, names=found.labels)
     else:
-        hier["averager"] = BucketAverager(tensors, cap, max_in_flight=in_flight)
+        state.averager = BucketAverager(found.all, cap, max_in_flight=in_flight)
     if config.deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
-        hier["trained"] = [p for p in params if p.requires_grad]
-        hier["grad_averager"] = BucketAverager(hier["trained"], cap, max_in_flight=1)
+        state.trained = [p for p in found.params if p.requires_grad]
+        state.grad_averager = BucketAverager(state.trained, cap, max_in_flight=1)
     base = optimizer.__class__
     namespace = dict(_DistributedOptimizer.__dict__)
     namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()
@@ -660,53 +590,4 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     cls = type(base.__name__, (base,), namespace)
     return cls(optimizer.param_groups, named_parameters, compression,
                config.backward_passes_per_step, config.op, config.gradient_predivide_factor,
-               config.groups, config.sparse_as_dense, process_set, hier)
-
-
-def _new_level_stats(n: int) -> List[Dict[str, object]]:
-    return [{"averages": 0, "bytes": 0, "seconds": 0.0} for _ in range(n)]
-
-
-def _setup(h, deadline: Optional[float] = None):
-    """Fit the optimizer to the job as Horovod now sees it: ``(topology, payloads, notes)``.
-
-    Every rank of the process set calls it at the same point: at construction, or (elastic
-    jobs, and after Horovod was initialised again) at the first step. Checks that need no
-    other rank come first and raise on every rank before any collective; then one allgather
-    tells every rank the others' configuration, tensors, host and schedule position (the
-    ranks must agree), and every level's process sets are created. ``notes`` say how an
-    elastic job's groups differ from the levels' group sizes (``adapt_level_groups``).
-    """
-    process_set = h["process_set"]
-    set_ranks = list(range(hvd.size())) if process_set.process_set_id == 0 else list(
-        process_set.ranks)
-    if hvd.rank() not in set_ranks:
-        raise ValueError(
-            f"process_set {set_ranks} does not include this rank ({hvd.rank()}); create the "
-            "optimizer only on the ranks of process_set")
-    elastic = _elastic_job()
-    levels = h["levels"]
-    names = ["" for _ in levels] if h["shorthand"] else None  # the shorthand names no level
-    if not elastic:  # sizes that cannot fit fail here, before any collective
-        check_level_sizes(set_ranks, levels, names)
-    tensors, labels = h["tensors"], h["labels"]
-    check_tensors(tensors, labels)
-
-    def signature(t):
-        return (tuple(t.shape), str(t.dtype), tuple(t.stride()), t.device.type)
-
-    n = h["num_params"]
-    payload = {"config": dict(h["config"], process_set=set_ranks),
-               "params": [signature(t) for t in tensors[:n]],
-               "buffers": [signature(t) for t in tensors[n:]], "host": _hostname(), "t": h["t"]}
-    payloads = ([payload] if len(set_ranks) == 1 else
-                allgather_object(payload, process_set, deadline=deadline))
-    _check_agreement(payloads, set_ranks, labels[:n])
-    hosts = [p["host"] for p in payloads]
-    notes: List[str] = []
-    if elastic:
-        level_groups, notes = adapt_level_groups(set_ranks, levels, hosts, names)
-    else:
-        level_groups = plan_level_groups(set_ranks, levels, hosts, names)
-    topology = build_topology(set_ranks, level_groups, process_set, hvd.rank(), hvd.size())
-    return topology, payloads, notes
+               config.groups, config.sparse_as_dense, process_set, state)

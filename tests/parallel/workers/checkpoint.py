@@ -154,7 +154,7 @@ def run():
         step(model, opt, rank, t)
         for i, (a, b) in enumerate(zip(params(model), flat_full[t - 1])):
             assert torch.equal(a, b), f"flat storage resumed at 7: step {t}, parameter {i} differs"
-    storage = opt._hier["averager"].buckets[0].storage.untyped_storage().data_ptr()
+    storage = opt.hier_state().averager.buckets[0].storage.untyped_storage().data_ptr()
     assert {p.untyped_storage().data_ptr() for p in model.parameters()} == {storage}
     report("flat storage: same run, state dicts, resume")
 

@@ -76,9 +76,9 @@ def run_config(rank, size, k1, k2, s, warmup, flat_storage=False, deterministic=
     assert opt.averaging_stats()["steps"] == 0
     storages = {p.untyped_storage().data_ptr() for p in params}
     if flat_storage:  # 64-byte cap: 'a' (60 bytes), 'b' (148, alone) and 'c' (float64) own a buffer each
-        assert [b.storage.numel() for b in opt._hier["averager"].buckets] == [15, 37, 4]
+        assert [b.storage.numel() for b in opt.hier_state().averager.buckets] == [15, 37, 4]
         assert storages == {b.storage.untyped_storage().data_ptr()
-                            for b in opt._hier["averager"].buckets}
+                            for b in opt.hier_state().averager.buckets}
 
     group_len = size if s == "local" else s  # horovodrun -H localhost:4: one host
     groups = [list(range(i, i + group_len)) for i in range(0, size, group_len)]
