@@ -4,11 +4,12 @@ Install into an environment that already has torch, without build isolation:
 
     pip install -e . --no-build-isolation
 
-Environment: HVD_HIER_WITH_CUDA = 1 | 0 | auto (default auto), HVD_HIER_CUDA_ARCHS
-(default "80;90"), CMAKE_BUILD_PARALLEL_LEVEL.
+Environment: HVD_HIER_WITH_CUDA = 1 | 0 | auto (default auto), HVD_HIER_CUDA_ARCHITECTURES
+(default "80;90", the CMake setting of the same name), CMAKE_BUILD_PARALLEL_LEVEL.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,20 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+# One version string, in hvd_hier/_version.py.
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "hvd_hier" / "_version.py").read_text()).group(1)
 
 
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
+
+
+def cuda_architectures() -> str:
+    if "HVD_HIER_CUDA_ARCHS" in os.environ:
+        raise SystemExit("HVD_HIER_CUDA_ARCHS is now HVD_HIER_CUDA_ARCHITECTURES (the name of the "
+                         "CMake setting); set that instead")
+    return os.environ.get("HVD_HIER_CUDA_ARCHITECTURES", "80;90")
 
 
 class CMakeBuild(build_ext):
@@ -38,7 +48,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out}",
             f"-DHVD_HIER_WITH_CUDA={os.environ.get('HVD_HIER_WITH_CUDA', 'auto')}",
-            f"-DHVD_HIER_CUDA_ARCHITECTURES={os.environ.get('HVD_HIER_CUDA_ARCHS', '80;90')}",
+            f"-DHVD_HIER_CUDA_ARCHITECTURES={cuda_architectures()}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
         ]
         subprocess.run(args, check=True)
@@ -47,7 +57,7 @@ class CMakeBuild(build_ext):
 
 setup(
     name="hvd_hier",
-    version="0.1.0",
+    version=VERSION,
     description="Hier-AVG hierarchical averaging SGD for Horovod and PyTorch",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",

@@ -17,7 +17,7 @@ averagers of ``hvd_hier.averaging`` (given a collective of their own) and the pu
 import os as _os
 import sys as _sys
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 # The local groups are process sets added after hvd.init(): that needs dynamic mode. Horovod
 # cannot have been initialised if horovod.torch was never imported.

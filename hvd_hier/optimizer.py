@@ -484,7 +484,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             raises ``StallError`` naming the step and the ranks: a rank that stopped calling
             ``step()`` is reported instead of hanging the job. Horovod's stall inspector
             also warns every 60 s which ranks are missing. None waits forever. Warmup steps
-            are Horovod's own gradient allreduce and wait as Horovod does. Default 600.
+            are Horovod's own gradient allreduce and wait as Horovod does, except with
+            ``deterministic=True``, whose warmup reduction is hvd_hier's and honours this
+            timeout too. Default 600.
         deterministic (bool): make every reduction reproducible bit for bit, from run to run
             and across a restart from a checkpoint. Horovod fuses the reductions that are in
             flight together depending on timing, and a ring of 3 or more ranks then adds in
