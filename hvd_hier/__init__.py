@@ -35,7 +35,7 @@ except ImportError as _exc:  # the kernels and averagers work without Horovod
     _HOROVOD_ERROR = _exc
 else:
     _HOROVOD_ERROR = None
-    from .optimizer import DistributedOptimizer  # noqa: E402
+    from .factory import DistributedOptimizer  # noqa: E402
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 _NEEDS_HOROVOD = {"DistributedOptimizer", "save_checkpoint",

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .averaging import SUPPORTED_DTYPES, _check_no_aliasing, flat_view
+from .averaging import SUPPORTED_DTYPES, flat_view
+from .flat import _check_no_aliasing
 from .levels import Level, levels_from_args
 from .schedule import HierSchedule, check_int
 
