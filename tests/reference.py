@@ -127,3 +127,33 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps):
                         w[r] = mean.copy()
         history.append({r: w[r].copy() for r in ranks})
     return history
+
+
+def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim):
+    """``simulate_quadratic`` with levels: ``segments`` is ``[(first_step, level_groups), ...]``
+    where ``level_groups[i]`` lists the groups of level ``i`` for that segment's ranks."""
+    w = np.asarray(w0, dtype=np.float64)
+    for i, (first, level_groups) in enumerate(segments):
+        last = segments[i + 1][0] if i + 1 < len(segments) else steps
+        ranks = sorted(r for g in level_groups[-1] for r in g)
+        models = {r: w.copy() for r in ranks}
+        for t in range(first + 1, last + 1):
+            level = reference_level(t, periods, warmup)
+            grads = {}
+            for r in ranks:
+                a, b = quadratic_problem(r, t, dim)
+                grads[r] = a * (models[r] - b)
+            if level == "sync":
+                g = sum(grads[r] for r in ranks) / len(ranks)
+                for r in ranks:
+                    models[r] = models[r] - lr * g
+                continue
+            for r in ranks:
+                models[r] = models[r] - lr * grads[r]
+            for g in (level_groups[level] if level is not None else []):
+                mean = sum(models[r] for r in g) / len(g)
+                for r in g:
+                    models[r] = mean.copy()
+        w = models[0]
+        if i + 1 == len(segments):
+            return [models[r] for r in ranks]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness import launch
-from reference import simulate_quadratic
+from reference import simulate_quadratic, simulate_quadratic_levels
 
 pytestmark = pytest.mark.parallel
 
@@ -80,6 +80,38 @@ def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path, 
         wrong = simulate_quadratic(w0, LR, other, K1, K2, WARMUP, STEPS, DIM)
         assert not np.allclose(got, wrong[0], rtol=0, atol=1e-4), other
     # (horovodrun prefixes a line with the worker's first slot, not its rank now)
+    assert out.count("PASS elastic finished") == 4, out[-3000:]
+
+
+def test_three_levels_shrink_and_grow(tmp_path):
+    """Three levels [(2, 2), (4, 4), (12, "all")]: on 2 ranks the rule fits the middle level
+    to pairs, and every level's groups are rebuilt after each reset, against a simulation."""
+    (tmp_path / "host2").touch()
+    out = elastic_run(tmp_path, "kill_and_grow", 4, "echo localhost:2\n"
+                      "[ -e $FLAG ] && echo 127.0.0.1:2", 300, "levels")
+    note = ("hvd_hier: levels[1]: group_size=4 is larger than the 2 ranks; using groups of 2, the "
+            "largest divisor of 2 not above 4 that is a multiple of 2")
+    assert note in out, out[-4000:]
+    four = [[[0, 1], [2, 3]], [[0, 1, 2, 3]], [[0, 1, 2, 3]]]
+    two = [[[0, 1]], [[0, 1]], [[0, 1]]]
+    for before, after, groups, step in ((4, 2, two, 14), (2, 4, four, 26)):
+        line = (f"hvd_hier: Horovod was initialised again (elastic reset): {before} ranks before, "
+                f"{after} ranks in levels {groups}; the schedule continues at step {step} "
+                f"(periods [2, 4, 12], warmup {WARMUP})")
+        assert line in out, (line, out[-4000:])
+    finals = [json.loads((tmp_path / f"final_rank{r}.json").read_text()) for r in range(4)]
+    segments = [(0, four), (14, two), (26, four)]
+    seen = [[(s["step"], s["level_groups"]) for s in f["segments"]] for f in finals]
+    assert sorted(map(len, seen)) == [1, 1, 3, 3], (seen, out[-4000:])
+    assert all(s == segments[-len(s):] for s in seen), (seen, out[-4000:])
+    assert [f["steps"] for f in finals] == [50] * 4 and {f["size"] for f in finals} == {4}
+    assert all(f["w"] == finals[0]["w"] for f in finals), "ranks end with different models"
+    w0 = np.linspace(-1.0, 1.0, DIM)
+    want = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM)
+    got = np.array(finals[0]["w"])
+    assert np.allclose(got, want[0], rtol=0, atol=1e-12), (got, want[0])
+    never_shrank = simulate_quadratic_levels(w0, LR, [(0, four)], [2, 4, 12], WARMUP, 50, DIM)
+    assert not np.allclose(got, never_shrank[0], rtol=0, atol=1e-4)
     assert out.count("PASS elastic finished") == 4, out[-3000:]
 
 

@@ -5,7 +5,8 @@ Run by tests/parallel/test_elastic.py under ``horovodrun --gloo -np 4 --min-np 2
 ``127.0.0.1:2`` while the file ``<out>/host2`` exists (Horovod treats the two names of this
 machine as two hosts).
 
-    elastic.py OUT SCENARIO [GROUP_SIZE]    (GROUP_SIZE: "local", the default, or an integer)
+    elastic.py OUT SCENARIO [GROUP_SIZE]    (GROUP_SIZE: "local", the default, an integer,
+                                             or "levels": three levels, below)
 
 Scenario ``kill_and_grow`` (plain SGD on a quadratic whose gradient depends on the model,
 K1=2, K2=3, 2 warmup steps, a commit after every global averaging):
@@ -15,6 +16,11 @@ K1=2, K2=3, 2 warmup steps, a commit after every global averaging):
   commit of step 14 and go on as 2 ranks on ``localhost``.
 * At the commit of step 32 rank 0 creates ``host2`` again; the ranks wait for Horovod to
   announce the new host, and the job goes on as 4 ranks from step 32 to step 44.
+
+With GROUP_SIZE "levels" the optimizer has three levels, ``[(2, 2), (4, 4), (12, "all")]``
+with 2 warmup steps (pairs every 2 steps, groups of 4 every 4, everyone every 12), the commits
+follow the outermost level, the job grows back at the commit of step 26 and ends at step 50
+(an averaging of everyone): on 2 ranks the rule fits the middle level's 4 to 2.
 
 Scenario ``disagree`` (the discovery script lists ``localhost:1`` and ``127.0.0.1:1``, then
 two slots on each once ``<out>/host2`` exists): 2 ranks; at the commit of step 8 a second slot
@@ -59,15 +65,23 @@ def say(text):
     print(f"elastic rank {hvd.rank()}/{hvd.size()}: {text}", flush=True)
 
 
+LEVELS = [(2, 2), (4, 4), (12, "all")]
+
+
 def run(out: Path, scenario: str, group_size):
     hvd.init()
     host = os.environ.get("HOROVOD_HOSTNAME", "")
     model = Quadratic()
     local_steps = 3 if scenario == "disagree" and hvd.local_rank() == 1 else K1
+    if group_size == "levels":
+        schedule = dict(levels=LEVELS)
+        period, grow_at, steps = LEVELS[-1][0], 26, 50  # ends on an averaging of everyone
+    else:
+        schedule = dict(local_steps=local_steps, local_rounds=K2, group_size=group_size)
+        period, grow_at, steps = PERIOD, GROW_AT, STEPS
     opt = hvd_hier.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=LR), named_parameters=model.named_parameters(),
-        local_steps=local_steps, local_rounds=K2, warmup_steps=WARMUP, group_size=group_size,
-        stall_timeout_s=120)
+        warmup_steps=WARMUP, stall_timeout_s=120, **schedule)
     assert opt.averaging_stats()["groups"] is None  # elastic: built at the first step
     state = hvd.elastic.TorchState(model=model, optimizer=opt, step=0)
     segments = []
@@ -76,7 +90,7 @@ def run(out: Path, scenario: str, group_size):
     def train(state):
         segments.append({"step": state.step, "size": hvd.size(), "schedule": None})
         say(f"training from step {state.step}")
-        while state.step < STEPS:
+        while state.step < steps:
             t = state.step + 1
             if (scenario == "kill_and_grow" and t == KILL_AT and host == "127.0.0.1"
                     and hvd.local_rank() == 1 and not (out / "killed").exists()):
@@ -92,9 +106,11 @@ def run(out: Path, scenario: str, group_size):
                 stats = opt.averaging_stats()
                 segments[-1]["schedule"] = stats["steps"]
                 segments[-1]["groups"] = stats["groups"]
-            if t > WARMUP and (t - WARMUP) % PERIOD == 0:  # after a global averaging
+                if group_size == "levels":
+                    segments[-1]["level_groups"] = [lv["groups"] for lv in stats["levels"]]
+            if t > WARMUP and (t - WARMUP) % period == 0:  # after a global averaging
                 state.commit()
-                grow = (scenario == "kill_and_grow" and t == GROW_AT) or (
+                grow = (scenario == "kill_and_grow" and t == grow_at) or (
                     scenario == "disagree" and t == 8)
                 if grow and hvd.size() == 2:
                     if hvd.rank() == 0:
@@ -129,4 +145,4 @@ def run(out: Path, scenario: str, group_size):
 
 if __name__ == "__main__":
     size_arg = sys.argv[3] if len(sys.argv) > 3 else "local"
-    run(Path(sys.argv[1]), sys.argv[2], size_arg if size_arg == "local" else int(size_arg))
+    run(Path(sys.argv[1]), sys.argv[2], size_arg if size_arg in ("local", "levels") else int(size_arg))
