@@ -23,31 +23,11 @@ def simulate_sgd(init, grad, lr, groups, k1, k2, warmup, steps):
     """Plain SGD on P learners with Hier-AVG averaging.
 
     init: list over ranks of float64 arrays; grad(rank, t) -> array; groups: list of lists
-    of ranks. Returns a list over steps 1..steps of the list over ranks of arrays.
+    of ranks. Returns a list over steps 1..steps of the list over ranks of arrays. (Two
+    levels: the groups every K1 steps, all ranks every K1*K2; see simulate_levels_sgd.)
     """
-    ranks = sorted(r for g in groups for r in g)
-    w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
-    history = []
-    for t in range(1, steps + 1):
-        kind = reference_reduction(t, k1, k2, warmup)
-        if kind == "sync":
-            g = sum(np.asarray(grad(r, t), dtype=np.float64) for r in ranks) / len(ranks)
-            for r in ranks:
-                w[r] = w[r] - lr * g
-        else:
-            for r in ranks:
-                w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
-            if kind == "global":
-                mean = sum(w[r] for r in ranks) / len(ranks)
-                for r in ranks:
-                    w[r] = mean.copy()
-            elif kind == "local":
-                for g in groups:
-                    mean = sum(w[r] for r in g) / len(g)
-                    for r in g:
-                        w[r] = mean.copy()
-        history.append({r: w[r].copy() for r in ranks})
-    return history
+    everyone = [sorted(r for g in groups for r in g)]
+    return simulate_levels_sgd(init, grad, lr, [groups, everyone], [k1, k1 * k2], warmup, steps)
 
 
 def quadratic_problem(rank, t, dim):
@@ -67,32 +47,10 @@ def simulate_quadratic(w0, lr, segments, k1, k2, warmup, steps, dim):
     same model: the first from ``w0``, the next ones from rank 0's model at their
     ``first_step`` in the previous segment (what an elastic job restores or broadcasts).
     Returns the list over ranks of the last segment of their models after ``steps``.
+    (Two levels: the groups every K1 steps, all ranks every K1*K2.)
     """
-    w = np.asarray(w0, dtype=np.float64)
-    for i, (first, groups) in enumerate(segments):
-        last = segments[i + 1][0] if i + 1 < len(segments) else steps
-        ranks = sorted(r for g in groups for r in g)
-        models = {r: w.copy() for r in ranks}
-        for t in range(first + 1, last + 1):
-            kind = reference_reduction(t, k1, k2, warmup)
-            grads = {}
-            for r in ranks:
-                a, b = quadratic_problem(r, t, dim)
-                grads[r] = a * (models[r] - b)
-            if kind == "sync":
-                g = sum(grads[r] for r in ranks) / len(ranks)
-                for r in ranks:
-                    models[r] = models[r] - lr * g
-                continue
-            for r in ranks:
-                models[r] = models[r] - lr * grads[r]
-            for g in ([ranks] if kind == "global" else groups if kind == "local" else []):
-                mean = sum(models[r] for r in g) / len(g)
-                for r in g:
-                    models[r] = mean.copy()
-        w = models[0]
-        if i + 1 == len(segments):
-            return [models[r] for r in ranks]
+    with_all = [(first, [groups, [sorted(r for g in groups for r in g)]]) for first, groups in segments]
+    return simulate_quadratic_levels(w0, lr, with_all, [k1, k1 * k2], warmup, steps, dim)
 
 
 def reference_level(t, periods, warmup):

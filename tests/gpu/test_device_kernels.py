@@ -10,10 +10,11 @@ import torch
 from gpu_device import C, DEVICE, KIND, cpu_path, synchronize
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# Around the vector step (2, 4 or 8 lanes) and a block (CUDA_CHUNK_BYTES = 16384 bytes of the
-# narrower dtype: 2048 float64, 4096 float32, 8192 16-bit elements) and its multiples.
-SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1023, 1025, 2047, 2049, 4095, 4096, 4097, 8191,
-         8193, 12_289, 16_385]
+# Around the vector step (2, 4 or 8 lanes) and a block (CUDA_CHUNK_BYTES of the narrower
+# dtype: 2048 float64, 4096 float32, 8192 16-bit elements) and its multiples.
+_B = C.CUDA_CHUNK_BYTES
+SIZES = [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1023, 1025, _B // 8 - 1, _B // 8 + 1, _B // 4 - 1,
+         _B // 4, _B // 4 + 1, _B // 2 - 1, _B // 2 + 1, 3 * _B // 4 + 1, _B + 1]
 # float64 reference tolerance by the lowest precision involved: ||out - ref|| / ||ref||
 REL_TOL = {torch.float64: 1e-15, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 cuda_only = pytest.mark.skipif(KIND != "cuda", reason="needs a GPU (tests CUDA streams and errors)")

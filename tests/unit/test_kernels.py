@@ -7,8 +7,12 @@ from hvd_hier._ext import extension
 
 C = extension()
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# Sizes around vector widths (4, 8, 16 lanes), the CPU chunk (32768) and a CUDA block (4096).
-SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, 4095, 4096, 4097, 32767, 32768, 32769, 100_003]
+# Sizes around vector widths (4, 8, 16 lanes), a CUDA block of float32 (CUDA_CHUNK_BYTES / 4
+# elements; 16-bit types: twice that) and the CPU chunk (CHUNK_ELEMS), from the extension's
+# own constants.
+_BLOCK, _CHUNK = C.CUDA_CHUNK_BYTES // 4, C.CHUNK_ELEMS
+SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, _BLOCK - 1, _BLOCK, _BLOCK + 1, 2 * _BLOCK + 1,
+         _CHUNK - 1, _CHUNK, _CHUNK + 1, 100_003]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and C.built_with_cuda() else [])
 
 
