@@ -9,6 +9,10 @@
 * ``generation()``: horovod.torch's table of pending handles, which every ``hvd.init()``
   replaces: when it changes, Horovod was initialised again (an elastic reset).
 * ``process_set_table()``: Horovod's process sets, ``{tuple(ranks): id}``.
+* The attributes of ``_DistributedOptimizer`` that hvd_hier's methods read or write:
+  ``pending(opt)`` (gradient reductions in flight), ``is_synchronized`` /
+  ``set_synchronized`` (whether ``synchronize()`` already ran this step), and
+  ``forget_pending(opt)`` (after an elastic reset, whose old handles never complete).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from horovod.torch import mpi_ops
 from horovod.torch.optimizer import DistributedOptimizer as _PublicFactory
 from horovod.torch.optimizer import _DistributedOptimizer as DistributedOptimizerBase
 
-__all__ = ["DistributedOptimizerBase", "OPTIMIZER_MODULE", "generation", "process_set_table"]
+__all__ = ["DistributedOptimizerBase", "OPTIMIZER_MODULE", "generation", "process_set_table",
+           "pending", "is_synchronized", "set_synchronized", "forget_pending"]
 
 OPTIMIZER_MODULE = _PublicFactory.__module__
 
@@ -29,3 +34,23 @@ def generation():
 def process_set_table():
     return {tuple(ranks): ps_id
             for ps_id, ranks in mpi_ops._basics._get_process_set_ids_and_ranks().items()}
+
+
+def pending(opt) -> bool:
+    return bool(opt._handles)
+
+
+def is_synchronized(opt) -> bool:
+    return opt._synchronized
+
+
+def set_synchronized(opt, value: bool) -> None:
+    opt._synchronized = value
+
+
+def forget_pending(opt) -> None:
+    """Drop the handles of a Horovod instance that is gone, as if no step had begun."""
+    opt._handles = {}
+    opt._synchronized = False
+    for p in opt._allreduce_delay:
+        opt._allreduce_delay[p] = opt.backward_passes_per_step

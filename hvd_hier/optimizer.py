@@ -14,6 +14,7 @@ import torch
 
 import horovod.torch as hvd
 from horovod.torch.mpi_ops import Average
+from . import _horovod as _hvd_private
 from ._horovod import DistributedOptimizerBase as _DistributedOptimizer
 from ._horovod import generation as _horovod_generation
 
@@ -102,10 +103,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         self._hier_adopt(payloads[0]["t"], topo.set_ranks[0])
         h.position.agreed = True
         # Handles of the old Horovod instance will never complete.
-        self._handles = {}
-        self._synchronized = False
-        for p in self._allreduce_delay:
-            self._allreduce_delay[p] = self.backward_passes_per_step
+        _hvd_private.forget_pending(self)
         if hvd.rank() != topo.set_ranks[0]:
             return
         s, t = h.config.schedule, h.position.t
@@ -143,7 +141,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         self._hier_agree()
         if self._hier_next() is Reduction.SYNC:
             return self._hier_sync_grads()
-        self._synchronized = True
+        _hvd_private.set_synchronized(self, True)
         return None
 
     def _hier_sync_grads(self):
@@ -169,7 +167,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             except StallError:
                 raise self._hier_stalled(f"the gradient reduction of step {h.position.t + 1}",
                                          topo.set_ranks) from None
-        self._synchronized = True
+        _hvd_private.set_synchronized(self, True)
         return None
 
     # torch.amp.GradScaler calls step() on every iteration (instead of skipping it on the
@@ -187,11 +185,11 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         if reduction is Reduction.SYNC and not amp:
             loss = _DistributedOptimizer.step(self, closure)
         else:
-            if reduction is Reduction.SYNC and not self._synchronized:
+            if reduction is Reduction.SYNC and not _hvd_private.is_synchronized(self):
                 self._hier_sync_grads()  # the averaged gradients
             else:
                 self._hier_check_grads()
-            self._synchronized = False
+            _hvd_private.set_synchronized(self, False)
             update = True
             if amp:  # the scaler's attributes are for us, not for the base optimizer's step
                 handed = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
@@ -320,7 +318,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         return [r for r, f in zip(members, flags.tolist()) if f > 0]
 
     def zero_grad(self, set_to_none: bool = True):
-        if self._handles:
+        if _hvd_private.pending(self):
             raise AssertionError(
                 "optimizer.zero_grad() was called after loss.backward() but before "
                 "optimizer.step() or optimizer.synchronize(). This is prohibited as it can "
