@@ -26,6 +26,7 @@ if _hvd_torch is None or not _hvd_torch.is_initialized():
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
 from .collectives import NonFiniteError, StallError  # noqa: E402
+from .levels import Level  # noqa: E402
 from .schedule import HierSchedule, Reduction  # noqa: E402
 from .topology import plan_groups  # noqa: E402
 
@@ -50,4 +51,4 @@ def __getattr__(name):
 
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint", "load_checkpoint",
-           "CheckpointError", "HierSchedule", "Reduction", "plan_groups", "__version__"]
+           "CheckpointError", "Level", "HierSchedule", "Reduction", "plan_groups", "__version__"]

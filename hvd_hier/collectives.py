@@ -9,7 +9,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["StallError", "NonFiniteError", "wait", "allgather_object", "HorovodSum"]
+__all__ = ["StallError", "NonFiniteError", "wait", "allgather_object", "broadcast_object",
+           "HorovodSum"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -72,3 +73,22 @@ def allgather_object(obj, process_set, name: str = "hvd_hier.config",
         out.append(pickle.loads(gathered[start + 8:start + 8 + n]))
         start += 8 + n
     return out
+
+
+def broadcast_object(obj, root_rank: int, process_set, name: str,
+                     deadline: Optional[float] = None):
+    """``obj`` of ``root_rank`` (a global rank of ``process_set``) on every rank of the set:
+    two broadcasts, the pickle's length and the pickle. Past ``deadline``, ``StallError``."""
+    import horovod.torch as hvd
+
+    mine = hvd.rank() == root_rank
+    data = pickle.dumps(obj) if mine else b""
+    length = torch.tensor([len(data)], dtype=torch.int64)
+    length = wait(hvd.broadcast_async(length, root_rank, name=f"{name}.length",
+                                      process_set=process_set), deadline)
+    n = int(length.item())
+    buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if mine
+              else torch.zeros(n, dtype=torch.uint8))
+    received = wait(hvd.broadcast_async(buffer, root_rank, name=name, process_set=process_set),
+                    deadline)
+    return obj if mine else pickle.loads(received.numpy().tobytes())

@@ -85,7 +85,7 @@ def _flag(name: str, value) -> bool:
 
 
 def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=None,
-                warmup_steps=0, op=None, compression=None, backward_passes_per_step=1,
+                outer=None, warmup_steps=0, op=None, compression=None, backward_passes_per_step=1,
                 gradient_predivide_factor=1.0, num_groups=0, groups=None, sparse_as_dense=False,
                 bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise", stall_timeout_s=600.0,
                 deterministic=False, elastic=False) -> HierConfig:
@@ -98,7 +98,7 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
     op = Average if op is None else op
     compression = Compression.none if compression is None else compression
     shorthand = levels is None
-    levels = levels_from_args(levels, local_steps, local_rounds, group_size)
+    levels = levels_from_args(levels, local_steps, local_rounds, group_size, outer)
     schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
     if elastic:
         for i, lv in enumerate(levels):
@@ -136,7 +136,8 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
             f"deterministic=True reduces warmup gradients without compression, got "
             f"compression={getattr(compression, '__name__', compression)}; pass "
             "compression=hvd.Compression.none")
-    if schedule.period == 1 and schedule.warmup_steps == 0:
+    if schedule.period == 1 and schedule.warmup_steps == 0 and \
+            not any("outer" in lv.options for lv in levels):
         what = "local_steps=1 and local_rounds=1" if shorthand else "an outermost level of period 1"
         warnings.warn(
             f"hvd_hier.DistributedOptimizer with {what} averages the "

@@ -15,6 +15,7 @@ from horovod.torch.mpi_ops import Average, global_process_set
 from ._horovod import OPTIMIZER_MODULE
 from ._horovod import DistributedOptimizerBase as _DistributedOptimizer
 from ._horovod import generation as _horovod_generation
+from .anchor import make_anchors
 from .averaging import BucketAverager, FlatAverager
 from .config import collect_tensors, make_config
 from .jobsetup import elastic_job, setup
@@ -28,7 +29,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          backward_passes_per_step=1, op=Average, gradient_predivide_factor=1.0,
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=None, local_rounds=None,
-                         group_size=None, levels=None, warmup_steps=0, buffers=None,
+                         group_size=None, levels=None, outer=None, warmup_steps=0, buffers=None,
                          bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise",
                          stall_timeout_s=600.0, deterministic=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
@@ -172,7 +173,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         named_parameters = list(named_parameters)
     config = make_config(
         local_steps=local_steps, local_rounds=local_rounds, group_size=group_size, levels=levels,
-        warmup_steps=warmup_steps, op=op, compression=compression,
+        outer=outer, warmup_steps=warmup_steps, op=op, compression=compression,
         backward_passes_per_step=backward_passes_per_step,
         gradient_predivide_factor=gradient_predivide_factor, num_groups=num_groups,
         groups=groups, sparse_as_dense=sparse_as_dense, bucket_cap_mb=bucket_cap_mb,
@@ -187,13 +188,6 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             "Horovod does not re-create other process sets when the job changes size")
     found = collect_tensors(optimizer, named_parameters, buffers, config.flat_storage)
     state = HierState(config, process_set, found, optimizer.__class__)
-    if not elastic:
-        # One allgather now: disagreeing ranks and bad groups fail here, on every rank,
-        # before the optimizer exists. (An elastic job sets up at its first step instead: a
-        # worker that joins a running job constructs its optimizer while the others are
-        # already inside hvd.elastic.run, so construction must not be a collective.)
-        state.topology, _, _ = setup(state)
-        state.position.generation = _horovod_generation()
     cap = config.bucket_cap_bytes
     in_flight = 1 if config.deterministic else 2
     if config.flat_storage:
@@ -203,6 +197,19 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if config.deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
         state.trained = [p for p in found.params if p.requires_grad]
         state.grad_averager = BucketAverager(state.trained, cap, max_in_flight=1)
+    # Levels with an outer optimizer: their anchors, and the user's outer optimizers built
+    # (and checked) over them, still before any collective.
+    state.anchors = make_anchors(
+        config.levels, found.all, len(found.params),
+        state.averager.buckets if config.flat_storage else None,
+        ["" if config.shorthand else f"levels[{i}]" for i in range(len(config.levels))])
+    if not elastic:
+        # One allgather now: disagreeing ranks and bad groups fail here, on every rank,
+        # before the optimizer exists. (An elastic job sets up at its first step instead: a
+        # worker that joins a running job constructs its optimizer while the others are
+        # already inside hvd.elastic.run, so construction must not be a collective.)
+        state.topology, _, _ = setup(state)
+        state.position.generation = _horovod_generation()
     base = optimizer.__class__
     namespace = dict(_DistributedOptimizer.__dict__)
     namespace.update({k: v for k, v in _HierAvgOptimizer.__dict__.items()

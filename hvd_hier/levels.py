@@ -12,16 +12,33 @@ explicit list of rank lists (e.g. racks) that partitions the process set.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .schedule import check_int, check_periods
 from .topology import LOCAL, _by_host, check_group_size
 
 __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "check_levels", "levels_from_args",
-           "plan_level_groups", "check_level_sizes", "adapt_level_groups"]
+           "plan_level_groups", "check_level_sizes", "adapt_level_groups", "describe_callable", "check_options"]
 
 ALL = "all"
-KNOWN_OPTIONS: frozenset = frozenset()  # per-level options: none yet
+KNOWN_OPTIONS = frozenset({"outer"})  # per-level options (see Level)
+OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
+
+
+def describe_callable(f) -> str:
+    """A name for ``f`` that is the same in every process (no addresses): its module and
+    qualified name, with a ``functools.partial``'s arguments."""
+    if isinstance(f, functools.partial):
+        args = [repr(a) for a in f.args] + [f"{k}={v!r}" for k, v in sorted(f.keywords.items())]
+        return f"partial({', '.join([describe_callable(f.func)] + args)})"
+    name = getattr(f, "__qualname__", None) or type(f).__qualname__
+    module = getattr(f, "__module__", None) or type(f).__module__
+    return f"{module}.{name}"
+
+
+def _describe_option(value):
+    return describe_callable(value) if callable(value) else value
 
 
 class Level:
@@ -29,7 +46,15 @@ class Level:
     within groups of ``group_size`` ranks, unless a level above averages at that step.
 
     ``group_size``: an int, ``"local"``, ``"all"`` or a list of rank lists. Keyword options
-    configure the level's reduction (none is defined yet; an unknown one is an error).
+    configure the level's reduction (an unknown one is an error):
+
+    * ``outer``: a callable that takes a list of tensors and returns a
+      ``torch.optim.Optimizer`` over them, e.g. ``functools.partial(torch.optim.SGD,
+      lr=0.7, momentum=0.9, nesterov=True)``. Each group of the level then keeps an anchor
+      x̄ (the model it last agreed on); at the level's reduction the outer optimizer steps
+      on x̄ − ḡ (ḡ: the group's mean) and the group's parameters become the new x̄
+      (``hvd_hier.anchor``). Costs one more copy of the averaged tensors.
+
     A tuple ``(period, group_size)`` in ``levels=`` is a ``Level`` without options.
     """
 
@@ -57,8 +82,10 @@ class Level:
         return f"Level({self.period!r}, {self.group_size!r}{opts})"
 
     def describe(self) -> Tuple:
-        """A plain, comparable form (for the ranks' agreement and checkpoints)."""
-        return (self.period, self.group_size, tuple(sorted(self.options.items())))
+        """A plain, comparable form, the same in every process (for the ranks' agreement and
+        checkpoints): callables are named by ``describe_callable``."""
+        return (self.period, self.group_size,
+                tuple((k, _describe_option(v)) for k, v in sorted(self.options.items())))
 
 
 def _check_size(where: str, group_size):
@@ -118,6 +145,7 @@ def check_levels(levels) -> Tuple[Level, ...]:
             known = ", ".join(sorted(KNOWN_OPTIONS)) or "none yet"
             raise ValueError(f"{where}: unknown Level option {unknown[0]!r} (= "
                              f"{options[unknown[0]]!r}); the known options are: {known}")
+        check_options(where, options)
         out.append(Level(check_int(f"the period of {where}", period, 1), _check_size(where, size),
                          **options))
     check_periods([lv.period for lv in out])
@@ -134,10 +162,24 @@ def check_levels(levels) -> Tuple[Level, ...]:
     return tuple(out)
 
 
-def levels_from_args(levels, local_steps, local_rounds, group_size) -> Tuple[Level, ...]:
+def check_options(where: str, options) -> None:
+    """The values of a level's known options (``where`` names the level; "" for none)."""
+    outer = options.get("outer")
+    if outer is not None and not callable(outer):
+        raise ValueError(_at(where, "outer must be a callable that returns a torch.optim.Optimizer "
+                                    f"over the tensors it is given (e.g. {OUTER_EXAMPLE}), got "
+                                    f"{outer!r}"))
+
+
+def levels_from_args(levels, local_steps, local_rounds, group_size,
+                     outer=None) -> Tuple[Level, ...]:
     """``levels=`` or the two-level shorthand (``None`` where not passed; defaults K1=4,
-    K2=4, S="local"): ``[(K1, S), (K1 * K2, "all")]``. Both at once is an error."""
+    K2=4, S="local"): ``[(K1, S), (K1 * K2, "all", outer=outer)]``. Both at once is an
+    error."""
     if levels is not None:
+        if outer is not None:
+            raise ValueError("outer= belongs to the two-level form; with levels=, give the "
+                             "level its option: Level(period, group_size, outer=...)")
         given = [n for n, v in (("local_steps", local_steps), ("local_rounds", local_rounds),
                                 ("group_size", group_size)) if v is not None]
         if given:
@@ -147,7 +189,9 @@ def levels_from_args(levels, local_steps, local_rounds, group_size) -> Tuple[Lev
     k1 = check_int("local_steps", 4 if local_steps is None else local_steps, 1)
     k2 = check_int("local_rounds", 4 if local_rounds is None else local_rounds, 1)
     size = check_group_size(LOCAL if group_size is None else group_size)
-    return (Level(k1, size), Level(k1 * k2, ALL))
+    options = {} if outer is None else {"outer": outer}
+    check_options("", options)
+    return (Level(k1, size), Level(k1 * k2, ALL, **options))
 
 
 def _at(where: str, message: str) -> str:

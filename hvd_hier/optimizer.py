@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -18,8 +18,9 @@ from . import _horovod as _hvd_private
 from ._horovod import DistributedOptimizerBase as _DistributedOptimizer
 from ._horovod import generation as _horovod_generation
 
-from .collectives import NonFiniteError, StallError, wait
+from .collectives import NonFiniteError, StallError, broadcast_object, wait
 from .jobsetup import setup
+from .reduction import average_level, level_name
 from .schedule import Reduction
 from .state import HierState, Stats
 
@@ -79,7 +80,37 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                     f"the agreement on the schedule position (step {pos.t})",
                     topo.set_ranks) from None
             self._hier_adopt(int(root.item()), topo.set_ranks[0])
+            self._hier_agree_anchors(per_group=True)
         pos.agreed = True
+
+    def _hier_agree_anchors(self, per_group: bool) -> None:
+        """Make every group's anchors and outer optimizers' state agree (first step, elastic
+        rebuild): first every rank receives the set's first rank's (a checkpoint loaded
+        there, or an elastic job's restored state, which goes with the model it broadcast);
+        then, with ``per_group``, each group of a level takes its first rank's own state if
+        that rank has one (every rank loaded its checkpoint), else the one just received."""
+        h = self._hier
+        idx = [i for i, a in enumerate(h.anchors) if a is not None]
+        topo = h.topology
+        if not idx or len(topo.set_ranks) == 1:
+            return
+        mine = {i: h.anchors[i].state_dict() for i in idx}
+        try:
+            chosen = dict(broadcast_object(mine, topo.set_ranks[0], topo.global_set,
+                                           "hvd_hier.anchors", self._hier_deadline()))
+            for i in idx:
+                group, ps = topo.levels[i].group, topo.levels[i].process_set
+                if not per_group or list(group) == list(topo.set_ranks):
+                    continue
+                own = mine[i] if mine[i]["taken"] else chosen[i]
+                chosen[i] = own if len(group) == 1 else broadcast_object(
+                    own, group[0], ps, f"hvd_hier.anchors.{i}", self._hier_deadline())
+        except StallError:
+            raise self._hier_stalled(f"the agreement on the outer optimizers' state (step "
+                                     f"{h.position.t})", topo.set_ranks) from None
+        for i in idx:
+            if chosen[i] is not mine[i]:
+                h.anchors[i].load_state_dict(chosen[i])
 
     def _hier_adopt(self, t: int, root: int) -> None:
         pos = self._hier.position
@@ -101,6 +132,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                                      list(range(hvd.size()))) from None
         h.topology, h.position.generation = topo, _horovod_generation()
         self._hier_adopt(payloads[0]["t"], topo.set_ranks[0])
+        self._hier_agree_anchors(per_group=False)
         h.position.agreed = True
         # Handles of the old Horovod instance will never complete.
         _hvd_private.forget_pending(self)
@@ -190,6 +222,9 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             else:
                 self._hier_check_grads()
             _hvd_private.set_synchronized(self, False)
+            for anchor in h.anchors:  # the first step after warmup: before its update
+                if anchor is not None and not anchor.taken:
+                    anchor.take()
             update = True
             if amp:  # the scaler's attributes are for us, not for the base optimizer's step
                 handed = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
@@ -240,55 +275,13 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                         "the averaging phase does not take; pass sparse_as_dense=True (or use "
                         "a dense embedding)")
 
-    def _hier_kind(self, level: int) -> str:
-        """How a level is named in messages and collectives: "local" and "global" for the
-        two-level form, "level i" otherwise."""
-        config = self._hier.config
-        if config.shorthand:
-            return "global" if level == len(config.levels) - 1 else "local"
-        return f"level {level}"
-
     def _hier_average(self, level: int, t: int) -> None:
         try:
-            self._hier_average_or_stall(level, t)
+            average_level(self._hier, level, t, self._hier_deadline())
         except StallError:
             members = self._hier.topology.levels[level].group
-            raise self._hier_stalled(f"the {self._hier_kind(level)} averaging at step {t}",
-                                     members) from None
-
-    def _hier_average_or_stall(self, level: int, t: int) -> None:
-        h = self._hier
-        lt = h.topology.levels[level]
-        # a group of one rank has no process set: its average is itself
-        process_set, members = lt.process_set, lt.group
-        size = len(members)
-        kind = self._hier_kind(level)
-        tag = kind.replace(" ", "")
-        start = time.perf_counter()
-        divisor = size
-        if size > 1:
-            bad = self._hier_nonfinite_ranks(process_set, members, tag)
-            if bad:
-                where = (f"rank {bad[0]}" if len(bad) == 1
-                         else f"ranks {', '.join(map(str, bad))}")
-                if h.config.nonfinite == "raise" or len(bad) == size:
-                    raise NonFiniteError(
-                        f"hvd_hier: the parameters of {where} hold inf or NaN at step {t}, "
-                        f"before the {kind} averaging of ranks {members}; nothing was "
-                        "averaged, so the other ranks' parameters are intact" + (
-                            "" if len(bad) == size else
-                            " (nonfinite='skip' would average the finite ranks instead)"))
-                warnings.warn(
-                    f"hvd_hier: step {t}, {kind} averaging: the parameters of {where} hold "
-                    "inf or NaN; "
-                    f"averaging the other {size - len(bad)} ranks (nonfinite='skip')")
-                if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
-                    with torch.no_grad():
-                        torch._foreach_zero_(h.averager.tensors)
-                divisor = size - len(bad)
-                h.stats.skipped_contributions += len(bad)
-        moved = h.averager.average(process_set, divisor, tag, self._hier_deadline())
-        h.stats.levels[level].add(moved, time.perf_counter() - start)
+            raise self._hier_stalled(f"the {level_name(self._hier.config, level)} averaging at "
+                                     f"step {t}", members) from None
 
     def _hier_deadline(self) -> Optional[float]:
         timeout = self._hier.config.stall_timeout_s
@@ -301,21 +294,6 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             "a rank stopped calling step(), or the ranks' schedules or parameters differ "
             "(Horovod's stall warnings name the ranks that did not join). Pass a larger "
             "stall_timeout_s if a rank is legitimately busy that long")
-
-    def _hier_nonfinite_ranks(self, process_set, members, kind: str) -> List[int]:
-        """The ranks of ``members`` whose averaged tensors hold inf or NaN (every rank of the
-        set gets the same answer): a max-abs pass here, then one allreduce of a flag per rank."""
-        tensors = self._hier.averager.tensors
-        finite = True
-        if tensors:
-            peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
-            finite = bool(torch.isfinite(torch.stack([x.float() for x in peaks])).all())
-        flags = torch.zeros(len(members), dtype=torch.float32)
-        flags[members.index(hvd.rank())] = 0.0 if finite else 1.0
-        handle = hvd.allreduce_async(flags, op=hvd.Sum, name=f"hvd_hier.{kind}.nonfinite",
-                                     process_set=process_set)
-        flags = wait(handle, self._hier_deadline())
-        return [r for r, f in zip(members, flags.tolist()) if f > 0]
 
     def zero_grad(self, set_to_none: bool = True):
         if _hvd_private.pending(self):
@@ -375,7 +353,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         h = self._hier
         sd = h.base.state_dict(self)
         sd[_STATE_KEY] = {"step": h.position.t, "config": self._hier_config(),
-                          "stats": h.stats.to_dict()}
+                          "stats": h.stats.to_dict(),
+                          "anchors": [None if a is None else a.state_dict() for a in h.anchors]}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -397,3 +376,23 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "new schedule")
         h.position.t = int(saved["step"])
         h.stats.load(saved["stats"])
+        self._hier_load_anchors(saved.get("anchors"))
+
+    def _hier_load_anchors(self, saved) -> None:
+        """Restore the anchors of the levels that have ``outer`` from a checkpoint of the same
+        levels; otherwise (another configuration, or none saved) they are taken afresh at the
+        next step after warmup, with a warning if the checkpoint had some."""
+        h = self._hier
+        mine = [a is not None for a in h.anchors]
+        if saved is not None and [s is not None for s in saved] == mine:
+            for anchor, sd in zip(h.anchors, saved):
+                if anchor is not None:
+                    anchor.load_state_dict(sd)
+            return
+        for anchor in h.anchors:
+            if anchor is not None:
+                anchor.reset()
+        if any(mine) or (saved and any(s is not None for s in saved)):
+            warnings.warn("hvd_hier: the checkpoint's outer optimizers do not match this "
+                          "optimizer's levels; their anchors are taken afresh at the next step "
+                          "after warmup (outer momentum starts from zero)")

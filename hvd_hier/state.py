@@ -98,6 +98,8 @@ class HierState:
     stats: Stats = None
     grad_averager: object = None  #: deterministic=True: the warmup gradients' averager
     trained: List = field(default_factory=list)  #: deterministic=True: params with grad
+    #: per level: its ``hvd_hier.anchor.Anchor`` (levels with ``outer``), else None
+    anchors: List = field(default_factory=list)
 
     def __post_init__(self):
         if self.stats is None:

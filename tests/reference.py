@@ -63,11 +63,36 @@ def reference_level(t, periods, warmup):
     return max(due) if due else None
 
 
-def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps):
+class OuterSGD:
+    """torch.optim.SGD's update written from its documented definition (dampening 0, no
+    weight decay): b = g at the first step, then b = m * b + g; with nesterov the step is
+    g + m * b, else b; x = x - lr * step. One per rank and level, like hvd_hier's."""
+
+    def __init__(self, lr, momentum=0.0, nesterov=False):
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.buf = None
+
+    def step(self, x, g):
+        if self.momentum:
+            self.buf = g.copy() if self.buf is None else self.momentum * self.buf + g
+            g = g + self.momentum * self.buf if self.nesterov else self.buf
+        return x - self.lr * g
+
+
+def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None):
     """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
-    level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array."""
+    level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array.
+
+    ``outers[i]``: None (plain averaging) or the keyword arguments of an ``OuterSGD`` for
+    level ``i``: each rank keeps an anchor for that level, taken at the first step after
+    warmup before its update and whenever a level above averages; at the level's averaging
+    the outer optimizer steps on anchor - mean and every rank of the group takes the result.
+    """
     ranks = sorted(r for g in level_groups[-1] for r in g)
     w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
+    outers = outers or [None] * len(periods)
+    anchor = {i: {} for i, o in enumerate(outers) if o is not None}
+    outer = {i: {r: OuterSGD(**o) for r in ranks} for i, o in enumerate(outers) if o is not None}
     history = []
     for t in range(1, steps + 1):
         level = reference_level(t, periods, warmup)
@@ -76,13 +101,24 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps):
             for r in ranks:
                 w[r] = w[r] - lr * g
         else:
+            if t == warmup + 1:
+                for i in anchor:
+                    anchor[i] = {r: w[r].copy() for r in ranks}
             for r in ranks:
                 w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
             if level is not None:
                 for g in level_groups[level]:
                     mean = sum(w[r] for r in g) / len(g)
                     for r in g:
-                        w[r] = mean.copy()
+                        if level in outer:
+                            anchor[level][r] = outer[level][r].step(anchor[level][r],
+                                                                    anchor[level][r] - mean)
+                            w[r] = anchor[level][r].copy()
+                        else:
+                            w[r] = mean.copy()
+                for i in anchor:
+                    if i < level:
+                        anchor[i] = {r: w[r].copy() for r in ranks}
         history.append({r: w[r].copy() for r in ranks})
     return history
 

@@ -14,3 +14,13 @@ def test_levels_follow_the_simulation_at_every_step():
     out = horovodrun("levels.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
     for name in SECTIONS:
         assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"
+
+
+OUTER_SECTIONS = ["outer_three", "outer_two_levels_warmup", "outer_lr1_is_plain",
+                  "outer_real_values", "outer_three.flat", "outer_buffers", "outer_resume"]
+
+
+def test_outer_optimizers_follow_the_simulation_at_every_step():
+    out = horovodrun("outer.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
+    for name in OUTER_SECTIONS:
+        assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"

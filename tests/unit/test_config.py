@@ -50,7 +50,13 @@ from hvd_hier.levels import Level
     (dict(levels=[(1, 2), (2, "local")]), "levels[1], the outermost level, must span the whole process set "
                                           "(group_size 'all' or its size), got 'local'"),
     (dict(levels=[Level(1, 2, compression="int8"), (2, "all")]),
-     "levels[0]: unknown Level option 'compression' (= 'int8'); the known options are: none yet"),
+     "levels[0]: unknown Level option 'compression' (= 'int8'); the known options are: outer"),
+    (dict(levels=[(1, 2), (2, "all")], outer=print), "outer= belongs to the two-level form; with "
+                                                    "levels=, give the level its option: "
+                                                    "Level(period, group_size, outer=...)"),
+    (dict(outer="sgd"), "outer must be a callable that returns a torch.optim.Optimizer over the "
+                        "tensors it is given (e.g. functools.partial(torch.optim.SGD, lr=0.7, "
+                        "momentum=0.9, nesterov=True)), got 'sgd'"),
     (dict(levels=[(1, [[0, 1], [2, 3]]), (2, "all")], elastic=True),
      "levels[0]: explicit rank lists cannot follow an elastic job's changing ranks; use an integer "
      "group_size, 'local' or 'all'"),

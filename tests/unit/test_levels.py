@@ -95,8 +95,12 @@ def test_level_objects():
     ([(2, [[0, 1], []]), (4, "all")], "levels[0]: group_size has an empty group in [[0, 1], []]"),
     ([(0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 0"),
     ([(2.0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 2.0 (float)"),
-    ([Level(2, 2, outer=0.7), (4, "all")], "levels[0]: unknown Level option 'outer' (= 0.7); the known "
-                                           "options are: none yet"),
+    ([Level(2, 2, momentum=0.7), (4, "all")], "levels[0]: unknown Level option 'momentum' (= 0.7); "
+                                              "the known options are: outer"),
+    ([(2, 2), Level(4, "all", outer=0.7)], "levels[1]: outer must be a callable that returns a "
+                                           "torch.optim.Optimizer over the tensors it is given (e.g. "
+                                           "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, "
+                                           "nesterov=True)), got 0.7"),
     ([(2, 2, 3)], "levels[0] must be a (period, group_size) pair or hvd_hier.Level, got (2, 2, 3)"),
     ([], "levels must name at least one level, got an empty list"),
     ("all", "levels must be a list of (period, group_size) pairs or hvd_hier.Level, got 'all'"),

@@ -1,0 +1,87 @@
+"""One level's averaging at one step: the non-finite check, the reduction over the level's
+groups, the level's outer step (if it has ``outer``), and the anchors of the levels below,
+which start again from the new model."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import List, Optional
+
+import torch
+
+import horovod.torch as hvd
+
+from .collectives import NonFiniteError, wait
+from .state import HierState
+
+__all__ = ["level_name", "nonfinite_ranks", "average_level"]
+
+
+def level_name(config, level: int) -> str:
+    """How a level is named in messages and collectives: "local" and "global" for the
+    two-level form, "level i" otherwise."""
+    if config.shorthand:
+        return "global" if level == len(config.levels) - 1 else "local"
+    return f"level {level}"
+
+
+def nonfinite_ranks(tensors, process_set, members: List[int], tag: str,
+                    deadline: Optional[float]) -> List[int]:
+    """The ranks of ``members`` whose ``tensors`` hold inf or NaN (every rank of the set gets
+    the same answer): a max-abs pass here, then one allreduce of a flag per rank."""
+    finite = True
+    if tensors:
+        peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
+        finite = bool(torch.isfinite(torch.stack([x.float() for x in peaks])).all())
+    flags = torch.zeros(len(members), dtype=torch.float32)
+    flags[members.index(hvd.rank())] = 0.0 if finite else 1.0
+    handle = hvd.allreduce_async(flags, op=hvd.Sum, name=f"hvd_hier.{tag}.nonfinite",
+                                 process_set=process_set)
+    flags = wait(handle, deadline)
+    return [r for r, f in zip(members, flags.tolist()) if f > 0]
+
+
+def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float]) -> int:
+    """The non-finite policy before level ``level`` averages at step ``t``: how many ranks'
+    values the average divides by. Raises ``NonFiniteError`` (nothing averaged) or, with
+    ``nonfinite="skip"``, zeroes this rank's tensors if they are the non-finite ones."""
+    lt = h.topology.levels[level]
+    members, size = lt.group, len(lt.group)
+    kind = level_name(h.config, level)
+    bad = nonfinite_ranks(h.averager.tensors, lt.process_set, members, kind.replace(" ", ""),
+                          deadline)
+    if not bad:
+        return size
+    where = f"rank {bad[0]}" if len(bad) == 1 else f"ranks {', '.join(map(str, bad))}"
+    if h.config.nonfinite == "raise" or len(bad) == size:
+        raise NonFiniteError(
+            f"hvd_hier: the parameters of {where} hold inf or NaN at step {t}, before the "
+            f"{kind} averaging of ranks {members}; nothing was averaged, so the other ranks' "
+            "parameters are intact" + (
+                "" if len(bad) == size else
+                " (nonfinite='skip' would average the finite ranks instead)"))
+    warnings.warn(f"hvd_hier: step {t}, {kind} averaging: the parameters of {where} hold inf "
+                  f"or NaN; averaging the other {size - len(bad)} ranks (nonfinite='skip')")
+    if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
+        with torch.no_grad():
+            torch._foreach_zero_(h.averager.tensors)
+    h.stats.skipped_contributions += len(bad)
+    return size - len(bad)
+
+
+def average_level(h: HierState, level: int, t: int, deadline: Optional[float]) -> None:
+    """Level ``level``'s averaging at step ``t`` on this rank (``StallError`` past
+    ``deadline``), counted in its statistics."""
+    lt = h.topology.levels[level]
+    start = time.perf_counter()
+    # a group of one rank has no process set: its average is itself
+    divisor = _finite_divisor(h, level, t, deadline) if len(lt.group) > 1 else 1
+    tag = level_name(h.config, level).replace(" ", "")
+    moved = h.averager.average(lt.process_set, divisor, tag, deadline)
+    if h.anchors[level] is not None:
+        h.anchors[level].outer_step()
+    for below in h.anchors[:level]:  # the levels below start again from this model
+        if below is not None:
+            below.take()
+    h.stats.levels[level].add(moved, time.perf_counter() - start)
