@@ -123,14 +123,27 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     return history
 
 
-def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim):
+def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, outers=None):
     """``simulate_quadratic`` with levels: ``segments`` is ``[(first_step, level_groups), ...]``
-    where ``level_groups[i]`` lists the groups of level ``i`` for that segment's ranks."""
+    where ``level_groups[i]`` lists the groups of level ``i`` for that segment's ranks.
+
+    ``outers[i]``: None or an ``OuterSGD``'s arguments for level ``i`` (as in
+    ``simulate_levels_sgd``); a new segment starts every rank from rank 0's model, anchors and
+    outer momentum (what an elastic job restores and broadcasts)."""
     w = np.asarray(w0, dtype=np.float64)
-    for i, (first, level_groups) in enumerate(segments):
-        last = segments[i + 1][0] if i + 1 < len(segments) else steps
+    outers = outers or [None] * len(periods)
+    with_outer = [i for i, o in enumerate(outers) if o is not None]
+    anchor0, buf0 = {}, {i: None for i in with_outer}
+    for n, (first, level_groups) in enumerate(segments):
+        last = segments[n + 1][0] if n + 1 < len(segments) else steps
         ranks = sorted(r for g in level_groups[-1] for r in g)
         models = {r: w.copy() for r in ranks}
+        anchor = {i: {r: anchor0[i].copy() for r in ranks} if i in anchor0 else {}
+                  for i in with_outer}
+        outer = {i: {r: OuterSGD(**outers[i]) for r in ranks} for i in with_outer}
+        for i in with_outer:
+            for r in ranks:
+                outer[i][r].buf = None if buf0[i] is None else buf0[i].copy()
         for t in range(first + 1, last + 1):
             level = reference_level(t, periods, warmup)
             grads = {}
@@ -142,12 +155,25 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim):
                 for r in ranks:
                     models[r] = models[r] - lr * g
                 continue
+            if t == warmup + 1:
+                for i in with_outer:
+                    anchor[i] = {r: models[r].copy() for r in ranks}
             for r in ranks:
                 models[r] = models[r] - lr * grads[r]
             for g in (level_groups[level] if level is not None else []):
                 mean = sum(models[r] for r in g) / len(g)
                 for r in g:
-                    models[r] = mean.copy()
+                    if level in outer:
+                        anchor[level][r] = outer[level][r].step(anchor[level][r],
+                                                                anchor[level][r] - mean)
+                        models[r] = anchor[level][r].copy()
+                    else:
+                        models[r] = mean.copy()
+            for i in with_outer:
+                if level is not None and i < level:
+                    anchor[i] = {r: models[r].copy() for r in ranks}
         w = models[0]
-        if i + 1 == len(segments):
+        anchor0 = {i: anchor[i][0] for i in with_outer if anchor[i]}
+        buf0 = {i: outer[i][0].buf for i in with_outer}
+        if n + 1 == len(segments):
             return [models[r] for r in ranks]

@@ -17,8 +17,8 @@ K1=2, K2=3, 2 warmup steps, a commit after every global averaging):
 * At the commit of step 32 rank 0 creates ``host2`` again; the ranks wait for Horovod to
   announce the new host, and the job goes on as 4 ranks from step 32 to step 44.
 
-With GROUP_SIZE "levels" the optimizer has three levels, ``[(2, 2), (4, 4), (12, "all")]``
-with 2 warmup steps (pairs every 2 steps, groups of 4 every 4, everyone every 12), the commits
+With GROUP_SIZE "levels" the optimizer has three levels, ``[(2, 2), (4, 4), (12, "all")]``,
+the upper two with outer optimizers (SGD with momentum, OUTERS), with 2 warmup steps (pairs every 2 steps, groups of 4 every 4, everyone every 12), the commits
 follow the outermost level, the job grows back at the commit of step 26 and ends at step 50
 (an averaging of everyone): on 2 ranks the rule fits the middle level's 4 to 2.
 
@@ -33,6 +33,7 @@ entry of its process into the training function the step it started from, the jo
 and the local groups. (Horovod may give either host the first ranks.)
 """
 
+import functools
 import json
 import os
 import signal
@@ -65,7 +66,9 @@ def say(text):
     print(f"elastic rank {hvd.rank()}/{hvd.size()}: {text}", flush=True)
 
 
-LEVELS = [(2, 2), (4, 4), (12, "all")]
+OUTERS = [None, dict(lr=0.9, momentum=0.5), dict(lr=0.8, momentum=0.7, nesterov=True)]
+LEVELS = [(2, 2), hvd_hier.Level(4, 4, outer=functools.partial(torch.optim.SGD, **OUTERS[1])),
+          hvd_hier.Level(12, "all", outer=functools.partial(torch.optim.SGD, **OUTERS[2]))]
 
 
 def run(out: Path, scenario: str, group_size):
@@ -75,7 +78,7 @@ def run(out: Path, scenario: str, group_size):
     local_steps = 3 if scenario == "disagree" and hvd.local_rank() == 1 else K1
     if group_size == "levels":
         schedule = dict(levels=LEVELS)
-        period, grow_at, steps = LEVELS[-1][0], 26, 50  # ends on an averaging of everyone
+        period, grow_at, steps = LEVELS[-1].period, 26, 50  # ends on an averaging of everyone
     else:
         schedule = dict(local_steps=local_steps, local_rounds=K2, group_size=group_size)
         period, grow_at, steps = PERIOD, GROW_AT, STEPS
