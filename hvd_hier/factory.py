@@ -79,6 +79,15 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             the outermost level whose period divides ``u`` averages (at most one per step).
             ``local_steps=K1, local_rounds=K2, group_size=S`` is exactly
             ``levels=[(K1, S), (K1 * K2, "all")]``; passing both forms is an error.
+        outer: the two-level form's outer optimizer at the global level (with ``levels=``,
+            give it to a level: ``hvd_hier.Level(period, group_size, outer=...)``): a callable
+            that takes a list of tensors and returns a ``torch.optim.Optimizer`` over them,
+            e.g. ``functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)``.
+            Each group of the level keeps an anchor x̄ (the model it last agreed on, taken at
+            the first step after warmup: the ranks must hold the same model then); at the
+            level's averaging the outer optimizer steps on x̄ − ḡ (ḡ: the group's mean) and
+            the parameters become the new x̄; buffers are averaged plainly. One more copy of
+            the averaged tensors per such level. Default None (plain averaging).
         warmup_steps (int): steps of synchronous SGD before averaging starts. Default 0.
         buffers: optional iterable of tensors (e.g. ``model.buffers()``) averaged at the
             same steps as the parameters; integer buffers (BatchNorm's step counter) are
