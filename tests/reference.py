@@ -79,6 +79,24 @@ class OuterSGD:
         return x - self.lr * g
 
 
+def average_level(w, groups, level, anchor, outer):
+    """Level ``level`` averages ``w`` (rank -> array) within each of ``groups``: the plain
+    mean, or with an outer optimizer (``outer[level][r]``, ``anchor[level][r]``) the anchor's
+    outer step on anchor - mean, which every rank of the group takes. Then the anchors of the
+    levels below become the new model."""
+    for g in groups:
+        mean = sum(w[r] for r in g) / len(g)
+        for r in g:
+            if level in outer:
+                anchor[level][r] = outer[level][r].step(anchor[level][r], anchor[level][r] - mean)
+                w[r] = anchor[level][r].copy()
+            else:
+                w[r] = mean.copy()
+    for i in anchor:
+        if i < level:
+            anchor[i] = {r: w[r].copy() for r in w}
+
+
 def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None):
     """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
     level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array.
@@ -107,18 +125,7 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
             for r in ranks:
                 w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
             if level is not None:
-                for g in level_groups[level]:
-                    mean = sum(w[r] for r in g) / len(g)
-                    for r in g:
-                        if level in outer:
-                            anchor[level][r] = outer[level][r].step(anchor[level][r],
-                                                                    anchor[level][r] - mean)
-                            w[r] = anchor[level][r].copy()
-                        else:
-                            w[r] = mean.copy()
-                for i in anchor:
-                    if i < level:
-                        anchor[i] = {r: w[r].copy() for r in ranks}
+                average_level(w, level_groups[level], level, anchor, outer)
         history.append({r: w[r].copy() for r in ranks})
     return history
 
@@ -160,18 +167,8 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, out
                     anchor[i] = {r: models[r].copy() for r in ranks}
             for r in ranks:
                 models[r] = models[r] - lr * grads[r]
-            for g in (level_groups[level] if level is not None else []):
-                mean = sum(models[r] for r in g) / len(g)
-                for r in g:
-                    if level in outer:
-                        anchor[level][r] = outer[level][r].step(anchor[level][r],
-                                                                anchor[level][r] - mean)
-                        models[r] = anchor[level][r].copy()
-                    else:
-                        models[r] = mean.copy()
-            for i in with_outer:
-                if level is not None and i < level:
-                    anchor[i] = {r: models[r].copy() for r in ranks}
+            if level is not None:
+                average_level(models, level_groups[level], level, anchor, outer)
         w = models[0]
         anchor0 = {i: anchor[i][0] for i in with_outer if anchor[i]}
         buf0 = {i: outer[i][0].buf for i in with_outer}
