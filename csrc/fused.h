@@ -43,8 +43,10 @@ struct TensorTable {
 
 // The tensor that holds bucket element `idx` (offsets[0] <= idx < offsets[count]):
 // the largest i with offsets[i] <= idx < offsets[i + 1]. Binary search, so that empty
-// tensors (equal consecutive offsets) are skipped.
-HVD_HIER_HD int32_t find_tensor(const TensorTable& t, int64_t idx) {
+// tensors (equal consecutive offsets) are skipped. Table: TensorTable, or any table with
+// `offsets` and `count`.
+template <typename Table>
+HVD_HIER_HD int32_t find_tensor(const Table& t, int64_t idx) {
   int32_t lo = 0, hi = t.count - 1;
   while (lo < hi) {
     const int32_t mid = (lo + hi + 1) / 2;
@@ -62,8 +64,8 @@ HVD_HIER_HD int32_t find_tensor(const TensorTable& t, int64_t idx) {
 // Calls f(tensor, first, last, bucket_first) for every piece of the bucket range
 // [begin, end) that falls inside one tensor: elements [first, last) of `tensor`, which sit
 // at bucket elements [bucket_first, bucket_first + last - first).
-template <typename F>
-HVD_HIER_HD void for_each_piece(const TensorTable& t, int64_t begin, int64_t end, F&& f) {
+template <typename Table, typename F>
+HVD_HIER_HD void for_each_piece(const Table& t, int64_t begin, int64_t end, F&& f) {
   if (begin >= end) return;
   int32_t i = find_tensor(t, begin);
   int64_t pos = begin;
