@@ -3,6 +3,7 @@
 
 #include <exception>
 
+#include "codec_ops.h"
 #include "fused_ops.h"
 
 namespace {
@@ -40,11 +41,66 @@ int64_t unpack(const at::Tensor& bucket, const std::vector<at::Tensor>& tensors,
   return copy(tensors, bucket, scale, offset, hvd_hier::Direction::kUnpack);
 }
 
+// The compressed-delta ops the same way: the check builds the job with the GIL held (errors as
+// ValueError), the work runs without it.
+template <typename F>
+auto value_errors(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    throw pybind11::value_error(e.what());
+  }
+}
+
+void run_released(const hvd_hier::CodecJob& job) {
+  std::exception_ptr failure;
+  {
+    pybind11::gil_scoped_release release;
+    try {
+      hvd_hier::run_codec(job);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
+int64_t table_elements(const hvd_hier::CodecJob& job) { return job.table.offsets[job.table.count]; }
+
+int64_t encode_delta(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& anchors,
+                     const std::vector<at::Tensor>& residuals, const at::Tensor& out, const std::string& codec) {
+  const auto job = value_errors([&] { return hvd_hier::check_encode_delta(tensors, anchors, residuals, out, codec); });
+  run_released(job);
+  return table_elements(job);
+}
+
+int64_t reduce_encoded(const at::Tensor& src, const at::Tensor& dst, const std::string& codec, int64_t count,
+                       double scale) {
+  const auto job = value_errors([&] { return hvd_hier::check_reduce_encoded(src, dst, codec, count, scale); });
+  run_released(job);
+  return job.records;
+}
+
+int64_t apply_delta(const at::Tensor& src, const std::vector<at::Tensor>& tensors,
+                    const std::vector<at::Tensor>& anchors, const std::string& codec) {
+  const auto job = value_errors([&] { return hvd_hier::check_apply_delta(src, tensors, anchors, codec); });
+  run_released(job);
+  return table_elements(job);
+}
+
+int64_t decode_into(const at::Tensor& src, const std::vector<at::Tensor>& tensors, const std::string& codec,
+                    double scale) {
+  const auto job = value_errors([&] { return hvd_hier::check_decode_into(src, tensors, codec, scale); });
+  run_released(job);
+  return table_elements(job);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   namespace py = pybind11;
-  m.doc() = "hvd_hier fused kernels: pack many tensors into one flat bucket and back";
+  m.doc() = "hvd_hier fused kernels: pack many tensors into one flat bucket and back; encode, reduce "
+            "and apply compressed model deltas";
   m.def("pack", &pack,
         "Write the tensors back to back into bucket[offset:], multiplied by scale and cast to "
         "the bucket's dtype, in one pass. Returns the number of elements written.",
@@ -81,7 +137,47 @@ PYBIND11_MODULE(_C, m) {
         "How many threads the CPU loop's at::parallel_for ran `tasks` tasks on (at most "
         "torch.get_num_threads()).", py::arg("tasks") = 64,
         py::call_guard<py::gil_scoped_release>());
+  m.def("codec_record_bytes",
+        [](const std::string& codec) { return value_errors([&] { return hvd_hier::codec_record_bytes(codec); }); },
+        "Bytes of one record (CODEC_CHUNK elements) of an encoded buffer: 4096 for 'fp16' and 'bf16' "
+        "(2048 16-bit values), 2064 for 'int8' (a 16-byte header holding the float32 scale in its "
+        "first 4 bytes, the rest zero, then 2048 int8 values).",
+        py::arg("codec"));
+  m.def("encoded_bytes",
+        [](const std::string& codec, int64_t n) { return value_errors([&] { return hvd_hier::encoded_bytes(codec, n); }); },
+        "Bytes of the encoded buffer of n elements: ceil(n / CODEC_CHUNK) records (0 for n = 0).",
+        py::arg("codec"), py::arg("n"));
+  m.def("encode_delta", &encode_delta,
+        "Encode the delta d = x - anchor (+ residual) of the tensors' concatenation into out (a "
+        "contiguous uint8 tensor of exactly encoded_bytes(codec, n) bytes on the tensors' device), "
+        "chunk by chunk of CODEC_CHUNK elements. codec: 'fp16' or 'bf16' (round to nearest even) "
+        "or 'int8' (per-chunk scale max|d| / 127, values round(d / scale) clamped to +-127). "
+        "Arithmetic in float32 (float64 tensors: the delta in float64, rounded to float32 once). "
+        "tensors and anchors: same length, numel, dtype and device index by index, one dtype for the "
+        "list, at most MAX_TENSORS_PER_DELTA_LAUNCH tensors. residuals: [] (no error feedback) or "
+        "float32 tensors of the same numels, read and overwritten with d - decode(encode(d)). "
+        "Returns the number of elements encoded.",
+        py::arg("tensors"), py::arg("anchors"), py::arg("residuals"), py::arg("out"), py::arg("codec"));
+  m.def("reduce_encoded", &reduce_encoded,
+        "src holds `count` encoded buffers of dst's size back to back (one per rank, in rank order); "
+        "writes into dst, element by element, the encoding of (sum over k in order of decode(src_k)) "
+        "* scale, in float32 (int8: a fresh scale per chunk). Zero padding stays zero; deterministic. "
+        "dst must not overlap src. Returns the number of records.",
+        py::arg("src"), py::arg("dst"), py::arg("codec"), py::arg("count"), py::arg("scale") = 1.0);
+  m.def("apply_delta", &apply_delta,
+        "Decode src (the encoded buffer of the tensors' concatenation) and write x = anchor + d into "
+        "each tensor (float32 arithmetic, float64 for float64 tensors, rounded once to the tensors' "
+        "dtype), then the same value into the anchor, so both end bit-identical. Returns the number "
+        "of elements written.",
+        py::arg("src"), py::arg("tensors"), py::arg("anchors"), py::arg("codec"));
+  m.def("decode_into", &decode_into,
+        "Write decode(src) * scale into the tensors (src: the encoded buffer of their concatenation; "
+        "float32 arithmetic, float64 for float64 tensors; scale = -1 turns a mean delta into an outer "
+        "optimizer's gradient). Returns the number of elements written.",
+        py::arg("src"), py::arg("tensors"), py::arg("codec"), py::arg("scale") = 1.0);
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
+  m.attr("MAX_TENSORS_PER_DELTA_LAUNCH") = hvd_hier::kMaxDeltaTensors;
+  m.attr("CODEC_CHUNK") = hvd_hier::kCodecChunk;
   m.attr("CHUNK_ELEMS") = hvd_hier::kChunkElems;
   m.attr("CUDA_THREADS") = hvd_hier::kCudaThreads;
   m.attr("CUDA_CHUNK_BYTES") = hvd_hier::kCudaChunkBytes;

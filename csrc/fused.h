@@ -41,10 +41,33 @@ struct TensorTable {
   int32_t pad_;
 };
 
+// Tensors per delta table (the compressed-delta ops, csrc/codec.h). Three pointer arrays share
+// one offsets array, and the table travels by value as a CUDA kernel argument, which must stay
+// under 4 KiB with the kernel's other arguments: 3 * 96 * 8 + 97 * 8 + 8 = 3088 bytes.
+constexpr int kMaxDeltaTensors = 96;
+
+// The tensors of one compressed-delta call, laid out like TensorTable: tensors[i], anchors[i]
+// (same dtype and numel) and residuals[i] (float32) all cover bucket elements
+// [offsets[i], offsets[i + 1]). anchors are null where an op has none (decode_into); residuals
+// are read and written only when with_residuals is 1.
+struct DeltaTable {
+  void* tensors[kMaxDeltaTensors];
+  void* anchors[kMaxDeltaTensors];
+  float* residuals[kMaxDeltaTensors];
+  int64_t offsets[kMaxDeltaTensors + 1];
+  int32_t count;
+  int32_t with_residuals;
+};
+static_assert(sizeof(DeltaTable) == 3 * kMaxDeltaTensors * 8 + (kMaxDeltaTensors + 1) * 8 + 8,
+              "DeltaTable layout");
+static_assert(sizeof(DeltaTable) + 64 <= 4096, "a DeltaTable must fit in a CUDA kernel argument");
+
 // The tensor that holds bucket element `idx` (offsets[0] <= idx < offsets[count]):
 // the largest i with offsets[i] <= idx < offsets[i + 1]. Binary search, so that empty
-// tensors (equal consecutive offsets) are skipped.
-HVD_HIER_HD int32_t find_tensor(const TensorTable& t, int64_t idx) {
+// tensors (equal consecutive offsets) are skipped. Table: TensorTable or DeltaTable (anything
+// with `offsets` and `count`).
+template <typename Table>
+HVD_HIER_HD int32_t find_tensor(const Table& t, int64_t idx) {
   int32_t lo = 0, hi = t.count - 1;
   while (lo < hi) {
     const int32_t mid = (lo + hi + 1) / 2;
@@ -62,8 +85,8 @@ HVD_HIER_HD int32_t find_tensor(const TensorTable& t, int64_t idx) {
 // Calls f(tensor, first, last, bucket_first) for every piece of the bucket range
 // [begin, end) that falls inside one tensor: elements [first, last) of `tensor`, which sit
 // at bucket elements [bucket_first, bucket_first + last - first).
-template <typename F>
-HVD_HIER_HD void for_each_piece(const TensorTable& t, int64_t begin, int64_t end, F&& f) {
+template <typename Table, typename F>
+HVD_HIER_HD void for_each_piece(const Table& t, int64_t begin, int64_t end, F&& f) {
   if (begin >= end) return;
   int32_t i = find_tensor(t, begin);
   int64_t pos = begin;

@@ -6,12 +6,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "checks.h"
+
 namespace hvd_hier {
 namespace {
-
-bool supported(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 const char* dir_name(Direction dir) { return dir == Direction::kPack ? "pack" : "unpack"; }
 
@@ -27,24 +25,19 @@ bool built_with_cuda() {
 
 int64_t check_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& bucket, int64_t offset,
                    Direction dir) {
-  // Messages are built from std::string alone, no iostreams: the error path then works the
-  // same whichever copy of the C++ library the module was linked with (a static one beside
-  // torch's shared one crashed formatting an integer through a stream on one machine).
-  const std::string op = dir_name(dir);
-  auto check = [&](bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument(op + ": " + what);
-  };
-  auto num = [](int64_t v) { return std::to_string(v); };
-  auto name = [](at::ScalarType t) { return std::string(c10::toString(t)); };
-  const std::string kinds = " is not supported (float32, float64, float16, bfloat16)";
+  using checks::dtype_name;
+  using checks::num;
+  const checks::Checker check(dir_name(dir));
+  const std::string kinds = checks::kFloatDtypes;
+  auto name = [](at::ScalarType t) { return dtype_name(t); };
   check(bucket.defined(), "bucket is undefined");
   check(bucket.is_contiguous(), "bucket must be contiguous");
-  check(supported(bucket.scalar_type()), "bucket dtype " + name(bucket.scalar_type()) + kinds);
-  check(bucket.device().is_cpu() || bucket.device().is_cuda(),
+  check(checks::float_dtype(bucket.scalar_type()), "bucket dtype " + name(bucket.scalar_type()) + kinds);
+  check(checks::device_supported(bucket.device()),
         "bucket device " + bucket.device().str() + " is not supported (cpu, cuda)");
   check(offset >= 0, "offset must be >= 0, got " + num(offset));
 #ifndef HVD_HIER_WITH_CUDA
-  check(!bucket.device().is_cuda(), "hvd_hier._C was built without CUDA; rebuild with HVD_HIER_WITH_CUDA=1");
+  check(!bucket.device().is_cuda(), checks::kNoCuda);
 #endif
 
   int64_t total = 0;
@@ -56,15 +49,10 @@ int64_t check_copy(const std::vector<at::Tensor>& tensors, const at::Tensor& buc
     if (i == 0) dtype = t.scalar_type();
     check(t.scalar_type() == dtype, which + " has dtype " + name(t.scalar_type()) +
                                         " but tensors[0] has " + name(dtype) + "; use one bucket per dtype");
-    check(supported(dtype), which + " dtype " + name(dtype) + kinds);
+    check(checks::float_dtype(dtype), which + " dtype " + name(dtype) + kinds);
     check(t.device() == bucket.device(),
           which + " is on " + t.device().str() + " but the bucket is on " + bucket.device().str());
-    if (!t.is_contiguous()) {
-      std::string shape = "[";
-      for (size_t d = 0; d < t.sizes().size(); ++d) shape += (d ? ", " : "") + num(t.sizes()[d]);
-      check(false, which + " (shape " + shape + "]) is not contiguous; pass t.contiguous() and copy "
-                   "back, or make it contiguous");
-    }
+    if (!t.is_contiguous()) check(false, checks::not_contiguous(which, t));
     check(!t.is_sparse(), which + " is sparse");
     total += t.numel();
   }

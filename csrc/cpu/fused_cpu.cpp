@@ -1,9 +1,11 @@
 // CPU back end: the bucket is cut into chunks of kChunkElems elements, run in parallel with
 // ATen's thread pool; inside a chunk each piece is a memcpy or one vectorisable loop. The
 // loop is compiled twice, for the baseline instruction set and for AVX2 + F16C, and chosen
-// at run time like ATen's own CPU kernels.
+// at run time like ATen's own CPU kernels. The compressed-delta ops (codec_cpu_impl.h) are
+// compiled and chosen the same way.
 #define HVD_HIER_CPU_NS baseline
 #include "fused_cpu_impl.h"
+#include "codec_cpu_impl.h"
 
 #include <atomic>
 #include <stdexcept>
@@ -20,6 +22,8 @@ static CpuMode mode() { return static_cast<CpuMode>(g_mode.load()); }
 #if defined(HVD_HIER_CPU_AVX2)
 void copy_table_cpu_avx2(const TensorTable& table, at::ScalarType tensor_dtype, void* bucket,
                          at::ScalarType bucket_dtype, double scale, Direction dir);
+
+void run_codec_cpu_avx2(const CodecJob& job);
 
 static bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -49,6 +53,20 @@ void copy_table_cpu(const TensorTable& table, at::ScalarType tensor_dtype, void*
   }
 #endif
   baseline::copy_table(table, tensor_dtype, bucket, bucket_dtype, scale, dir);
+}
+
+void run_codec_cpu(const CodecJob& job) {
+  if (mode() == CpuMode::kCudaEmulation) {
+    run_codec_cuda_emulated(job);
+    return;
+  }
+#if defined(HVD_HIER_CPU_AVX2)
+  if (use_avx2()) {
+    run_codec_cpu_avx2(job);
+    return;
+  }
+#endif
+  baseline::codec::run(job);
 }
 
 int64_t cpu_parallel_threads(int64_t tasks) {

@@ -1,0 +1,59 @@
+// Host-side entry points of the compressed-delta ops (csrc/codec.h has the wire format): the
+// argument checks, which build the job, and the work, which trusts them (as check_copy and
+// copy_unchecked split pack/unpack).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "codec.h"
+
+namespace hvd_hier {
+
+enum class CodecOp : int { kEncodeDelta = 0, kReduceEncoded = 1, kApplyDelta = 2, kDecodeInto = 3 };
+
+// One checked call: everything a back end needs.
+struct CodecJob {
+  CodecOp op = CodecOp::kEncodeDelta;
+  Codec codec = Codec::kFp16;
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;  // of the tensors (all but reduce_encoded)
+  DeltaTable table{};                 // all but reduce_encoded
+  const uint8_t* src = nullptr;       // reduce_encoded, apply_delta, decode_into
+  uint8_t* dst = nullptr;             // encode_delta (out), reduce_encoded (dst)
+  int64_t records = 0;                // records of one encoded buffer
+  int64_t count = 1;                  // reduce_encoded: encoded buffers in src
+  double scale = 1.0;                 // reduce_encoded, decode_into
+};
+
+// "fp16", "bf16" or "int8"; anything else is std::invalid_argument naming `op` and the value.
+Codec parse_codec(const std::string& op, const std::string& name);
+// Bytes of one record, and of the encoded buffer for n elements (0 for n = 0).
+int64_t codec_record_bytes(const std::string& codec);
+int64_t encoded_bytes(const std::string& codec, int64_t n);
+
+// The checks (std::invalid_argument naming the argument; nothing is read or written).
+CodecJob check_encode_delta(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& anchors,
+                            const std::vector<at::Tensor>& residuals, const at::Tensor& out,
+                            const std::string& codec);
+CodecJob check_reduce_encoded(const at::Tensor& src, const at::Tensor& dst, const std::string& codec,
+                              int64_t count, double scale);
+CodecJob check_apply_delta(const at::Tensor& src, const std::vector<at::Tensor>& tensors,
+                           const std::vector<at::Tensor>& anchors, const std::string& codec);
+CodecJob check_decode_into(const at::Tensor& src, const std::vector<at::Tensor>& tensors,
+                           const std::string& codec, double scale);
+
+// The work of a checked job, on its device (current stream on CUDA).
+void run_codec(const CodecJob& job);
+
+// Back ends.
+void run_codec_cpu(const CodecJob& job);
+// The CUDA kernels' thread code run block by block on the CPU (cpu_kernel_isa "cuda_emulation").
+void run_codec_cuda_emulated(const CodecJob& job);
+#ifdef HVD_HIER_WITH_CUDA
+void run_codec_cuda(const CodecJob& job);
+#endif
+
+}  // namespace hvd_hier
