@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,28 +39,32 @@ class Config:
     k1: int = 1
     k2: int = 1
     s: int = 1
+    outer: Optional[Tuple[float, float]] = None  # (lr, momentum): Nesterov SGD at the global level
 
     @property
     def name(self) -> str:
         if self.algo == "sync":
             return "sync"
-        if self.algo == "kavg":
-            return f"kavg_K{self.k1 * self.k2}"
-        return f"hier_S{self.s}_K1{self.k1}_K2{self.k2}"
+        base = (f"kavg_K{self.k1 * self.k2}" if self.algo == "kavg"
+                else f"hier_S{self.s}_K1{self.k1}_K2{self.k2}")
+        return base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
 
     @property
     def label(self) -> str:
         if self.algo == "sync":
             return "sync SGD"
-        if self.algo == "kavg":
-            return f"K-AVG K={self.k1 * self.k2}"
-        return f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}"
+        base = (f"K-AVG K={self.k1 * self.k2}" if self.algo == "kavg"
+                else f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}")
+        return base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
 
     def train_args(self):
         if self.algo == "sync":
             return ["--algo", "sync"]
+        outer = (["--outer-lr", str(self.outer[0]), "--outer-momentum", str(self.outer[1])]
+                 if self.outer else [])
         return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
-                str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else [])]
+                str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else []),
+                *outer]
 
 
 # Each preset: the training arguments shared by every run, and the configurations. The
@@ -85,6 +90,25 @@ PRESETS = {
         "claim3": ["kavg_K16", "hier_S2_K14_K24", "hier_S4_K14_K24", "hier_S4_K12_K28",
                    "hier_S4_K11_K216"],
     },
+}
+
+
+# The outer optimizer at the global level (Nesterov SGD on the pseudo-gradient) against plain
+# Hier-AVG at the same number of global reductions and at 2x and 4x fewer; paired by seed.
+_PAPER_TRAIN = PRESETS["paper"]["train"]
+_OUTER_GRID = [(0.7, 0.9), (1.0, 0.5), (0.5, 0.9)]
+PRESETS["outer"] = {
+    "np": 8, "seeds": 3, "train": _PAPER_TRAIN,
+    "configs": [Config("hier", 4, k2, 4) for k2 in (4, 8, 16)] + [
+        Config("hier", 4, k2, 4, outer) for k2 in (4, 8, 16) for outer in _OUTER_GRID],
+    # (title, baseline, others): each other against the baseline, seed by seed
+    "comparisons": [
+        (f"{k2 // 4}x fewer global reductions than plain Hier-AVG K2=4, with an outer optimizer"
+         if k2 > 4 else "The same global reductions, with an outer optimizer",
+         "hier_S4_K14_K24", [Config("hier", 4, k2, 4, o).name for o in _OUTER_GRID]
+         + ([Config("hier", 4, k2, 4).name] if k2 > 4 else []))
+        for k2 in (4, 8, 16)],
+    "target_points": 0.3,
 }
 
 
@@ -163,7 +187,49 @@ def final_acc(results, name):
     return mean_std(r["epochs"][-1]["test_accuracy"] for r in results[name][1])
 
 
+def paired(results, base, other):
+    """Mean and spread over seeds of other's final accuracy minus base's, seed by seed (the
+    seeds both have), in points."""
+    a = {r["args"]["seed"]: r["epochs"][-1]["test_accuracy"] for r in results[base][1]}
+    b = {r["args"]["seed"]: r["epochs"][-1]["test_accuracy"] for r in results[other][1]}
+    diffs = [(b[s] - a[s]) * 100 for s in sorted(set(a) & set(b))]
+    return mean_std(diffs) + (len(diffs),)
+
+
+def comparisons(preset, results) -> str:
+    """Each comparison of the preset as a table: final accuracy, global reductions, and the
+    paired difference from the baseline against the preset's target."""
+    target = preset["target_points"]
+    out = ["# Comparisons in this sweep", "",
+           f"Differences are paired by seed (mean ± std over seeds); target: within {target} "
+           "points of the baseline, or above it.", ""]
+    for title, base, others in preset["comparisons"]:
+        out += [f"## {title}", ""]
+        if base not in results:
+            out += [f"- not measured: no results for {base}", ""]
+            continue
+        acc, sd = final_acc(results, base)
+        g = results[base][1][0]["epochs"][-1]["global_averages"]
+        out += ["| configuration | final accuracy | global reductions | vs baseline (paired) | target |",
+                "|---|---:|---:|---:|---|",
+                f"| {results[base][0].label} (baseline) | {acc * 100:.2f} ± {sd * 100:.2f} % | {g} | — | — |"]
+        for name in others:
+            if name not in results:
+                out.append(f"| {name} | not measured | | | |")
+                continue
+            acc, sd = final_acc(results, name)
+            g = results[name][1][0]["epochs"][-1]["global_averages"]
+            d, dsd, n = paired(results, base, name)
+            met = "met" if d >= -target else f"missed by {-d - target:.2f}"
+            out.append(f"| {results[name][0].label} | {acc * 100:.2f} ± {sd * 100:.2f} % | {g} | "
+                       f"{d:+.2f} ± {dsd:.2f} ({n} seeds) | {met} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def claims(preset, results) -> str:
+    if "comparisons" in preset:
+        return comparisons(preset, results)
     out = ["# The paper's claims in this sweep", ""]
 
     def fmt(name):
@@ -254,6 +320,8 @@ def plot(preset, results, out_dir: Path):
         fig.savefig(out_dir / filename, dpi=110)
         plt.close(fig)
         written.append(filename)
+    if "claim1" not in preset:
+        return written
     claim_figs = {
         "claim1_fewer_global_reductions.png": (list(preset["claim1"]), "Claim 1: Hier-AVG vs K-AVG with K=K1"),
         "claim2_same_global_reductions.png": (list(preset["claim2"]), "Claim 2: Hier-AVG vs K-AVG with K=K1*K2"),

@@ -22,6 +22,7 @@ in the schedule each measurement fell.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -67,6 +68,11 @@ def parse_args(argv=None):
     p.add_argument("--data-group-size", default=None,
                    help="the groups the non-IID split is made for (default: --group-size); "
                         "fix it to compare group sizes on the same data")
+    p.add_argument("--outer-lr", type=float, default=None,
+                   help="hier/kavg: an outer optimizer at the global level, SGD at this "
+                        "learning rate on the anchor (default: plain averaging)")
+    p.add_argument("--outer-momentum", type=float, default=0.9,
+                   help="the outer optimizer's momentum (Nesterov when > 0)")
     p.add_argument("--flat-storage", action="store_true",
                    help="hvd_hier's persistent flat storage (no copies when averaging)")
     p.add_argument("--out", default=None, help="write the per-epoch results as JSON here")
@@ -190,7 +196,10 @@ def train(args):
             opt, named_parameters=model.named_parameters(), local_steps=args.local_steps,
             local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
             group_size=1 if args.algo == "kavg" else args.group_size,
-            buffers=model.buffers(), flat_storage=args.flat_storage)
+            buffers=model.buffers(), flat_storage=args.flat_storage,
+            outer=None if args.outer_lr is None else functools.partial(
+                torch.optim.SGD, lr=args.outer_lr, momentum=args.outer_momentum,
+                nesterov=args.outer_momentum > 0))
     if args.resume:
         opt.load_state_dict(ckpt["optimizer"])
     else:
