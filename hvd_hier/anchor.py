@@ -1,4 +1,5 @@
-"""What a level with an outer optimizer keeps between its reductions: the anchor.
+"""What a level with an outer optimizer or compression keeps between its reductions: the
+anchor.
 
 For a level with ``outer``, each of its groups keeps an *anchor* x̄: the model its ranks last
 agreed on, one copy of the averaged tensors (parameters, then buffers) on every rank of the
@@ -56,18 +57,22 @@ def make_outer(where: str, outer, tensors: Sequence[torch.Tensor]) -> torch.opti
 
 
 class Anchor:
-    """One level's anchor and outer optimizer on this rank (see the module's docstring).
+    """One level's anchor, outer optimizer and compressed reduction on this rank (see the
+    module's docstring).
 
     Args:
         where: the level's name in messages (``levels[i]``).
         tensors: the averaged tensors, parameters first (flat-storage views, if so).
         num_params: how many of ``tensors`` are parameters (the outer optimizer's).
-        outer: the level's ``outer`` callable.
+        outer: the level's ``outer`` callable, or None.
         flat_buckets: the ``FlatBucket``s of flat storage holding ``tensors``, or None.
+        compression: the level's codec (``hvd_hier.compressed``), or None.
+        bucket_cap_bytes: the compressed reduction's largest bucket.
     """
 
-    def __init__(self, where: str, tensors: Sequence[torch.Tensor], num_params: int, outer,
-                 flat_buckets: Optional[Sequence] = None):
+    def __init__(self, where: str, tensors: Sequence[torch.Tensor], num_params: int, outer=None,
+                 flat_buckets: Optional[Sequence] = None, compression: Optional[str] = None,
+                 bucket_cap_bytes: int = 25 << 20):
         self.where = where
         self.tensors = list(tensors)
         self.num_params = num_params
@@ -87,7 +92,12 @@ class Anchor:
                 self.anchor = [t.detach().clone(memory_format=torch.preserve_format)
                                for t in self.tensors]
         self.taken = False
-        self.outer = make_outer(where, outer, self.anchor[:num_params])
+        self.outer = None if outer is None else make_outer(where, outer, self.anchor[:num_params])
+        self.reducer = None
+        if compression is not None:
+            from .compressed import DeltaReducer
+
+            self.reducer = DeltaReducer(compression, self.tensors, self.anchor, bucket_cap_bytes)
 
     def nbytes(self) -> int:
         """Memory the anchor holds (the outer optimizer's state aside)."""
@@ -105,19 +115,39 @@ class Anchor:
                 torch._foreach_copy_(self.anchor, self.tensors)
         self.taken = True
 
-    def outer_step(self) -> None:
-        """The level's group mean ḡ is in the tensors: step the outer optimizer on
-        x̄ − ḡ, then every parameter := the new x̄ and the buffers' anchor := their mean.
+    def after_mean(self) -> None:
+        """The level's group mean is in the tensors (a plain reduction): the outer step if
+        the level has one, else x̄ := the mean."""
+        if self.outer is not None:
+            self.outer_step()
+        else:
+            self.take()
 
-        The pseudo-gradient is written into the parameters' own memory (it is replaced by x̄
-        right after), so the outer step needs no memory besides the anchor and the outer
-        optimizer's state."""
+    def reduce_compressed(self, process_set, members, rank: int, divisor: int, tag: str,
+                          deadline: Optional[float]) -> int:
+        """The level's compressed reduction over ``members`` (then its outer step, if any).
+        Returns the encoded bytes of this rank's contribution."""
+        moved = self.reducer.reduce(process_set, members, rank, divisor, tag, deadline,
+                                    to_gradient=self.outer is not None)
+        if self.outer is not None:  # the tensors hold x̄ − ḡ = −(mean delta)
+            self.outer_step(pseudo_gradient=True)
+        return moved
+
+    def outer_step(self, pseudo_gradient: bool = False) -> None:
+        """Step the outer optimizer on x̄ − ḡ, then every parameter := the new x̄ and every
+        buffer := its anchor := its mean. The tensors hold ḡ (the group's mean), or with
+        ``pseudo_gradient`` already x̄ − ḡ (a compressed reduction's −mean delta).
+
+        The pseudo-gradient lives in the parameters' own memory (x̄ replaces it right after),
+        so the outer step needs no memory besides the anchor and the outer optimizer's state."""
         n = self.num_params
         params, anchor = [t.detach() for t in self.tensors[:n]], self.anchor[:n]
+        buffers, buffer_anchor = [t.detach() for t in self.tensors[n:]], self.anchor[n:]
         with torch.no_grad():
             if n:
-                torch._foreach_neg_(params)  # -ḡ
-                torch._foreach_add_(params, anchor)  # x̄ - ḡ, rounded once
+                if not pseudo_gradient:
+                    torch._foreach_neg_(params)  # -ḡ
+                    torch._foreach_add_(params, anchor)  # x̄ - ḡ, rounded once
                 for a, g in zip(anchor, params):
                     a.grad = g
                 try:
@@ -126,21 +156,32 @@ class Anchor:
                     for a in anchor:
                         a.grad = None
                 torch._foreach_copy_(params, anchor)
-            if len(self.tensors) > n:
-                torch._foreach_copy_(self.anchor[n:], self.tensors[n:])
+            if buffers:
+                if pseudo_gradient:  # -(mean delta) -> x̄ + mean delta
+                    torch._foreach_neg_(buffers)
+                    torch._foreach_add_(buffers, buffer_anchor)
+                torch._foreach_copy_(buffer_anchor, buffers)
 
     def reset(self) -> None:
-        """Forget the anchor and the outer optimizer's state: taken afresh at the next step
-        after warmup, the outer momentum from zero."""
+        """Forget the anchor, the outer optimizer's state and the residuals: the anchor is
+        taken afresh at the next step after warmup, the outer momentum from zero."""
         self.taken = False
-        self.outer.state.clear()
+        if self.outer is not None:
+            self.outer.state.clear()
+        if self.reducer is not None:
+            self.reducer.reset_residuals()
 
-    def state_dict(self) -> dict:
-        """The anchor (None before it was taken) and the outer optimizer's state."""
+    def state_dict(self, residuals: bool = True) -> dict:
+        """The anchor (None before it was taken), the outer optimizer's state and (unless
+        ``residuals=False``) this rank's error residuals."""
         return {"taken": self.taken, "anchor": list(self.anchor) if self.taken else None,
-                "outer": self.outer.state_dict()}
+                "outer": None if self.outer is None else self.outer.state_dict(),
+                "compression": None if self.reducer is None or not residuals
+                else self.reducer.state_dict()}
 
-    def load_state_dict(self, saved: dict) -> None:
+    def load_state_dict(self, saved: dict, residuals: bool = True) -> None:
+        """Restore ``state_dict()``; ``residuals=False`` keeps this rank's own residuals
+        (the state came from another rank)."""
         anchor = saved.get("anchor")
         if saved.get("taken") and anchor is not None:
             if len(anchor) != len(self.anchor) or any(
@@ -154,18 +195,25 @@ class Anchor:
             self.taken = True
         else:
             self.taken = False
-        self.outer.load_state_dict(saved["outer"])
+        if self.outer is not None:
+            if saved.get("outer") is not None:
+                self.outer.load_state_dict(saved["outer"])
+            else:
+                self.outer.state.clear()
+        if self.reducer is not None and residuals:
+            self.reducer.load_state_dict(saved.get("compression"))
 
 
 def make_anchors(levels, tensors: Sequence[torch.Tensor], num_params: int,
-                 flat_buckets: Optional[Sequence] = None, names: Optional[Sequence[str]] = None
-                 ) -> List[Optional[Anchor]]:
-    """One ``Anchor`` per level that has ``outer``, None for the others. ``names`` label the
-    levels in messages (default ``levels[i]``)."""
+                 flat_buckets: Optional[Sequence] = None, names: Optional[Sequence[str]] = None,
+                 bucket_cap_bytes: int = 25 << 20) -> List[Optional[Anchor]]:
+    """One ``Anchor`` per level that has ``outer`` or ``compression``, None for the others.
+    ``names`` label the levels in messages (default ``levels[i]``)."""
     out: List[Optional[Anchor]] = []
     for i, lv in enumerate(levels):
-        outer = lv.options.get("outer")
+        outer, codec = lv.options.get("outer"), lv.options.get("compression")
         where = names[i] if names is not None else f"levels[{i}]"
-        out.append(None if outer is None else
-                   Anchor(where, tensors, num_params, outer, flat_buckets))
+        out.append(None if outer is None and codec is None else
+                   Anchor(where, tensors, num_params, outer, flat_buckets, codec,
+                          bucket_cap_bytes))
     return out

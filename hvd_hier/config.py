@@ -85,7 +85,8 @@ def _flag(name: str, value) -> bool:
 
 
 def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=None,
-                outer=None, warmup_steps=0, op=None, compression=None, backward_passes_per_step=1,
+                outer=None, global_compression=None, warmup_steps=0, op=None, compression=None,
+                backward_passes_per_step=1,
                 gradient_predivide_factor=1.0, num_groups=0, groups=None, sparse_as_dense=False,
                 bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise", stall_timeout_s=600.0,
                 deterministic=False, elastic=False) -> HierConfig:
@@ -98,7 +99,8 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
     op = Average if op is None else op
     compression = Compression.none if compression is None else compression
     shorthand = levels is None
-    levels = levels_from_args(levels, local_steps, local_rounds, group_size, outer)
+    levels = levels_from_args(levels, local_steps, local_rounds, group_size, outer,
+                              global_compression)
     schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
     if elastic:
         for i, lv in enumerate(levels):

@@ -29,7 +29,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          backward_passes_per_step=1, op=Average, gradient_predivide_factor=1.0,
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=None, local_rounds=None,
-                         group_size=None, levels=None, outer=None, warmup_steps=0, buffers=None,
+                         group_size=None, levels=None, outer=None, global_compression=None,
+                         warmup_steps=0, buffers=None,
                          bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise",
                          stall_timeout_s=600.0, deterministic=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
@@ -182,7 +183,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         named_parameters = list(named_parameters)
     config = make_config(
         local_steps=local_steps, local_rounds=local_rounds, group_size=group_size, levels=levels,
-        outer=outer, warmup_steps=warmup_steps, op=op, compression=compression,
+        outer=outer, global_compression=global_compression, warmup_steps=warmup_steps, op=op,
+        compression=compression,
         backward_passes_per_step=backward_passes_per_step,
         gradient_predivide_factor=gradient_predivide_factor, num_groups=num_groups,
         groups=groups, sparse_as_dense=sparse_as_dense, bucket_cap_mb=bucket_cap_mb,
@@ -206,12 +208,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     if config.deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
         state.trained = [p for p in found.params if p.requires_grad]
         state.grad_averager = BucketAverager(state.trained, cap, max_in_flight=1)
-    # Levels with an outer optimizer: their anchors, and the user's outer optimizers built
-    # (and checked) over them, still before any collective.
+    # Levels with an outer optimizer or compression: their anchors, and the user's outer
+    # optimizers built (and checked) over them, still before any collective.
     state.anchors = make_anchors(
         config.levels, found.all, len(found.params),
         state.averager.buckets if config.flat_storage else None,
-        ["" if config.shorthand else f"levels[{i}]" for i in range(len(config.levels))])
+        ["" if config.shorthand else f"levels[{i}]" for i in range(len(config.levels))], cap)
     if not elastic:
         # One allgather now: disagreeing ranks and bad groups fail here, on every rank,
         # before the optimizer exists. (An elastic job sets up at its first step instead: a

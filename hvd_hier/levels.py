@@ -19,10 +19,11 @@ from .schedule import check_int, check_periods
 from .topology import LOCAL, _by_host, check_group_size
 
 __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "check_levels", "levels_from_args",
-           "plan_level_groups", "check_level_sizes", "adapt_level_groups", "describe_callable", "check_options"]
+           "plan_level_groups", "check_level_sizes", "adapt_level_groups", "describe_callable", "check_options", "CODECS"]
 
 ALL = "all"
-KNOWN_OPTIONS = frozenset({"outer"})  # per-level options (see Level)
+KNOWN_OPTIONS = frozenset({"outer", "compression"})  # per-level options (see Level)
+CODECS = ("fp16", "bf16", "int8")  #: the values of a level's ``compression``
 OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
 
 
@@ -54,6 +55,9 @@ class Level:
       x̄ (the model it last agreed on); at the level's reduction the outer optimizer steps
       on x̄ − ḡ (ḡ: the group's mean) and the group's parameters become the new x̄
       (``hvd_hier.anchor``). Costs one more copy of the averaged tensors.
+    * ``compression``: ``"fp16"``, ``"bf16"`` or ``"int8"``: the level reduces the delta from
+      its anchor, encoded (int8: one scale per chunk of 2048 elements, with error feedback),
+      instead of the full-precision model (``hvd_hier.compressed``). Also keeps an anchor.
 
     A tuple ``(period, group_size)`` in ``levels=`` is a ``Level`` without options.
     """
@@ -164,6 +168,10 @@ def check_levels(levels) -> Tuple[Level, ...]:
 
 def check_options(where: str, options) -> None:
     """The values of a level's known options (``where`` names the level; "" for none)."""
+    codec = options.get("compression")
+    if codec is not None and codec not in CODECS:
+        raise ValueError(_at(where, f"compression must be one of {', '.join(CODECS)} (or None), "
+                                    f"got {codec!r}"))
     outer = options.get("outer")
     if outer is not None and not callable(outer):
         raise ValueError(_at(where, "outer must be a callable that returns a torch.optim.Optimizer "
@@ -171,15 +179,17 @@ def check_options(where: str, options) -> None:
                                     f"{outer!r}"))
 
 
-def levels_from_args(levels, local_steps, local_rounds, group_size,
-                     outer=None) -> Tuple[Level, ...]:
+def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
+                     global_compression=None) -> Tuple[Level, ...]:
     """``levels=`` or the two-level shorthand (``None`` where not passed; defaults K1=4,
-    K2=4, S="local"): ``[(K1, S), (K1 * K2, "all", outer=outer)]``. Both at once is an
-    error."""
+    K2=4, S="local"): ``[(K1, S), (K1 * K2, "all", outer=outer,
+    compression=global_compression)]``. Both at once is an error."""
     if levels is not None:
-        if outer is not None:
-            raise ValueError("outer= belongs to the two-level form; with levels=, give the "
-                             "level its option: Level(period, group_size, outer=...)")
+        for name, value, option in (("outer", outer, "outer"),
+                                    ("global_compression", global_compression, "compression")):
+            if value is not None:
+                raise ValueError(f"{name}= belongs to the two-level form; with levels=, give the "
+                                 f"level its option: Level(period, group_size, {option}=...)")
         given = [n for n, v in (("local_steps", local_steps), ("local_rounds", local_rounds),
                                 ("group_size", group_size)) if v is not None]
         if given:
@@ -189,7 +199,11 @@ def levels_from_args(levels, local_steps, local_rounds, group_size,
     k1 = check_int("local_steps", 4 if local_steps is None else local_steps, 1)
     k2 = check_int("local_rounds", 4 if local_rounds is None else local_rounds, 1)
     size = check_group_size(LOCAL if group_size is None else group_size)
-    options = {} if outer is None else {"outer": outer}
+    if global_compression is not None and global_compression not in CODECS:
+        raise ValueError(f"global_compression must be one of {', '.join(CODECS)} (or None), got "
+                         f"{global_compression!r}")
+    options = {k: v for k, v in (("outer", outer), ("compression", global_compression))
+               if v is not None}
     check_options("", options)
     return (Level(k1, size), Level(k1 * k2, ALL, **options))
 

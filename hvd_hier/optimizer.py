@@ -94,7 +94,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         topo = h.topology
         if not idx or len(topo.set_ranks) == 1:
             return
-        mine = {i: h.anchors[i].state_dict() for i in idx}
+        mine = {i: h.anchors[i].state_dict(residuals=False) for i in idx}
         try:
             chosen = dict(broadcast_object(mine, topo.set_ranks[0], topo.global_set,
                                            "hvd_hier.anchors", self._hier_deadline()))
@@ -109,8 +109,10 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             raise self._hier_stalled(f"the agreement on the outer optimizers' state (step "
                                      f"{h.position.t})", topo.set_ranks) from None
         for i in idx:
-            if chosen[i] is not mine[i]:
-                h.anchors[i].load_state_dict(chosen[i])
+            if chosen[i] is not mine[i]:  # another rank's state; the residuals stay this rank's
+                h.anchors[i].load_state_dict(chosen[i], residuals=False)
+            if not per_group and h.anchors[i].reducer is not None:
+                h.anchors[i].reducer.reset_residuals()  # the model is rank 0's now
 
     def _hier_adopt(self, t: int, root: int) -> None:
         pos = self._hier.position

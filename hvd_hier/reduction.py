@@ -1,6 +1,6 @@
 """One level's averaging at one step: the non-finite check, the reduction over the level's
-groups, the level's outer step (if it has ``outer``), and the anchors of the levels below,
-which start again from the new model."""
+groups (of the model, or of compressed deltas), the level's outer step (if it has ``outer``),
+and the anchors of the levels below, which start again from the new model."""
 
 from __future__ import annotations
 
@@ -64,8 +64,12 @@ def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float])
     warnings.warn(f"hvd_hier: step {t}, {kind} averaging: the parameters of {where} hold inf "
                   f"or NaN; averaging the other {size - len(bad)} ranks (nonfinite='skip')")
     if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
-        with torch.no_grad():
-            torch._foreach_zero_(h.averager.tensors)
+        anchor = h.anchors[level]
+        if anchor is not None and anchor.reducer is not None:
+            anchor.reducer.drop_contribution()  # a zero delta
+        else:
+            with torch.no_grad():
+                torch._foreach_zero_(h.averager.tensors)
     h.stats.skipped_contributions += len(bad)
     return size - len(bad)
 
@@ -78,9 +82,14 @@ def average_level(h: HierState, level: int, t: int, deadline: Optional[float]) -
     # a group of one rank has no process set: its average is itself
     divisor = _finite_divisor(h, level, t, deadline) if len(lt.group) > 1 else 1
     tag = level_name(h.config, level).replace(" ", "")
-    moved = h.averager.average(lt.process_set, divisor, tag, deadline)
-    if h.anchors[level] is not None:
-        h.anchors[level].outer_step()
+    anchor = h.anchors[level]
+    if anchor is not None and anchor.reducer is not None and len(lt.group) > 1:
+        moved = anchor.reduce_compressed(lt.process_set, lt.group, hvd.rank(), divisor, tag,
+                                         deadline)
+    else:
+        moved = h.averager.average(lt.process_set, divisor, tag, deadline)
+        if anchor is not None:
+            anchor.after_mean()
     for below in h.anchors[:level]:  # the levels below start again from this model
         if below is not None:
             below.take()

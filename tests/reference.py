@@ -79,25 +79,43 @@ class OuterSGD:
         return x - self.lr * g
 
 
-def average_level(w, groups, level, anchor, outer):
+def average_level(w, groups, level, anchor, outer, codecs=None, residual=None):
     """Level ``level`` averages ``w`` (rank -> array) within each of ``groups``: the plain
     mean, or with an outer optimizer (``outer[level][r]``, ``anchor[level][r]``) the anchor's
-    outer step on anchor - mean, which every rank of the group takes. Then the anchors of the
-    levels below become the new model."""
+    outer step on anchor - mean, which every rank of the group takes. With a codec
+    (``codecs[level]``) the mean is ``compressed_mean`` of the deltas from the anchor (float32;
+    int8: plus this rank's residual ``residual[level][r]``, which keeps what the round trip
+    lost), added to the anchor. Then the anchors of the levels below become the new model."""
+    codec = (codecs or {}).get(level)
     for g in groups:
-        mean = sum(w[r] for r in g) / len(g)
+        if codec is not None and len(g) > 1:
+            deltas = []
+            for r in g:
+                d = w[r] - anchor[level][r]
+                if codec == "int8":
+                    d = (d + residual[level][r]).astype(np.float32)
+                    residual[level][r] = d - codec_round_trip(d, codec)
+                deltas.append(d.astype(np.float32))
+            step = compressed_mean(deltas, codec, len(g)).astype(np.float64)
+            mean = None
+        else:
+            mean = sum(w[r] for r in g) / len(g)
         for r in g:
             if level in outer:
-                anchor[level][r] = outer[level][r].step(anchor[level][r], anchor[level][r] - mean)
+                pseudo = anchor[level][r] - mean if mean is not None else -step
+                anchor[level][r] = outer[level][r].step(anchor[level][r], pseudo)
                 w[r] = anchor[level][r].copy()
             else:
-                w[r] = mean.copy()
+                w[r] = (mean if mean is not None else anchor[level][r] + step).copy()
+                if level in anchor:
+                    anchor[level][r] = w[r].copy()
     for i in anchor:
         if i < level:
             anchor[i] = {r: w[r].copy() for r in w}
 
 
-def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None):
+def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None,
+                        codecs=None):
     """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
     level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array.
 
@@ -105,11 +123,16 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     level ``i``: each rank keeps an anchor for that level, taken at the first step after
     warmup before its update and whenever a level above averages; at the level's averaging
     the outer optimizer steps on anchor - mean and every rank of the group takes the result.
+    ``codecs[i]``: None or the compression of level ``i`` (see ``average_level``), which keeps
+    an anchor too.
     """
     ranks = sorted(r for g in level_groups[-1] for r in g)
     w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
     outers = outers or [None] * len(periods)
-    anchor = {i: {} for i, o in enumerate(outers) if o is not None}
+    codecs = dict(enumerate(codecs or [None] * len(periods)))
+    anchored = [i for i in range(len(periods)) if outers[i] is not None or codecs[i] is not None]
+    anchor = {i: {} for i in anchored}
+    residual = {i: {r: np.zeros(len(w[r]), dtype=np.float32) for r in ranks} for i in anchored}
     outer = {i: {r: OuterSGD(**o) for r in ranks} for i, o in enumerate(outers) if o is not None}
     history = []
     for t in range(1, steps + 1):
@@ -125,7 +148,7 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
             for r in ranks:
                 w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
             if level is not None:
-                average_level(w, level_groups[level], level, anchor, outer)
+                average_level(w, level_groups[level], level, anchor, outer, codecs, residual)
         history.append({r: w[r].copy() for r in ranks})
     return history
 
@@ -174,3 +197,43 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, out
         buf0 = {i: outer[i][0].buf for i in with_outer}
         if n + 1 == len(segments):
             return [models[r] for r in ranks]
+
+
+# ---- compressed deltas, written from the wire format's definition (hvd_hier.compressed) ----
+CODEC_CHUNK = 2048
+
+
+def round_bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), returned as float32."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def codec_round_trip(d, codec):
+    """What a float32 vector ``d`` becomes after encoding and decoding: fp16 / bf16 casts, or
+    int8 with one scale per chunk of 2048 (scale = max|d| / 127, q = round-half-even(d / scale
+    computed as d * (1 / scale)), clamped to +-127)."""
+    d = np.asarray(d, dtype=np.float32)
+    if codec == "fp16":
+        return d.astype(np.float16).astype(np.float32)
+    if codec == "bf16":
+        return round_bf16(d)
+    out = np.empty_like(d)
+    for c in range(0, len(d), CODEC_CHUNK):
+        v = d[c:c + CODEC_CHUNK]
+        scale = np.float32(np.max(np.abs(v)) / np.float32(127.0)) if len(v) else np.float32(0)
+        inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+        q = np.clip(np.rint(v * inv), -127, 127).astype(np.float32)
+        out[c:c + CODEC_CHUNK] = q * scale
+    return out
+
+
+def compressed_mean(deltas, codec, divisor):
+    """The decoded mean a compressed reduction gives every rank: each rank's delta (float32)
+    encoded and decoded, summed in float32 in rank order, times 1/divisor in float32, encoded
+    and decoded again."""
+    total = np.zeros_like(np.asarray(deltas[0], dtype=np.float32))
+    for d in deltas:
+        total = total + codec_round_trip(d, codec)
+    return codec_round_trip(total * np.float32(1.0 / divisor), codec)

@@ -24,3 +24,13 @@ def test_outer_optimizers_follow_the_simulation_at_every_step():
     out = horovodrun("outer.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
     for name in OUTER_SECTIONS:
         assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"
+
+
+COMPRESSED_SECTIONS = ["fp16_top", "bf16_top", "int8_top", "int8_middle_bf16_top", "bf16_outer",
+                       "int8_top.flat", "compressed_resume", "compressed_nonfinite_skip"]
+
+
+def test_compressed_levels_follow_the_simulation_at_every_step():
+    out = horovodrun("compressed.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
+    for name in COMPRESSED_SECTIONS:
+        assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"

@@ -49,8 +49,14 @@ from hvd_hier.levels import Level
                                                   "levels=[(K1, S), (K1 * K2, 'all')] is the two-level form"),
     (dict(levels=[(1, 2), (2, "local")]), "levels[1], the outermost level, must span the whole process set "
                                           "(group_size 'all' or its size), got 'local'"),
-    (dict(levels=[Level(1, 2, compression="int8"), (2, "all")]),
-     "levels[0]: unknown Level option 'compression' (= 'int8'); the known options are: outer"),
+    (dict(levels=[Level(1, 2, codec="int8"), (2, "all")]),
+     "levels[0]: unknown Level option 'codec' (= 'int8'); the known options are: compression, "
+     "outer"),
+    (dict(levels=[(1, 2), (2, "all")], global_compression="bf16"),
+     "global_compression= belongs to the two-level form; with levels=, give the level its "
+     "option: Level(period, group_size, compression=...)"),
+    (dict(global_compression="int4"), "global_compression must be one of fp16, bf16, int8 (or "
+                                      "None), got 'int4'"),
     (dict(levels=[(1, 2), (2, "all")], outer=print), "outer= belongs to the two-level form; with "
                                                     "levels=, give the level its option: "
                                                     "Level(period, group_size, outer=...)"),

@@ -96,7 +96,9 @@ def test_level_objects():
     ([(0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 0"),
     ([(2.0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 2.0 (float)"),
     ([Level(2, 2, momentum=0.7), (4, "all")], "levels[0]: unknown Level option 'momentum' (= 0.7); "
-                                              "the known options are: outer"),
+                                              "the known options are: compression, outer"),
+    ([Level(2, 2, compression="int4"), (4, "all")], "levels[0]: compression must be one of fp16, "
+                                                    "bf16, int8 (or None), got 'int4'"),
     ([(2, 2), Level(4, "all", outer=0.7)], "levels[1]: outer must be a callable that returns a "
                                            "torch.optim.Optimizer over the tensors it is given (e.g. "
                                            "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, "
