@@ -18,6 +18,20 @@ and each dtype, it times, interleaved round-robin so that machine noise hits all
 * bound      this machine's copy bandwidth for the same bytes: a plain copy_ of a buffer of
              the model's size, twice (an averaging needs at least two passes: pack, unpack).
 
+A second section times the compressed-delta kernels (hvd_hier._C.encode_delta and apply_delta,
+what a compressed averaging level does besides the network) on one model's float32 shapes
+(--codec-model, ResNet-50 by default), interleaved with the copy bound measured again beside them:
+
+* encode_int8_res  encode_delta, int8 with error feedback: reads x, the anchor and the residual,
+                   writes the residual and the encoded buffer (2064 bytes per 2048 elements);
+* encode_bf16      encode_delta, bf16 without residuals: reads x and the anchor, writes 2 bytes;
+* apply_int8       apply_delta of an int8 buffer: reads it and the anchor, writes x and the anchor;
+* apply_bf16       the same from a bf16 buffer.
+
+Each op's GB/s is the bytes it must move (per element: 17.0, 10, 13.0 and 14) over its time; its
+fraction of the copy bound divides that by the copy's GB/s. The tensors go in calls of at most
+MAX_TENSORS_PER_DELTA_LAUNCH tensors and --bucket-cap-mb of parameters, as buckets would.
+
 GB/s is the minimal traffic of an averaging that copies (read + write of the model, twice)
 over the measured time, the same numerator for every method, so ratios are ratios of times;
 flat storage needs half that traffic, so its GB/s is an equivalent, not a bandwidth. The
@@ -42,6 +56,7 @@ from shapes import MODELS, numel  # noqa: E402
 
 import hvd_hier  # noqa: E402,F401  (before hvd.init)
 import horovod.torch as hvd  # noqa: E402
+from hvd_hier._ext import extension  # noqa: E402
 from hvd_hier.averaging import BucketAverager, FlatAverager  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -148,6 +163,110 @@ def measure(model, dtype_name, repeats, bucket_cap_mb):
     return row
 
 
+# The compressed-delta ops timed, with the bytes each must move per element of float32
+# parameters (records: 2064 bytes per 2048 int8 values, 4096 per 2048 bf16 values).
+_INT8 = 2064 / 2048
+CODEC_OPS = {
+    "encode_int8_res": ("encode_delta int8, residuals", 4 * 3 + 4 + _INT8),  # x, a, r in; r, codes out
+    "encode_bf16": ("encode_delta bf16", 4 * 2 + 2),  # x, a in; codes out
+    "apply_int8": ("apply_delta int8", _INT8 + 4 + 4 * 2),  # codes, a in; x, a out
+    "apply_bf16": ("apply_delta bf16", 2 + 4 + 4 * 2),
+}
+
+
+def plan_calls(shapes, itemsize, max_tensors, cap_bytes):
+    """Consecutive groups of tensor indices: at most max_tensors tensors and cap_bytes each."""
+    calls, current, size = [], [], 0
+    for i, shape in enumerate(shapes):
+        nbytes = numel([shape]) * itemsize
+        if current and (len(current) == max_tensors or size + nbytes > cap_bytes):
+            calls.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    if current:
+        calls.append(current)
+    return calls
+
+
+class CodecOps:
+    """The compressed-delta ops over one model's float32 parameters, bucket by bucket, with
+    anchors one small step away (the delta of a few local steps) and float32 residuals."""
+
+    def __init__(self, shapes, bucket_cap_mb):
+        C = extension()
+        self.C = C
+        g = torch.Generator().manual_seed(1)
+        self.anchors = [torch.randn(s, generator=g) for s in shapes]
+        self.params = [a + 1e-3 * torch.randn(s, generator=g) for a, s in zip(self.anchors, shapes)]
+        self.residuals = [torch.zeros(s) for s in shapes]
+        self.calls = plan_calls(shapes, 4, C.MAX_TENSORS_PER_DELTA_LAUNCH, int(bucket_cap_mb * 2**20))
+        self.out = {codec: [torch.empty(C.encoded_bytes(codec, sum(self.params[i].numel() for i in call)),
+                                        dtype=torch.uint8) for call in self.calls]
+                    for codec in ("int8", "bf16")}
+        for codec in ("int8", "bf16"):  # the buffers apply_delta decodes
+            self._encode(codec, with_residuals=False)
+        n = numel(shapes)
+        self.src = torch.empty(n).fill_(1)
+        self.dst = torch.empty(n).fill_(0)
+
+    def _pick(self, tensors, call):
+        return [tensors[i] for i in call]
+
+    def _encode(self, codec, with_residuals):
+        for call, out in zip(self.calls, self.out[codec]):
+            residuals = self._pick(self.residuals, call) if with_residuals else []
+            self.C.encode_delta(self._pick(self.params, call), self._pick(self.anchors, call), residuals, out, codec)
+
+    def _apply(self, codec):
+        for call, src in zip(self.calls, self.out[codec]):
+            self.C.apply_delta(src, self._pick(self.params, call), self._pick(self.anchors, call), codec)
+
+    def encode_int8_res(self):
+        self._encode("int8", with_residuals=True)
+
+    def encode_bf16(self):
+        self._encode("bf16", with_residuals=False)
+
+    def apply_int8(self):
+        self._apply("int8")
+
+    def apply_bf16(self):
+        self._apply("bf16")
+
+    def bound(self):
+        self.dst.copy_(self.src)
+        self.src.copy_(self.dst)
+
+
+def measure_codec(model, repeats, bucket_cap_mb):
+    """Median times of the compressed-delta ops and of the copy bound, interleaved round-robin."""
+    shapes = MODELS[model]
+    ops = CodecOps(shapes, bucket_cap_mb)
+    names = list(CODEC_OPS) + ["bound"]
+    times = {name: [] for name in names}
+    for r in range(repeats + 2):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            getattr(ops, name)()
+            dt = time.perf_counter() - t0
+            if r >= 2:
+                times[name].append(dt)
+    n = numel(shapes)
+    bound_s = statistics.median(times["bound"])
+    bound_gbps = 4 * 4 * n / bound_s / 1e9  # read + write of the float32 model, twice
+    result = {"model": model, "dtype": "float32", "elements": n, "tensors": len(shapes),
+              "calls": len(ops.calls), "bound_ms": bound_s * 1e3, "bound_GBps": bound_gbps, "ops": {}}
+    for name, (what, per_element) in CODEC_OPS.items():
+        med = statistics.median(times[name])
+        gbps = per_element * n / med / 1e9
+        result["ops"][name] = {"what": what, "bytes_per_element": per_element, "ms": med * 1e3,
+                               "ms_spread": (max(times[name]) - min(times[name])) * 1e3,
+                               "GBps": gbps, "vs_bound": gbps / bound_gbps}
+    return result
+
+
 def _status_kb(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -184,6 +303,9 @@ def main():
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--codec-model", default="resnet50",
+                   help="the model whose float32 shapes the compressed-delta kernels are timed on")
+    p.add_argument("--no-codec", action="store_true", help="skip the compressed-delta kernels")
     p.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -198,6 +320,7 @@ def main():
     for model in args.models.split(","):
         for dtype_name in args.dtypes.split(","):
             rows.append(measure(model, dtype_name, args.repeats, args.bucket_cap_mb))
+    codec = None if args.no_codec else measure_codec(args.codec_model, args.repeats, args.bucket_cap_mb)
     memory = {}
     if not args.no_memory:
         for model in args.models.split(","):
@@ -229,8 +352,18 @@ def main():
             cells = "  ".join(f"{m} {fmt(None if memory[f'{model}/{m}'] is None else memory[f'{model}/{m}'] / 1e6, '.1f')}"
                               for m in ("fused", "flat", "torch", "horovod"))
             print(f"  {model:<18} {cells}")
+    if codec:
+        print(f"\ncompressed deltas, {codec['model']} float32 ({codec['elements'] / 1e6:.1f}M elements, "
+              f"{codec['tensors']} tensors in {codec['calls']} calls); copy bound "
+              f"{codec['bound_GBps']:.1f} GB/s ({codec['bound_ms']:.1f} ms):")
+        print(f"  {'op':<30}{'bytes/elem':>11}{'ms':>9}{'GB/s':>8}{'of copy':>9}")
+        for op in codec["ops"].values():
+            print(f"  {op['what']:<30}{op['bytes_per_element']:>11.2f}{op['ms']:>9.1f}{op['GBps']:>8.1f}"
+                  f"{op['vs_bound']:>9.2f}")
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "bucket_cap_mb": args.bucket_cap_mb, "rows": rows, "peak_extra_bytes": memory}
+    if codec:
+        result["codec"] = codec
     print("\nJSON: " + json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -12,7 +12,8 @@ def test_bench_average_runs_and_reports_every_method(tmp_path):
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_average.py"), "--models", "transformer_block",
-         "--dtypes", "float32,bfloat16", "--repeats", "1", "--json", str(out_json)],
+         "--dtypes", "float32,bfloat16", "--repeats", "1", "--codec-model", "transformer_block",
+         "--json", str(out_json)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out_json.read_text())
@@ -26,3 +27,11 @@ def test_bench_average_runs_and_reports_every_method(tmp_path):
     peak = result["peak_extra_bytes"]
     assert peak["transformer_block/fused"] < 40e6 < peak["transformer_block/torch"], peak
     assert peak["transformer_block/flat"] < 5e6, peak  # no buffer at all
+    codec = result["codec"]
+    assert (codec["model"], codec["dtype"], codec["elements"], codec["tensors"]) == (
+        "transformer_block", "float32", 12596224, 12)
+    assert codec["calls"] >= 2  # 50 MB of parameters in 25 MiB buckets
+    assert set(codec["ops"]) == {"encode_int8_res", "encode_bf16", "apply_int8", "apply_bf16"}
+    for name, op in codec["ops"].items():
+        assert op["ms"] > 0 and op["GBps"] > 0 and op["vs_bound"] > 0, name
+    assert codec["ops"]["encode_bf16"]["bytes_per_element"] == 10
