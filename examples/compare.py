@@ -40,6 +40,7 @@ class Config:
     k2: int = 1
     s: int = 1
     outer: Optional[Tuple[float, float]] = None  # (lr, momentum): Nesterov SGD at the global level
+    compression: Optional[str] = None  # the global level's codec
 
     @property
     def name(self) -> str:
@@ -47,7 +48,8 @@ class Config:
             return "sync"
         base = (f"kavg_K{self.k1 * self.k2}" if self.algo == "kavg"
                 else f"hier_S{self.s}_K1{self.k1}_K2{self.k2}")
-        return base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
+        return (base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
+                + (f"_{self.compression}" if self.compression else ""))
 
     @property
     def label(self) -> str:
@@ -55,16 +57,18 @@ class Config:
             return "sync SGD"
         base = (f"K-AVG K={self.k1 * self.k2}" if self.algo == "kavg"
                 else f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}")
-        return base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
+        return (base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
+                + (f" + {self.compression}" if self.compression else ""))
 
     def train_args(self):
         if self.algo == "sync":
             return ["--algo", "sync"]
         outer = (["--outer-lr", str(self.outer[0]), "--outer-momentum", str(self.outer[1])]
                  if self.outer else [])
+        codec = ["--global-compression", self.compression] if self.compression else []
         return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
                 str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else []),
-                *outer]
+                *outer, *codec]
 
 
 # Each preset: the training arguments shared by every run, and the configurations. The
@@ -94,20 +98,24 @@ PRESETS = {
 
 
 # The outer optimizer at the global level (Nesterov SGD on the pseudo-gradient) against plain
-# Hier-AVG at the same number of global reductions and at 2x and 4x fewer; paired by seed.
+# Hier-AVG at the same number of global reductions and at 2x and 4x fewer, and the global
+# level's deltas compressed at the same schedule; paired by seed.
 _PAPER_TRAIN = PRESETS["paper"]["train"]
 _OUTER_GRID = [(0.7, 0.9), (1.0, 0.5), (0.5, 0.9)]
 PRESETS["outer"] = {
     "np": 8, "seeds": 3, "train": _PAPER_TRAIN,
     "configs": [Config("hier", 4, k2, 4) for k2 in (4, 8, 16)] + [
-        Config("hier", 4, k2, 4, outer) for k2 in (4, 8, 16) for outer in _OUTER_GRID],
+        Config("hier", 4, k2, 4, outer) for k2 in (4, 8, 16) for outer in _OUTER_GRID] + [
+        Config("hier", 4, 4, 4, compression=c) for c in ("bf16", "int8")],
     # (title, baseline, others): each other against the baseline, seed by seed
     "comparisons": [
         (f"{k2 // 4}x fewer global reductions than plain Hier-AVG K2=4, with an outer optimizer"
          if k2 > 4 else "The same global reductions, with an outer optimizer",
          "hier_S4_K14_K24", [Config("hier", 4, k2, 4, o).name for o in _OUTER_GRID]
          + ([Config("hier", 4, k2, 4).name] if k2 > 4 else []))
-        for k2 in (4, 8, 16)],
+        for k2 in (4, 8, 16)] + [
+        ("Compressed global reductions (the deltas in bf16 or int8), the same schedule",
+         "hier_S4_K14_K24", ["hier_S4_K14_K24_bf16", "hier_S4_K14_K24_int8"])],
     "target_points": 0.3,
 }
 
