@@ -89,6 +89,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             level's averaging the outer optimizer steps on x̄ − ḡ (ḡ: the group's mean) and
             the parameters become the new x̄; buffers are averaged plainly. One more copy of
             the averaged tensors per such level. Default None (plain averaging).
+        global_compression (str): the two-level form's compression at the global level (with
+            ``levels=``: ``hvd_hier.Level(period, group_size, compression=...)``): ``"fp16"``,
+            ``"bf16"`` or ``"int8"``. The level reduces the delta from its anchor, encoded
+            (int8: a scale per chunk of 2048 elements and error feedback), through one
+            alltoall, float32 sums per shard and one allgather (``hvd_hier.compressed``).
+            Default None (the full-precision model).
         warmup_steps (int): steps of synchronous SGD before averaging starts. Default 0.
         buffers: optional iterable of tensors (e.g. ``model.buffers()``) averaged at the
             same steps as the parameters; integer buffers (BatchNorm's step counter) are
