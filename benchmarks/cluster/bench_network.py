@@ -29,7 +29,7 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from costmodel import Fit, predict_step, real_cluster_table, ring  # noqa: E402
+from costmodel import Fit, global_link_bytes, predict_step, real_cluster_table, ring  # noqa: E402
 from launch import launch  # noqa: E402
 from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
 
@@ -47,22 +47,28 @@ def parse_schedules(text: str):
     return out
 
 
+CODEC_METHODS = {"hier_bf16": "bf16", "hier_int8": "int8"}
+
+
 def runs_for(schedules, methods):
-    """(name, method, k1, k2) in the order they run at each rate."""
+    """(name, method, k1, k2, codec) in the order they run at each rate."""
     out = []
     if "compute" in methods:
-        out.append(("compute", "compute", 1, 1))
+        out.append(("compute", "compute", 1, 1, None))
     if "sync" in methods:
-        out.append(("sync", "sync", 1, 1))
+        out.append(("sync", "sync", 1, 1, None))
     if "raw" in methods:
-        out += [("raw_horovod", "raw_horovod", 1, 1), ("raw_torch", "raw_torch", 1, 1)]
+        out += [("raw_horovod", "raw_horovod", 1, 1, None), ("raw_torch", "raw_torch", 1, 1, None)]
     for k1, k2 in schedules:
         if "kavg" in methods:
-            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2))
+            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2, None))
         if "hier" in methods:
-            out.append((f"hier_{k1}x{k2}", "hier", k1, k2))
+            out.append((f"hier_{k1}x{k2}", "hier", k1, k2, None))
+        for m, codec in CODEC_METHODS.items():
+            if m in methods:
+                out.append((f"hier_{k1}x{k2}_{codec}", "hier", k1, k2, codec))
         if "torch" in methods:
-            out.append((f"torch_{k1}x{k2}", "torch", k1, k2))
+            out.append((f"torch_{k1}x{k2}", "torch", k1, k2, None))
     seen, unique = set(), []
     for run in out:  # K-AVG with the same K1*K2 from two schedules is one run
         if run[0] not in seen:
@@ -82,8 +88,9 @@ def label(name: str) -> str:
     kind, rest = name.split("_", 1)
     if kind == "kavg":
         return f"hvd_hier K-AVG K={rest[1:]}"
-    k1, k2 = rest.split("x")
-    return (f"hvd_hier Hier-AVG K1={k1} K2={k2}" if kind == "hier"
+    schedule, _, codec = rest.partition("_")
+    k1, k2 = schedule.split("x")
+    return (f"hvd_hier Hier-AVG K1={k1} K2={k2}{' + ' + codec if codec else ''}" if kind == "hier"
             else f"PyTorch HierarchicalModelAverager K1={k1} K2={k2}")
 
 
@@ -94,12 +101,16 @@ def analytic_link_bytes(run: Dict) -> float:
     with the ranks placed node by node, exactly one edge of the ring leaves each node. Local
     reductions stay inside the node. Synchronous Horovod reduces the gradients (the
     parameters' size) every step; hvd_hier averages parameters and floating buffers; PyTorch's
-    averager the parameters."""
+    averager the parameters. A compressed hvd_hier run: ``costmodel.global_link_bytes`` of
+    its encoded bytes per global reduction."""
     ring_factor = ring(run["size"])
     if run["method"] == "sync":
         return ring_factor * run["params_bytes"] * run["steps"]
     if run["method"] == "compute":
         return 0.0
+    if run.get("compression"):  # hvd_hier's alltoall + allgather of encoded deltas
+        return global_link_bytes(0, run["size"], run["ranks_per_node"],
+                                 run["global_bytes_per_average"]) * run["global_averages"]
     size = run["params_bytes"] if run["method"] == "torch" else run["payload_bytes"]
     return ring_factor * size * run["global_averages"]
 
@@ -205,8 +216,9 @@ def main(argv=None):
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
     p.add_argument("--schedules", default="1x8,4x2", help="K1xK2 list for kavg, hier, torch")
-    p.add_argument("--methods", default="compute,sync,raw,kavg,hier,torch",
-                   help="raw: each library's allreduce alone (explains the averaging times)")
+    p.add_argument("--methods", default="compute,sync,raw,kavg,hier,hier_bf16,hier_int8,torch",
+                   help="raw: each library's allreduce alone (explains the averaging times); "
+                        "hier_bf16, hier_int8: Hier-AVG with the global level's deltas encoded")
     p.add_argument("--packed", action="store_true",
                    help="hvd_hier without flat storage (default: flat_storage=True)")
     p.add_argument("--steps", type=int, default=32)
@@ -233,7 +245,7 @@ def main(argv=None):
             raise SystemExit(f"--rates: {e}")
     schedules = parse_schedules(args.schedules)
     methods = set(args.methods.split(","))
-    unknown = methods - {"compute", "sync", "raw", "kavg", "hier", "torch"}
+    unknown = methods - {"compute", "sync", "raw", "kavg", "hier", "torch", *CODEC_METHODS}
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
     out = Path(args.out_dir)
@@ -241,7 +253,7 @@ def main(argv=None):
     if args.report_only:
         results = []
         for rate in rates:
-            for name, _, _, _ in plan:
+            for name, *_ in plan:
                 path = out / "runs" / f"{rate}_{name}.json"
                 if not path.exists():
                     raise SystemExit(f"--report-only: {path} is missing")
@@ -269,7 +281,7 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
             # one TCP stream node 0 -> node 1, about 2 s of traffic: the measured B_inter
             link_bw = cluster.throughput(0, 1, min(256 << 20, max(4 << 20, parse_rate(rate) // 4)))
             print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
-            for name, method, k1, k2 in plan:
+            for name, method, k1, k2, codec in plan:
                 path = out / "runs" / f"{rate}_{name}.json"
                 # raw collectives: a quarter as many repetitions (each is a whole allreduce)
                 steps = max(4, args.steps // 4) if method.startswith("raw_") else args.steps
@@ -279,6 +291,8 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
                        str(args.batch_size), "--out", str(path)]
                 if method in ("kavg", "hier") and not args.packed:
                     cmd.append("--flat-storage")
+                if codec:
+                    cmd += ["--global-compression", codec]
                 t0 = time.perf_counter()
                 launch(cluster, args.ranks_per_node, cmd,
                        backend="torch" if method in ("torch", "raw_torch") else "horovod",

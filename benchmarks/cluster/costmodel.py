@@ -4,6 +4,7 @@ Per step, averaged over a period of K1*K2 steps:
 
     T = t_c + (K2 - 1) / (K1 K2) * T_local + 1 / (K1 K2) * T_global      (Hier-AVG)
     T_global = a + 2 (P - 1) / P * S / B_inter                           (ring over P ranks)
+    T_global = a + (L (P - L) + P - 1) / P * E / B_inter     (compressed: E encoded bytes)
     T_local  = a + 2 (L - 1) / L * S / B_intra                           (ring over L ranks)
 
 with t_c the compute time of a step, S the bytes averaged, P the ranks, L the ranks per node
@@ -53,10 +54,23 @@ class Fit:
         return cls(t_c, runs[0]["link_throughput"], t_local)
 
 
+def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None) -> float:
+    """Bytes one node's uplink sends per global reduction over p ranks, l per node (placed
+    node by node): a ring allreduce of ``size_bytes`` (one ring edge leaves the node), or a
+    compressed reduction of ``encoded`` bytes per rank: its alltoall (each of the node's l
+    ranks sends one shard of encoded / p to each of the p - l ranks elsewhere) and its ring
+    allgather (one edge leaves the node, carrying the p - 1 shards the next node lacks)."""
+    if encoded is None:
+        return ring(p) * size_bytes
+    return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
+
+
 def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
-              t_compute: float, b_inter: float, t_local: float, latency: float = 0.0) -> float:
-    """The model's seconds per step (see the module doc)."""
-    t_global = latency + ring(p) * size_bytes / b_inter
+              t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
+              encoded: Optional[float] = None) -> float:
+    """The model's seconds per step (see the module doc; ``encoded``: the global level's
+    encoded bytes per rank, for a compressed reduction)."""
+    t_global = latency + global_link_bytes(size_bytes, p, l, encoded) / b_inter
     if method == "compute":
         return t_compute
     if method == "sync":
@@ -73,8 +87,9 @@ def predict_step(run: Dict, fit: Fit) -> Optional[float]:
     t_local = fit.t_local.get(method, 0.0)
     if method in ("hier", "torch") and run["k2"] > 1 and method not in fit.t_local:
         return None
+    encoded = run.get("global_bytes_per_average") if run.get("compression") else None
     return step_time(method, run["k1"], run["k2"], size, run["size"], run["ranks_per_node"],
-                     fit.t_compute, fit.b_inter, t_local)
+                     fit.t_compute, fit.b_inter, t_local, encoded=encoded)
 
 
 # A real cluster, for the prediction: 8 nodes of 8 GPUs, NVLink inside a node, one NIC each.

@@ -99,7 +99,8 @@ def build(args, comm, model):
     """The optimizer of ``args.method`` and a function that reads the averaging counters
     (local count, global count, seconds local, seconds global) after a step."""
     base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    counters = {"local": 0, "global": 0, "seconds_local": 0.0, "seconds_global": 0.0}
+    counters = {"local": 0, "global": 0, "seconds_local": 0.0, "seconds_global": 0.0,
+                "bytes_global": 0}
     if args.method == "compute":
         return base, lambda opt: dict(counters)
     if args.method == "sync":
@@ -111,13 +112,13 @@ def build(args, comm, model):
         opt = hvd_hier.DistributedOptimizer(
             base, named_parameters=model.named_parameters(), local_steps=args.k1,
             local_rounds=args.k2, group_size=1 if args.method == "kavg" else "local",
-            flat_storage=args.flat_storage)
+            flat_storage=args.flat_storage, global_compression=args.global_compression)
 
         def read(opt):
             s = opt.averaging_stats()
             return {"local": s["local_averages"] if args.method == "hier" else 0,
                     "global": s["global_averages"], "seconds_local": s["seconds_local"],
-                    "seconds_global": s["seconds_global"]}
+                    "seconds_global": s["seconds_global"], "bytes_global": s["bytes_global"]}
         return opt, read
     # torch: PostLocalSGDOptimizer + HierarchicalModelAverager, the same groups and periods
     from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import (
@@ -190,6 +191,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--flat-storage", action="store_true")
+    p.add_argument("--global-compression", choices=["fp16", "bf16", "int8"], default=None,
+                   help="kavg, hier: the global level's deltas in this encoding")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -255,6 +258,10 @@ def main():
             "ranks_per_node": comm.local_size, "nodes": len(nodes), "steps": args.steps,
             "warmup": warmup, "model": args.model, "image_size": side,
             "batch_size": args.batch_size, "flat_storage": args.flat_storage,
+            "compression": args.global_compression,
+            # what one rank reduces per global averaging (hvd_hier: encoded bytes if compressed)
+            "global_bytes_per_average": (after["bytes_global"] - before["bytes_global"])
+            / max(1, after["global"] - before["global"]),
             "params_bytes": params, "payload_bytes": payload,
             "total_seconds": max(r["total"] for r in everyone),
             "step_seconds": times, "step_kinds": kinds,

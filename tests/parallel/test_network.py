@@ -103,7 +103,7 @@ def test_bench_network_smoke(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     runs = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     assert list(runs) == ["compute", "sync", "raw_horovod", "raw_torch", "kavg_K4", "hier_1x4",
-                          "torch_1x4"]
+                          "hier_1x4_bf16", "hier_1x4_int8", "torch_1x4"]
     for name in ("raw_horovod", "raw_torch"):  # one allreduce of the model's size, 4 times
         raw = runs.pop(name)
         assert raw["bytes"] == 4 * (192 * 46 + 46 + 46 * 10 + 10)
@@ -114,8 +114,13 @@ def test_bench_network_smoke(tmp_path):
         assert (r["size"], r["ranks_per_node"], r["nodes"], r["steps"]) == (4, 2, 2, 8)
         assert r["params_bytes"] == 4 * (192 * 46 + 46 + 46 * 10 + 10)
     # K1=1, K2=4 over 8 timed steps (after one untimed period): 2 global and 6 local averagings
-    for name in ("hier_1x4", "torch_1x4"):
+    for name in ("hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "torch_1x4"):
         assert (runs[name]["global_averages"], runs[name]["local_averages"]) == (2, 6), name
+    # the encoded bytes of one global reduction: the tiny model's 9,316 parameters in 5 records
+    records = -(-(192 * 46 + 46 + 46 * 10 + 10) // 2048)
+    assert runs["hier_1x4_bf16"]["global_bytes_per_average"] == records * 4096
+    assert runs["hier_1x4_int8"]["global_bytes_per_average"] == records * 2064
+    assert runs["hier_1x4_int8"]["compression"] == "int8"
     assert (runs["kavg_K4"]["global_averages"], runs["kavg_K4"]["local_averages"]) == (2, 0)
     # what crossed the link: at least the analytic payload, and nothing big besides
     for name in ("sync", "kavg_K4", "hier_1x4", "torch_1x4"):
@@ -125,6 +130,7 @@ def test_bench_network_smoke(tmp_path):
     assert runs["compute"]["summary"]["link_bytes"] < 200_000  # Horovod's idle cycles only
     table = (tmp_path / "table.md").read_text()
     for text in ("Horovod sync (DistributedOptimizer)", "hvd_hier Hier-AVG K1=1 K2=4",
+                 "hvd_hier Hier-AVG K1=1 K2=4 + int8",
                  "hvd.allreduce_ (Horovod's engine)",
                  "PyTorch HierarchicalModelAverager K1=1 K2=4", "real cluster"):
         assert text in table
