@@ -68,7 +68,11 @@ def test_runs_for_orders_and_deduplicates():
     runs = bench_network.runs_for([(1, 8), (4, 2), (2, 4)], {"compute", "sync", "kavg", "hier"})
     assert [r[0] for r in runs] == ["compute", "sync", "kavg_K8", "hier_1x8", "hier_4x2",
                                     "hier_2x4"]
-    assert runs[3] == ("hier_1x8", "hier", 1, 8)
+    assert runs[3] == ("hier_1x8", "hier", 1, 8, None)
+    runs = bench_network.runs_for([(1, 8)], {"hier", "hier_int8", "hier_bf16", "torch"})
+    assert [r[0] for r in runs] == ["hier_1x8", "hier_1x8_bf16", "hier_1x8_int8", "torch_1x8"]
+    assert runs[2] == ("hier_1x8_int8", "hier", 1, 8, "int8")
+    assert bench_network.label("hier_1x8_int8") == "hvd_hier Hier-AVG K1=1 K2=8 + int8"
     assert bench_network.label("torch_1x8") == "PyTorch HierarchicalModelAverager K1=1 K2=8"
     assert bench_network.label("kavg_K8") == "hvd_hier K-AVG K=8"
 
@@ -82,6 +86,13 @@ def test_analytic_link_bytes():
     assert bench_network.analytic_link_bytes(
         {**base, "method": "torch", "global_averages": 4}) == 1.5 * 1000 * 4
     assert bench_network.analytic_link_bytes({**base, "method": "compute"}) == 0.0
+    # compressed, 2 nodes x 2 ranks: the alltoall sends 2 ranks x 2 shards of E/4 off the node,
+    # the ring allgather's one outgoing edge 3 shards: 1.75 E per global reduction
+    compressed = {**base, "method": "hier", "global_averages": 4, "ranks_per_node": 2,
+                  "compression": "int8", "global_bytes_per_average": 2064.0}
+    assert bench_network.analytic_link_bytes(compressed) == 1.75 * 2064 * 4
+    assert costmodel.global_link_bytes(0, 64, 8, 1000.0) == (8 * 56 + 63) / 64 * 1000
+    assert costmodel.global_link_bytes(300, 4, 2) == 1.5 * 300
 
 
 def test_step_time_closed_form():
