@@ -84,11 +84,14 @@ def can_create_namespaces() -> Optional[str]:
 
 def raise_on_signals():
     """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so ``with Cluster(...)`` cleans up on
-    them as it does on Ctrl-C (SIGINT already raises KeyboardInterrupt)."""
+    them as it does on Ctrl-C; and make SIGINT raise it too even where the process started
+    with SIGINT ignored (Python then leaves it ignored: any job started with ``&`` from a
+    script, where a ``kill -INT`` would otherwise leave the namespaces behind)."""
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Cluster:

@@ -83,12 +83,20 @@ def test_cluster_is_removed_on_ctrl_c_and_sigterm(sig):
               "raise_on_signals()\n"
               f"with Cluster(2, '1gbit', prefix={PREFIX!r}):\n"
               "    print('up', flush=True); time.sleep(60)\n")
+    # started with SIGINT ignored, as every job started with & from a script is (a CI runner,
+    # say): the clean-up must not depend on how the process was started
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == "up"
-    assert len(namespaces()) == 3
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        assert len(namespaces()) == 3
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:  # never leave it running: its late clean-up would delete the next test's cluster
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert "KeyboardInterrupt" in err, err
     assert namespaces() == []
 
