@@ -3,8 +3,9 @@
     PYTHONPATH=BUILD/python python scripts/gpu_check.py --out DIR --build-dir BUILD \
         --arch 90 --build-ms 61234 [--cpu-rehearsal]
 
-Runs tests/gpu (on the GPU, or only collected in a CPU rehearsal), times pack and unpack at
-ResNet-50 sizes against a device-to-device copy of the same bytes with CUDA events (a CPU
+Runs tests/gpu (on the GPU, or only collected in a CPU rehearsal), times pack and unpack and
+the compressed-delta kernels' encode and apply at ResNet-50 sizes against a device-to-device
+copy of the same bytes with CUDA events (a CPU
 rehearsal runs the same timing code on the CPU with host timers, on small shapes), writes
 gpu_check.json and gpu_check.md into DIR and prints the table last. Exits 1 if a test fails,
 the extension is not the one just built, or a CUDA step breaks.
@@ -223,6 +224,56 @@ def time_kernels(device: torch.device, model: str, repeats: int, warmup: int) ->
     return rows
 
 
+# The compressed-delta kernels: (op, codec, with residuals) and the bytes each element moves
+# (float32 tensors): encode reads x and the anchor (and the residual, which it writes back) and
+# writes the codes; apply reads the codes and the anchor and writes x and the anchor.
+CODEC_CASES = [("encode", "int8", True, 4 + 4 + 4 + 4 + 1), ("apply", "int8", False, 1 + 4 + 4 + 4),
+               ("encode", "bf16", False, 4 + 4 + 2), ("apply", "bf16", False, 2 + 4 + 4 + 4)]
+
+
+def time_codec_kernels(device: torch.device, model: str, repeats: int, warmup: int) -> list:
+    """encode_delta and apply_delta of the model's float32 parameters (in tables of at most
+    MAX_TENSORS_PER_DELTA_LAUNCH tensors) against a float32 copy of the same bytes."""
+    from hvd_hier._ext import extension
+
+    C = extension()
+    timer = Timer(device, repeats, warmup)
+    shapes = MODELS[model]
+    n = numel(shapes)
+    g = torch.Generator().manual_seed(1)
+    step = C.MAX_TENSORS_PER_DELTA_LAUNCH
+    x = [torch.randn(numel([s]), generator=g).to(device) for s in shapes]
+    a = [t + 0.01 * torch.randn(t.numel(), generator=g).to(device) for t in x]
+    r = [torch.zeros_like(t) for t in x]
+    tables = [slice(i, i + step) for i in range(0, len(shapes), step)]
+    rows = []
+    for op, codec, with_residual, per_element in CODEC_CASES:
+        codes = [torch.zeros(C.encoded_bytes(codec, sum(t.numel() for t in x[sl])),
+                             dtype=torch.uint8, device=device) for sl in tables]
+        for sl, out in zip(tables, codes):  # valid codes for apply
+            C.encode_delta(x[sl], a[sl], [], out, codec)
+        if op == "encode":
+            t = timer(lambda: [C.encode_delta(x[sl], a[sl], r[sl] if with_residual else [], out,
+                                              codec) for sl, out in zip(tables, codes)])
+        else:
+            t = timer(lambda: [C.apply_delta(out, x[sl], a[sl], codec)
+                               for sl, out in zip(tables, codes)])
+        moved = n * per_element
+        src = torch.randn(moved // 8, generator=g).to(device)
+        c = best_copy(timer, src, torch.empty_like(src))
+        rows.append({
+            "op": op, "scale": 1.0, "tensors": "float32",
+            "bucket": f"{codec} codes" + (" + residual" if with_residual else ""),
+            "path": "codec", "model": model, "elements": n, "launches": len(tables),
+            "MB_moved": round(moved / 1e6, 2), "kernel_us": round(t["us"], 2),
+            "copy_us": round(c["us"], 2), "kernel_GBps": round(moved / t["us"] / 1e3, 1),
+            "copy_GBps": round(moved / c["us"] / 1e3, 1),
+            "fraction_of_copy": round(c["us"] / t["us"], 3), "graph": t["graph"],
+            "copy_how": c["how"], "copies_us": c["all_us"], "target": None})
+        del codes, src
+    return rows
+
+
 def fmt_tests(tests: dict) -> list:
     if "collected" in tests:
         return [("tests/gpu", f"{tests['collected']} tests collected; not run (cpu rehearsal: "
@@ -268,7 +319,8 @@ def markdown(report: dict) -> str:
                   "fraction of copy | target |",
                   "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
         for r in report["timings"]:
-            pair = f"{r['tensors']} → {r['bucket']}" if r["op"] == "pack" else f"{r['bucket']} → {r['tensors']}"
+            pair = (f"{r['tensors']} → {r['bucket']}" if r["op"] in ("pack", "encode")
+                    else f"{r['bucket']} → {r['tensors']}")
             if r["target"] is None:
                 target = "—"
             else:
@@ -305,7 +357,8 @@ def main(argv=None) -> int:
         else:
             device, model, repeats, warmup = torch.device("cuda"), "resnet50", args.repeats or 200, 20
         print(f"== timings on {device} ({model}, median of {repeats})", flush=True)
-        report["timings"] = time_kernels(device, model, repeats, warmup)
+        report["timings"] = (time_kernels(device, model, repeats, warmup)
+                             + time_codec_kernels(device, model, repeats, warmup))
     report["ok"] = report["tests"]["ok"] and bool(report["timings"])
     report["seconds"] = round(time.monotonic() - start + args.build_ms / 1e3, 1)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -80,13 +80,19 @@ def test_cpu_rehearsal_end_to_end(tmp_path):
                    ("pack", "bfloat16", "bfloat16", 1.0, "vector"), ("unpack", "bfloat16", "bfloat16", 0.25, "vector"),
                    ("pack", "float32", "bfloat16", 1.0, "vector"), ("unpack", "float32", "bfloat16", 0.25, "vector"),
                    ("pack", "float32", "float32", 1.0, "scalar"),
-                   ("unpack", "bfloat16", "bfloat16", 1.0, "vector"), ("pack", "bfloat16", "bfloat16", 0.25, "vector")]
+                   ("unpack", "bfloat16", "bfloat16", 1.0, "vector"), ("pack", "bfloat16", "bfloat16", 0.25, "vector"),
+                   ("encode", "float32", "int8 codes + residual", 1.0, "codec"),
+                   ("apply", "float32", "int8 codes", 1.0, "codec"),
+                   ("encode", "float32", "bf16 codes", 1.0, "codec"),
+                   ("apply", "float32", "bf16 codes", 1.0, "codec")]
     assert all(r["kernel_us"] > 0 and r["copy_us"] > 0 and r["target"] is None for r in report["timings"])
     table = (out / "gpu_check.md").read_text()
     assert proc.stdout.endswith(table)  # the table is printed last
     assert "CPU REHEARSAL (no GPU: CUDA steps skipped)" in table
     assert "| build | skipped (cpu rehearsal)" in table
     assert "| overall | **PASSED**" in table
+    assert "| encode | float32 → int8 codes + residual |" in table
+    assert "| apply | bf16 codes → float32 |" in table
 
 
 def fake_report(fraction):
