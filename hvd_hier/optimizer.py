@@ -370,6 +370,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "a plain optimizer); the schedule starts again at step 0")
             h.position.t = 0
             h.stats = Stats.zero(len(h.config.levels))
+            for anchor in filter(None, h.anchors):  # taken afresh after warmup
+                anchor.reset()
             return
         if saved["config"] != self._hier_config():
             warnings.warn(

@@ -11,6 +11,7 @@ Where the values are dyadic (learning rates and momenta of few bits, every group
 
 import copy
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -137,6 +138,13 @@ def resume(rank, size):
         run(w2, opt2, at + 1, 16, got)
         for t, (a, b) in enumerate(zip(got, want[at:]), start=at + 1):
             assert torch.equal(a, b), f"resume from {at} (all load: {everyone_loads}): step {t}"
+    # a plain optimizer's state dict: the schedule and the anchors start again
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(37))], lr=0.05).state_dict()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        opt2.load_state_dict(plain)
+    anchors = [a for a in opt2.hier_state().anchors if a is not None]
+    assert anchors and not any(a.taken or a.outer.state for a in anchors)
     report("outer_resume")
 
 
