@@ -7,7 +7,9 @@ group, identical across the group. An ``outer`` optimizer (any ``torch.optim.Opt
 built by the user's callable over the anchor's copies of the parameters) steps on the
 pseudo-gradient x̄ − ḡ, where ḡ is the group's mean of the parameters, and the parameters of
 every rank of the group become the new x̄ (DiLoCo's outer step; with ``SGD(lr=1)`` it is
-plain averaging). Buffers are averaged plainly and their anchor follows the mean.
+plain averaging up to rounding: x̄ − (x̄ − ḡ) is ḡ wherever x̄ − ḡ is exact). Buffers are
+averaged plainly and their anchor follows the mean. A level with ``compression`` keeps an
+anchor too (its deltas are taken from it; ``hvd_hier.compressed``).
 
 Lifecycle (driven by the optimizer):
 
@@ -24,6 +26,7 @@ tensors views into it at the same offsets, so that taking it is one copy per buf
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence
 
 import torch
@@ -93,6 +96,7 @@ class Anchor:
                                for t in self.tensors]
         self.taken = False
         self.outer = None if outer is None else make_outer(where, outer, self.anchor[:num_params])
+        self.outer_name = None if outer is None else describe_callable(outer)
         self.reducer = None
         if compression is not None:
             from .compressed import DeltaReducer
@@ -171,11 +175,18 @@ class Anchor:
         if self.reducer is not None:
             self.reducer.reset_residuals()
 
+    def portable_state(self) -> dict:
+        """``state_dict(residuals=False)`` with a compact CPU copy of every tensor: what is
+        sent to other ranks (a view of flat storage would pickle its whole buffer, and a CUDA
+        tensor would unpickle onto the sender's device)."""
+        return _cpu_copy(self.state_dict(residuals=False))
+
     def state_dict(self, residuals: bool = True) -> dict:
         """The anchor (None before it was taken), the outer optimizer's state and (unless
         ``residuals=False``) this rank's error residuals."""
         return {"taken": self.taken, "anchor": list(self.anchor) if self.taken else None,
                 "outer": None if self.outer is None else self.outer.state_dict(),
+                "outer_name": self.outer_name,
                 "compression": None if self.reducer is None or not residuals
                 else self.reducer.state_dict()}
 
@@ -196,12 +207,27 @@ class Anchor:
         else:
             self.taken = False
         if self.outer is not None:
-            if saved.get("outer") is not None:
+            same = saved.get("outer_name", self.outer_name) == self.outer_name
+            if saved.get("outer") is not None and same:
                 self.outer.load_state_dict(saved["outer"])
-            else:
+            else:  # none saved, or another outer optimizer (its state would not fit this one)
+                if saved.get("outer") is not None:
+                    warnings.warn(f"hvd_hier: {self.where or 'the global level'}: the saved "
+                                  f"outer optimizer was {saved.get('outer_name')}, this one is "
+                                  f"{self.outer_name}; its state starts from zero")
                 self.outer.state.clear()
         if self.reducer is not None and residuals:
             self.reducer.load_state_dict(saved.get("compression"))
+
+
+def _cpu_copy(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 def make_anchors(levels, tensors: Sequence[torch.Tensor], num_params: int,

@@ -51,15 +51,19 @@ class HierConfig:
         """The schedule in the user's words (saved in checkpoints, compared on load)."""
         s = self.schedule
         if self.shorthand:
-            return {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
-                    "warmup_steps": s.warmup_steps, "group_size": self.levels[0].group_size}
+            out = {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
+                   "warmup_steps": s.warmup_steps, "group_size": self.levels[0].group_size}
+            if self.levels[-1].options:  # outer=, global_compression=
+                out["global_options"] = self.levels[-1].describe()[2]
+            return out
         return {"levels": [lv.describe() for lv in self.levels], "warmup_steps": s.warmup_steps}
 
     def agreement(self) -> Dict[str, object]:
         """What every rank must have alike (compared key by key by the setup's allgather)."""
         s = self.schedule
         levels = ({"local_steps": s.local_steps, "local_rounds": s.local_rounds,
-                   "group_size": self.levels[0].group_size} if self.shorthand
+                   "group_size": self.levels[0].group_size,
+                   "global_options": self.levels[-1].describe()[2]} if self.shorthand
                   else {"levels": [lv.describe() for lv in self.levels]})
         return {**levels, "warmup_steps": s.warmup_steps, "bucket_cap_mb": self.bucket_cap_mb,
                 "op": str(self.op), "backward_passes_per_step": self.backward_passes_per_step,

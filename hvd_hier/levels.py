@@ -67,7 +67,8 @@ class Level:
     def __init__(self, period, group_size=ALL, **options):
         object.__setattr__(self, "period", period)
         object.__setattr__(self, "group_size", group_size)
-        object.__setattr__(self, "options", dict(options))
+        # an option given as None is the default: the same level as without it
+        object.__setattr__(self, "options", {k: v for k, v in options.items() if v is not None})
 
     def __setattr__(self, name, value):
         raise AttributeError("Level is immutable")

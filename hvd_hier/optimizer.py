@@ -20,7 +20,7 @@ from ._horovod import generation as _horovod_generation
 
 from .collectives import NonFiniteError, StallError, broadcast_object, wait
 from .jobsetup import setup
-from .reduction import average_level, level_name
+from .reduction import average_level, level_name, take_first_anchors
 from .schedule import Reduction
 from .state import HierState, Stats
 
@@ -94,7 +94,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         topo = h.topology
         if not idx or len(topo.set_ranks) == 1:
             return
-        mine = {i: h.anchors[i].state_dict(residuals=False) for i in idx}
+        mine = {i: h.anchors[i].portable_state() for i in idx}
         try:
             chosen = dict(broadcast_object(mine, topo.set_ranks[0], topo.global_set,
                                            "hvd_hier.anchors", self._hier_deadline()))
@@ -224,9 +224,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             else:
                 self._hier_check_grads()
             _hvd_private.set_synchronized(self, False)
-            for anchor in h.anchors:  # the first step after warmup: before its update
-                if anchor is not None and not anchor.taken:
-                    anchor.take()
+            if reduction is not Reduction.SYNC:  # after warmup, before the update
+                take_first_anchors(h)
             update = True
             if amp:  # the scaler's attributes are for us, not for the base optimizer's step
                 handed = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
@@ -312,8 +311,9 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         Keys: ``steps`` (calls of step(), the spurious one of broadcast_optimizer_state not
         counted), ``sync_steps`` (warmup steps), ``local_averages``, ``global_averages``,
         ``bytes_local`` and ``bytes_global`` (payload bytes reduced by this rank: the size of
-        the averaged tensors, with flat storage of its buffers, padding included; not wire
-        traffic; 0 for local averagings of a group of one),
+        the averaged tensors, with flat storage of its buffers, padding included; for a
+        compressed level the encoded bytes; not wire traffic; 0 for local averagings of a
+        group of one),
         ``seconds_local``, ``seconds_global`` (wall time in the averagings),
         ``skipped_steps`` (steps whose update a ``torch.amp.GradScaler`` skipped on this rank
         because its gradients overflowed: the schedule advanced all the same),
@@ -383,8 +383,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         self._hier_load_anchors(saved.get("anchors"))
 
     def _hier_load_anchors(self, saved) -> None:
-        """Restore the anchors of the levels that have ``outer`` from a checkpoint of the same
-        levels; otherwise (another configuration, or none saved) they are taken afresh at the
+        """Restore the anchors of the levels with ``outer`` or ``compression`` from a
+        checkpoint of the same levels; otherwise (another configuration, or none saved) they are taken afresh at the
         next step after warmup, with a warning if the checkpoint had some."""
         h = self._hier
         mine = [a is not None for a in h.anchors]

@@ -15,7 +15,7 @@ import horovod.torch as hvd
 from .collectives import NonFiniteError, wait
 from .state import HierState
 
-__all__ = ["level_name", "nonfinite_ranks", "average_level"]
+__all__ = ["level_name", "nonfinite_ranks", "average_level", "take_first_anchors"]
 
 
 def level_name(config, level: int) -> str:
@@ -74,6 +74,23 @@ def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float])
     return size - len(bad)
 
 
+def _relink(h: HierState) -> None:
+    """Flat storage: tensors whose ``.data`` was re-assigned go back into their slots (an
+    anchor copies the flat buffers, and the compressed path reads the tensors)."""
+    if h.config.flat_storage:
+        h.averager.relink()
+
+
+def take_first_anchors(h: HierState) -> None:
+    """At the first step after warmup, before its update: every anchor neither taken nor
+    loaded from a checkpoint becomes the model."""
+    pending = [a for a in h.anchors if a is not None and not a.taken]
+    if pending:
+        _relink(h)
+        for anchor in pending:
+            anchor.take()
+
+
 def average_level(h: HierState, level: int, t: int, deadline: Optional[float]) -> None:
     """Level ``level``'s averaging at step ``t`` on this rank (``StallError`` past
     ``deadline``), counted in its statistics."""
@@ -84,6 +101,7 @@ def average_level(h: HierState, level: int, t: int, deadline: Optional[float]) -
     tag = level_name(h.config, level).replace(" ", "")
     anchor = h.anchors[level]
     if anchor is not None and anchor.reducer is not None and len(lt.group) > 1:
+        _relink(h)
         moved = anchor.reduce_compressed(lt.process_set, lt.group, hvd.rank(), divisor, tag,
                                          deadline)
     else:

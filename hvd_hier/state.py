@@ -98,7 +98,8 @@ class HierState:
     stats: Stats = None
     grad_averager: object = None  #: deterministic=True: the warmup gradients' averager
     trained: List = field(default_factory=list)  #: deterministic=True: params with grad
-    #: per level: its ``hvd_hier.anchor.Anchor`` (levels with ``outer``), else None
+    #: per level: its ``hvd_hier.anchor.Anchor`` (levels with ``outer`` or ``compression``),
+    #: else None
     anchors: List = field(default_factory=list)
 
     def __post_init__(self):

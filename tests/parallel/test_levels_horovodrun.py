@@ -17,7 +17,8 @@ def test_levels_follow_the_simulation_at_every_step():
 
 
 OUTER_SECTIONS = ["outer_three", "outer_two_levels_warmup", "outer_lr1_is_plain",
-                  "outer_real_values", "outer_three.flat", "outer_buffers", "outer_resume"]
+                  "outer_real_values", "outer_three.flat", "outer_buffers", "outer_amp_warmup",
+                  "outer_resume"]
 
 
 def test_outer_optimizers_follow_the_simulation_at_every_step():

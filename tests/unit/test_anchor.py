@@ -140,3 +140,46 @@ def test_make_anchors_one_per_level_with_outer():
     anchors = make_anchors(levels, tensors(), 2)
     assert [a is not None for a in anchors] == [False, True, False]
     assert anchors[1].where == "levels[1]" and anchors[1].nbytes() == 7 * 8
+
+
+def test_portable_state_is_compact_cpu_copies():
+    ts = tensors()
+    averager = FlatAverager(ts, bucket_cap_bytes=1 << 20, names=["a", "b", "buf"])
+    a = Anchor("levels[0]", ts, 2, SGD, averager.buckets)
+    a.take()
+    state = a.portable_state()
+    for saved, mine in zip(state["anchor"], a.anchor):
+        assert torch.equal(saved, mine) and saved.device.type == "cpu"
+        # its own compact storage, not a view of the whole flat buffer
+        assert saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
+    assert state["compression"] is None and state["outer_name"] == describe_callable(SGD)
+
+
+def test_another_outer_optimizer_starts_from_zero():
+    ts = tensors()
+    a = Anchor("levels[1]", ts, 2, SGD)
+    a.take()
+    a.outer_step()
+    saved = a.state_dict()
+    adam = functools.partial(torch.optim.Adam, lr=0.1)
+    b = Anchor("levels[1]", tensors(), 2, adam)
+    with pytest.warns(UserWarning, match=r"levels\[1\]: the saved outer optimizer was "
+                                         r"partial\(torch.optim.sgd.SGD, .*\), this one is "
+                                         r"partial\(torch.optim.adam.Adam, lr=0.1\); its state "
+                                         r"starts from zero"):
+        b.load_state_dict(saved)
+    assert b.taken and not b.outer.state and b.outer.param_groups[0]["lr"] == 0.1
+
+
+def test_an_option_given_as_none_is_no_option():
+    assert Level(4, "all", outer=None, compression=None) == Level(4, "all")
+    assert Level(4, "all", compression=None).describe() == (4, "all", ())
+
+
+def test_the_shorthand_agrees_and_saves_the_global_options():
+    plain = make_config(local_steps=2, local_rounds=2, group_size=2)
+    coded = make_config(local_steps=2, local_rounds=2, group_size=2, global_compression="int8")
+    assert plain.agreement()["global_options"] == ()
+    assert coded.agreement()["global_options"] == (("compression", "int8"),)
+    assert "global_options" not in plain.schedule_config()  # older checkpoints still match
+    assert coded.schedule_config()["global_options"] == (("compression", "int8"),)

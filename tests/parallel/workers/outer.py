@@ -93,6 +93,31 @@ def buffers_average_plainly(rank, size):
     report("outer_buffers")
 
 
+def under_grad_scaler(rank, size):
+    """torch.amp.GradScaler with warmup: its step() is called in warmup too, and the anchors
+    must still be taken at the first step after warmup (power-of-two scales: exact)."""
+    levels = [(1, 2), (2, 4), (4, "all")]
+    outers = [None, None, dict(lr=0.5, momentum=0.5, nesterov=True)]
+    warmup, steps = 3, 12
+    w, opt = make(rank, levels=with_outer(levels, outers), warmup_steps=warmup)
+    hvd.broadcast_parameters([("w", w)], root_rank=0)
+    groups = [lv["groups"] for lv in opt.averaging_stats()["levels"]]
+    want = simulate_levels_sgd([init_values(0)] * size, grad_values, LR, groups, [1, 2, 4],
+                               warmup, steps, outers)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=1000)
+    anchor = opt.hier_state().anchors[2]
+    for t in range(1, steps + 1):
+        opt.zero_grad()
+        scaler.scale((w * torch.tensor(grad_values(rank, t), dtype=torch.float64)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert anchor.taken == (t > warmup), (t, anchor.taken)
+        got = everyone(w, f"amp.{t}")
+        for r in range(size):
+            assert np.array_equal(got[r], want[t - 1][r]), f"amp: step {t}, rank {r}"
+    report("outer_amp_warmup")
+
+
 def resume(rank, size):
     """deterministic=True, float32 values. Outer optimizers at two levels, saved after step 7
     (mid-cycle, outer momentum at both), loaded into a new optimizer on every rank: the same
@@ -155,6 +180,7 @@ def run():
         check_config(name, rank, size)
     check_config("outer_three", rank, size, flat_storage=True)
     buffers_average_plainly(rank, size)
+    under_grad_scaler(rank, size)
     resume(rank, size)
 
 
