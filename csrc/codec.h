@@ -260,6 +260,29 @@ HVD_HIER_HD void store_int8_header(uint8_t* rec, float scale) {
 #endif
 }
 
+// Bucket elements [block * kCodecChunk, chunk_end) of record `block`.
+template <typename Table>
+HVD_HIER_HD int64_t chunk_end(const Table& t, int64_t block) {
+  const int64_t total = t.offsets[t.count];
+  const int64_t end = (block + 1) * kCodecChunk;
+  return end < total ? end : total;
+}
+
+// Calls f(i, lo, hi, codes, scale) for every piece of a tensor that record `block` of the
+// encoded buffer `src` covers: elements [lo, hi) of tensor i, whose codes start at `codes`;
+// `scale` is the record's decode scale. The decoding ops (apply_delta, decode_into) walk a
+// record this way in the CPU loop and in the CUDA thread code alike.
+template <Codec C, typename Table, typename F>
+HVD_HIER_HD void for_each_record_piece(const Table& t, const uint8_t* src, int64_t block, F&& f) {
+  const int64_t begin = block * kCodecChunk;
+  const uint8_t* rec = src + block * record_bytes<C>();
+  const float scale = record_scale<C>(rec);
+  const auto* codes = record_values<C>(rec);
+  for_each_piece(t, begin, chunk_end(t, block), [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+    f(i, lo, hi, codes + (at - begin), scale);
+  });
+}
+
 // ---- the ops' per-element arithmetic --------------------------------------------------------
 // float32, or float64 for float64 tensors.
 template <typename T>

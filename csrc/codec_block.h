@@ -26,14 +26,6 @@ struct CodecShared {
 // Elements of one record each lane holds in reduce_encoded's phase 1.
 constexpr int kCodecPerLane = static_cast<int>(kCodecChunk / kCudaThreads);
 
-// Bucket elements [begin, end) of record `block`.
-template <typename Table>
-HVD_HIER_HD int64_t chunk_end(const Table& t, int64_t block) {
-  const int64_t total = t.offsets[t.count];
-  const int64_t end = (block + 1) * kCodecChunk;
-  return end < total ? end : total;
-}
-
 // One step of the block-wide max: lanes below `stride` fold in the lane `stride` above. Run for
 // stride = kCudaThreads / 2, ..., 1 with a barrier after each; a step reads only lanes at or
 // above `stride`, which it does not write, so the lanes of a step are independent.
@@ -153,14 +145,10 @@ HVD_HIER_HD void reduce_store_lane(uint8_t* dst, int64_t block, int lane, const 
 // x = cast_T(a + d), then a = x.
 template <typename T, Codec C>
 HVD_HIER_HD void apply_lane(const DeltaTable& t, const uint8_t* src, int64_t block, int lane) {
-  const int64_t begin = block * kCodecChunk;
-  const uint8_t* rec = src + block * record_bytes<C>();
-  const float sc = record_scale<C>(rec);
-  const auto* q = record_values<C>(rec);
-  for_each_piece(t, begin, chunk_end(t, block), [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+  for_each_record_piece<C>(t, src, block, [&](int32_t i, int64_t lo, int64_t hi, const auto* qp,
+                                              float sc) {
     T* x = static_cast<T*>(t.tensors[i]) + lo;
     T* a = static_cast<T*>(t.anchors[i]) + lo;
-    const auto* qp = q + (at - begin);
     for (int64_t k = lane; k < hi - lo; k += kCudaThreads) {
       const T v = apply_value(a[k], decode_value<C>(qp[k], sc));
       x[k] = v;
@@ -173,13 +161,9 @@ HVD_HIER_HD void apply_lane(const DeltaTable& t, const uint8_t* src, int64_t blo
 template <typename T, Codec C>
 HVD_HIER_HD void decode_lane(const DeltaTable& t, const uint8_t* src, delta_acc_t<T> scale,
                              int64_t block, int lane) {
-  const int64_t begin = block * kCodecChunk;
-  const uint8_t* rec = src + block * record_bytes<C>();
-  const float sc = record_scale<C>(rec);
-  const auto* q = record_values<C>(rec);
-  for_each_piece(t, begin, chunk_end(t, block), [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+  for_each_record_piece<C>(t, src, block, [&](int32_t i, int64_t lo, int64_t hi, const auto* qp,
+                                              float sc) {
     T* x = static_cast<T*>(t.tensors[i]) + lo;
-    const auto* qp = q + (at - begin);
     for (int64_t k = lane; k < hi - lo; k += kCudaThreads) {
       x[k] = scaled_value<T>(decode_value<C>(qp[k], sc), scale);
     }

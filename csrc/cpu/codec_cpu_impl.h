@@ -44,13 +44,12 @@ inline void encode_record(float* __restrict vals, int64_t len, uint8_t* __restri
 
 template <typename T, Codec C>
 void encode_delta(const DeltaTable& t, uint8_t* out, int64_t records) {
-  const int64_t total = t.offsets[t.count];
   const bool with_residuals = t.with_residuals != 0;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     alignas(64) float vals[kCodecChunk];
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kCodecChunk;
-      const int64_t end = std::min(begin + kCodecChunk, total);
+      const int64_t end = chunk_end(t, c);
       for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
         const T* __restrict x = static_cast<const T*>(t.tensors[i]) + lo;
         const T* __restrict a = static_cast<const T*>(t.anchors[i]) + lo;
@@ -96,43 +95,35 @@ void reduce_encoded(const uint8_t* src, uint8_t* dst, int64_t records, int64_t c
 
 template <typename T, Codec C>
 void apply_delta(const DeltaTable& t, const uint8_t* src, int64_t records) {
-  const int64_t total = t.offsets[t.count];
+  using code_t = typename CodecTraits<C>::value_t;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
-      const int64_t begin = c * kCodecChunk;
-      const uint8_t* rec = src + c * record_bytes<C>();
-      const float sc = record_scale<C>(rec);
-      const auto* q = record_values<C>(rec);
-      for_each_piece(t, begin, std::min(begin + kCodecChunk, total),
-                     [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-                       T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
-                       T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
-                       const typename CodecTraits<C>::value_t* __restrict qp = q + (at - begin);
-                       for (int64_t k = 0; k < hi - lo; ++k) {
-                         const T v = apply_value(a[k], decode_value<C>(qp[k], sc));
-                         x[k] = v;
-                         a[k] = v;
-                       }
-                     });
+      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi,
+                                               const code_t* codes, float sc) {
+        T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
+        T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
+        const code_t* __restrict qp = codes;
+        for (int64_t k = 0; k < hi - lo; ++k) {
+          const T v = apply_value(a[k], decode_value<C>(qp[k], sc));
+          x[k] = v;
+          a[k] = v;
+        }
+      });
     }
   });
 }
 
 template <typename T, Codec C>
 void decode_into(const DeltaTable& t, const uint8_t* src, int64_t records, delta_acc_t<T> scale) {
-  const int64_t total = t.offsets[t.count];
+  using code_t = typename CodecTraits<C>::value_t;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
-      const int64_t begin = c * kCodecChunk;
-      const uint8_t* rec = src + c * record_bytes<C>();
-      const float sc = record_scale<C>(rec);
-      const auto* q = record_values<C>(rec);
-      for_each_piece(t, begin, std::min(begin + kCodecChunk, total),
-                     [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-                       T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
-                       const typename CodecTraits<C>::value_t* __restrict qp = q + (at - begin);
-                       for (int64_t k = 0; k < hi - lo; ++k) x[k] = scaled_value<T>(decode_value<C>(qp[k], sc), scale);
-                     });
+      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi,
+                                               const code_t* codes, float sc) {
+        T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
+        const code_t* __restrict qp = codes;
+        for (int64_t k = 0; k < hi - lo; ++k) x[k] = scaled_value<T>(decode_value<C>(qp[k], sc), scale);
+      });
     }
   });
 }
