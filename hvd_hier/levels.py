@@ -167,12 +167,13 @@ def check_levels(levels) -> Tuple[Level, ...]:
     return tuple(out)
 
 
-def check_options(where: str, options) -> None:
-    """The values of a level's known options (``where`` names the level; "" for none)."""
+def check_options(where: str, options, compression_name: str = "compression") -> None:
+    """The values of a level's known options (``where`` names the level; "" for none;
+    ``compression_name``: what the user called the codec's argument)."""
     codec = options.get("compression")
     if codec is not None and codec not in CODECS:
-        raise ValueError(_at(where, f"compression must be one of {', '.join(CODECS)} (or None), "
-                                    f"got {codec!r}"))
+        raise ValueError(_at(where, f"{compression_name} must be one of {', '.join(CODECS)} "
+                                    f"(or None), got {codec!r}"))
     outer = options.get("outer")
     if outer is not None and not callable(outer):
         raise ValueError(_at(where, "outer must be a callable that returns a torch.optim.Optimizer "
@@ -200,12 +201,9 @@ def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
     k1 = check_int("local_steps", 4 if local_steps is None else local_steps, 1)
     k2 = check_int("local_rounds", 4 if local_rounds is None else local_rounds, 1)
     size = check_group_size(LOCAL if group_size is None else group_size)
-    if global_compression is not None and global_compression not in CODECS:
-        raise ValueError(f"global_compression must be one of {', '.join(CODECS)} (or None), got "
-                         f"{global_compression!r}")
     options = {k: v for k, v in (("outer", outer), ("compression", global_compression))
                if v is not None}
-    check_options("", options)
+    check_options("", options, compression_name="global_compression")
     return (Level(k1, size), Level(k1 * k2, ALL, **options))
 
 

@@ -45,7 +45,8 @@ def nonfinite_ranks(tensors, process_set, members: List[int], tag: str,
 def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float]) -> int:
     """The non-finite policy before level ``level`` averages at step ``t``: how many ranks'
     values the average divides by. Raises ``NonFiniteError`` (nothing averaged) or, with
-    ``nonfinite="skip"``, zeroes this rank's tensors if they are the non-finite ones."""
+    ``nonfinite="skip"``, makes this rank contribute nothing if it is a non-finite one (zeroed
+    tensors; for a compressed level, a zero delta)."""
     lt = h.topology.levels[level]
     members, size = lt.group, len(lt.group)
     kind = level_name(h.config, level)
