@@ -109,23 +109,27 @@ class Anchor:
             return sum(s.numel() * s.element_size() for s in self.storages)
         return sum(a.numel() * a.element_size() for a in self.anchor)
 
-    def take(self) -> None:
-        """x̄ := the averaged tensors (all of them)."""
+    def take(self, tensors: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """x̄ := the averaged tensors (all of them), or ``tensors`` (a copy of them)."""
         with torch.no_grad():
-            if self.storages:
+            if tensors is not None:
+                pairs = [(a, t) for a, t in zip(self.anchor, tensors) if t.numel()]
+                if pairs:
+                    torch._foreach_copy_([a for a, _ in pairs], [t for _, t in pairs])
+            elif self.storages:
                 for storage, bucket in zip(self.storages, self.flat_buckets):
                     storage.copy_(bucket.storage)
             elif self.anchor:
                 torch._foreach_copy_(self.anchor, self.tensors)
         self.taken = True
 
-    def after_mean(self) -> None:
-        """The level's group mean is in the tensors (a plain reduction): the outer step if
-        the level has one, else x̄ := the mean."""
+    def after_mean(self, tensors: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """The level's group mean is in the tensors (or in ``tensors``, a copy of them): the
+        outer step if the level has one (its result goes there too), else x̄ := the mean."""
         if self.outer is not None:
-            self.outer_step()
+            self.outer_step(tensors=tensors)
         else:
-            self.take()
+            self.take(tensors)
 
     def reduce_compressed(self, process_set, members, rank: int, divisor: int, tag: str,
                           deadline: Optional[float]) -> int:
@@ -137,16 +141,20 @@ class Anchor:
             self.outer_step(pseudo_gradient=True)
         return moved
 
-    def outer_step(self, pseudo_gradient: bool = False) -> None:
+    def outer_step(self, pseudo_gradient: bool = False,
+                   tensors: Optional[Sequence[torch.Tensor]] = None) -> None:
         """Step the outer optimizer on x̄ − ḡ, then every parameter := the new x̄ and every
         buffer := its anchor := its mean. The tensors hold ḡ (the group's mean), or with
         ``pseudo_gradient`` already x̄ − ḡ (a compressed reduction's −mean delta).
+        ``tensors``: where ḡ is and the result goes, if not the averaged tensors themselves
+        (an overlapped reduction's copy of them).
 
         The pseudo-gradient lives in the parameters' own memory (x̄ replaces it right after),
         so the outer step needs no memory besides the anchor and the outer optimizer's state."""
         n = self.num_params
-        params, anchor = [t.detach() for t in self.tensors[:n]], self.anchor[:n]
-        buffers, buffer_anchor = [t.detach() for t in self.tensors[n:]], self.anchor[n:]
+        tensors = self.tensors if tensors is None else list(tensors)
+        params, anchor = [t.detach() for t in tensors[:n]], self.anchor[:n]
+        buffers, buffer_anchor = [t.detach() for t in tensors[n:]], self.anchor[n:]
         with torch.no_grad():
             if n:
                 if not pseudo_gradient:
@@ -234,12 +242,17 @@ def make_anchors(levels, tensors: Sequence[torch.Tensor], num_params: int,
                  flat_buckets: Optional[Sequence] = None, names: Optional[Sequence[str]] = None,
                  bucket_cap_bytes: int = 25 << 20) -> List[Optional[Anchor]]:
     """One ``Anchor`` per level that has ``outer`` or ``compression``, None for the others.
-    ``names`` label the levels in messages (default ``levels[i]``)."""
+    ``names`` label the levels in messages (default ``levels[i]``). An overlapped compressed
+    level's buckets are pieces of about ``hvd_hier.overlap.CHUNK_BYTES`` encoded."""
     out: List[Optional[Anchor]] = []
     for i, lv in enumerate(levels):
         outer, codec = lv.options.get("outer"), lv.options.get("compression")
         where = names[i] if names is not None else f"levels[{i}]"
+        cap = bucket_cap_bytes
+        if codec is not None and lv.options.get("overlap_steps"):
+            from .overlap import compressed_bucket_cap  # buckets of one overlapped piece
+
+            cap = compressed_bucket_cap(codec)
         out.append(None if outer is None and codec is None else
-                   Anchor(where, tensors, num_params, outer, flat_buckets, codec,
-                          bucket_cap_bytes))
+                   Anchor(where, tensors, num_params, outer, flat_buckets, codec, cap))
     return out

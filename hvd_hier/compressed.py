@@ -107,11 +107,12 @@ class DeltaReducer:
     def _views(self, bucket, table):
         return [flat_view(table[i])[first:last] for i, first, last in bucket.segments]
 
-    def drop_contribution(self) -> None:
+    def drop_contribution(self, table: Optional[Sequence[torch.Tensor]] = None) -> None:
         """This rank contributes a zero delta to the next reduction (its values are
-        non-finite): x := x̄ and its residual := 0."""
+        non-finite): x := x̄ (``table``: the copy of the tensors that will be encoded, if not
+        the tensors) and its residual := 0."""
         with torch.no_grad():
-            torch._foreach_copy_(self.tensors, self.anchor)
+            torch._foreach_copy_(self.tensors if table is None else list(table), self.anchor)
             if self.residuals:
                 torch._foreach_zero_(self.residuals)
 
@@ -125,30 +126,78 @@ class DeltaReducer:
         """Reduce the deltas over ``members`` (global ranks of ``process_set``; ``rank`` is
         this one) and divide by ``divisor``. Without ``to_gradient``: x = x̄ = x̄ + mean. With
         it: every tensor := −mean (the outer optimizer's pseudo-gradient x̄ − ḡ), the anchor
-        untouched. Returns the encoded bytes of one rank's contribution."""
-        ext, codec = self._ext, self.codec
-        parts, me = len(members), sorted(members).index(rank)  # Horovod orders a set by rank
+        untouched. Returns the encoded bytes of one rank's contribution. Bucket by bucket, so
+        that one bucket's encoded buffers are the only extra memory."""
         with torch.no_grad():
-            for i, bucket in enumerate(self.buckets):
-                xs, anchors = self._views(bucket, self.tensors), self._views(bucket, self.anchor)
-                res = self._views(bucket, self.residuals) if self.residuals else []
-                encoded = torch.empty(ext.encoded_bytes(codec, bucket.numel), dtype=torch.uint8,
-                                      device=bucket.device)
-                ext.encode_delta(xs, anchors, res, encoded, codec)
-                shards = shard_records(encoded.numel() // self.record_bytes, parts)
-                splits = [k * self.record_bytes for k in shards]
-                name = f"hvd_hier.{tag}.{codec}.{i}"
-                received = self.exchange.wait(
-                    self.exchange.alltoall(encoded, splits, f"{name}.a2a", process_set), deadline)
-                mine = torch.empty(splits[me], dtype=torch.uint8, device=bucket.device)
-                ext.reduce_encoded(received, mine, codec, parts, 1.0 / divisor)
-                mean = self.exchange.wait(
-                    self.exchange.allgather(mine, f"{name}.gather", process_set), deadline)
-                if to_gradient:
-                    ext.decode_into(mean, xs, codec, -1.0)
-                else:
-                    ext.apply_delta(mean, xs, anchors, codec)
+            for i in range(len(self.buckets)):
+                encoded = self.encode(i)
+                mean = self.exchange_bucket(i, encoded, process_set, members, rank, divisor, tag,
+                                            deadline)
+                self.finish(i, mean, to_gradient=to_gradient)
         return self.nbytes
+
+    # -- the three phases of one bucket (the overlapped reduction runs them apart) ----------
+    def encode(self, i: int, table: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Bucket ``i``'s encoded delta ``table`` − anchor (``table``: the tensors, or a copy of
+        them of the same shapes), with this rank's residuals (updated)."""
+        ext, bucket = self._ext, self.buckets[i]
+        table = self.tensors if table is None else table
+        res = self._views(bucket, self.residuals) if self.residuals else []
+        encoded = torch.empty(ext.encoded_bytes(self.codec, bucket.numel), dtype=torch.uint8,
+                              device=bucket.device)
+        with torch.no_grad():
+            ext.encode_delta(self._views(bucket, table), self._views(bucket, self.anchor), res,
+                             encoded, self.codec)
+        return encoded
+
+    def exchange_bucket(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
+                        rank: int, divisor: int, tag: str,
+                        deadline: Optional[float] = None) -> torch.Tensor:
+        """The encoded mean of bucket ``i`` over ``members``: the alltoall of the shards, this
+        rank's shard reduced, the allgather of every shard."""
+        start = self.start_exchange(i, encoded, process_set, members, tag)
+        return self.end_exchange(i, start, process_set, members, rank, divisor, tag, deadline)
+
+    def start_exchange(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
+                       tag: str):
+        """Start bucket ``i``'s alltoall; returns what ``end_exchange`` needs."""
+        shards = shard_records(encoded.numel() // self.record_bytes, len(members))
+        splits = [k * self.record_bytes for k in shards]
+        name = f"hvd_hier.{tag}.{self.codec}.{i}"
+        return splits, self.exchange.alltoall(encoded, splits, f"{name}.a2a", process_set)
+
+    def end_exchange(self, i: int, started, process_set, members: List[int], rank: int,
+                     divisor: int, tag: str, deadline: Optional[float] = None) -> torch.Tensor:
+        """Wait for bucket ``i``'s alltoall, reduce this rank's shard, allgather the mean."""
+        splits, handle = started
+        mine = self.reduce_shard(self.exchange.wait(handle, deadline), splits, members, rank,
+                                 divisor)
+        return self.exchange.wait(self.start_gather(i, mine, process_set, tag), deadline)
+
+    def reduce_shard(self, received: torch.Tensor, splits: List[int], members: List[int],
+                     rank: int, divisor: int) -> torch.Tensor:
+        """This rank's shard of the encoded mean, from the alltoall's output."""
+        me = sorted(members).index(rank)  # Horovod orders a set by rank
+        mine = torch.empty(splits[me], dtype=torch.uint8, device=received.device)
+        self._ext.reduce_encoded(received, mine, self.codec, len(members), 1.0 / divisor)
+        return mine
+
+    def start_gather(self, i: int, mine: torch.Tensor, process_set, tag: str):
+        """Start the allgather of bucket ``i``'s encoded mean; returns its handle."""
+        return self.exchange.allgather(mine, f"hvd_hier.{tag}.{self.codec}.{i}.gather",
+                                       process_set)
+
+    def finish(self, i: int, mean: torch.Tensor, table: Optional[Sequence[torch.Tensor]] = None,
+               to_gradient: bool = False) -> None:
+        """Write bucket ``i``'s decoded ``mean`` into ``table`` (default: the tensors): without
+        ``to_gradient`` x = x̄ = x̄ + mean (the anchor follows); with it x = −mean."""
+        bucket = self.buckets[i]
+        xs = self._views(bucket, self.tensors if table is None else table)
+        with torch.no_grad():
+            if to_gradient:
+                self._ext.decode_into(mean, xs, self.codec, -1.0)
+            else:
+                self._ext.apply_delta(mean, xs, self._views(bucket, self.anchor), self.codec)
 
     def state_dict(self) -> dict:
         return {"codec": self.codec, "residuals": list(self.residuals)}

@@ -53,7 +53,7 @@ class HierConfig:
         if self.shorthand:
             out = {"local_steps": s.local_steps, "local_rounds": s.local_rounds,
                    "warmup_steps": s.warmup_steps, "group_size": self.levels[0].group_size}
-            if self.levels[-1].options:  # outer=, global_compression=
+            if self.levels[-1].options:  # outer=, global_compression=, overlap_steps=
                 out["global_options"] = self.levels[-1].describe()[2]
             return out
         return {"levels": [lv.describe() for lv in self.levels], "warmup_steps": s.warmup_steps}
@@ -89,7 +89,8 @@ def _flag(name: str, value) -> bool:
 
 
 def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=None,
-                outer=None, global_compression=None, warmup_steps=0, op=None, compression=None,
+                outer=None, global_compression=None, overlap_steps=None, warmup_steps=0, op=None,
+                compression=None,
                 backward_passes_per_step=1,
                 gradient_predivide_factor=1.0, num_groups=0, groups=None, sparse_as_dense=False,
                 bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise", stall_timeout_s=600.0,
@@ -104,7 +105,7 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
     compression = Compression.none if compression is None else compression
     shorthand = levels is None
     levels = levels_from_args(levels, local_steps, local_rounds, group_size, outer,
-                              global_compression)
+                              global_compression, overlap_steps)
     schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
     if elastic:
         for i, lv in enumerate(levels):

@@ -30,7 +30,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          num_groups=0, groups=None, sparse_as_dense=False,
                          process_set=global_process_set, *, local_steps=None, local_rounds=None,
                          group_size=None, levels=None, outer=None, global_compression=None,
-                         warmup_steps=0, buffers=None,
+                         overlap_steps=None, warmup_steps=0, buffers=None,
                          bucket_cap_mb=25.0, flat_storage=False, nonfinite="raise",
                          stall_timeout_s=600.0, deterministic=False):
     """Wrap ``optimizer`` to train with Hier-AVG (hierarchical averaging SGD).
@@ -189,7 +189,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         named_parameters = list(named_parameters)
     config = make_config(
         local_steps=local_steps, local_rounds=local_rounds, group_size=group_size, levels=levels,
-        outer=outer, global_compression=global_compression, warmup_steps=warmup_steps, op=op,
+        outer=outer, global_compression=global_compression, overlap_steps=overlap_steps,
+        warmup_steps=warmup_steps, op=op,
         compression=compression,
         backward_passes_per_step=backward_passes_per_step,
         gradient_predivide_factor=gradient_predivide_factor, num_groups=num_groups,

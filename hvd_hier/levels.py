@@ -19,10 +19,10 @@ from .schedule import check_int, check_periods
 from .topology import LOCAL, _by_host, check_group_size
 
 __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "check_levels", "levels_from_args",
-           "plan_level_groups", "check_level_sizes", "adapt_level_groups", "describe_callable", "check_options", "CODECS"]
+           "plan_level_groups", "check_level_sizes", "adapt_level_groups", "describe_callable", "check_options", "check_overlap", "CODECS"]
 
 ALL = "all"
-KNOWN_OPTIONS = frozenset({"outer", "compression"})  # per-level options (see Level)
+KNOWN_OPTIONS = frozenset({"outer", "compression", "overlap_steps"})  # per-level options (see Level)
 CODECS = ("fp16", "bf16", "int8")  #: the values of a level's ``compression``
 OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
 
@@ -36,6 +36,11 @@ def describe_callable(f) -> str:
     name = getattr(f, "__qualname__", None) or type(f).__qualname__
     module = getattr(f, "__module__", None) or type(f).__module__
     return f"{module}.{name}"
+
+
+def _no_overlap(name, value) -> bool:
+    """``overlap_steps=0``: the same level as without the option."""
+    return name == "overlap_steps" and type(value) is int and value == 0
 
 
 def _describe_option(value):
@@ -58,6 +63,11 @@ class Level:
     * ``compression``: ``"fp16"``, ``"bf16"`` or ``"int8"``: the level reduces the delta from
       its anchor, encoded (int8: one scale per chunk of 2048 elements, with error feedback),
       instead of the full-precision model (``hvd_hier.compressed``). Also keeps an anchor.
+    * ``overlap_steps``: D with 0 <= D < ``period``. With D >= 1 the level's reduction runs
+      behind the next D steps (``hvd_hier.overlap``): at its step t the level below averages
+      first, the result s is reduced in the background, and at the end of step t + D every
+      rank adds r − s (r: the level's result) to its parameters. 0 (the default) waits for
+      the reduction at step t.
 
     A tuple ``(period, group_size)`` in ``levels=`` is a ``Level`` without options.
     """
@@ -67,8 +77,10 @@ class Level:
     def __init__(self, period, group_size=ALL, **options):
         object.__setattr__(self, "period", period)
         object.__setattr__(self, "group_size", group_size)
-        # an option given as None is the default: the same level as without it
-        object.__setattr__(self, "options", {k: v for k, v in options.items() if v is not None})
+        # an option given as None (or overlap_steps=0) is the default: the same level as
+        # without it
+        object.__setattr__(self, "options", {k: v for k, v in options.items()
+                                             if v is not None and not _no_overlap(k, v)})
 
     def __setattr__(self, name, value):
         raise AttributeError("Level is immutable")
@@ -151,8 +163,9 @@ def check_levels(levels) -> Tuple[Level, ...]:
             raise ValueError(f"{where}: unknown Level option {unknown[0]!r} (= "
                              f"{options[unknown[0]]!r}); the known options are: {known}")
         check_options(where, options)
-        out.append(Level(check_int(f"the period of {where}", period, 1), _check_size(where, size),
-                         **options))
+        period = check_int(f"the period of {where}", period, 1)
+        check_overlap(where, options, period)
+        out.append(Level(period, _check_size(where, size), **options))
     check_periods([lv.period for lv in out])
     for i in range(1, len(out)):
         below, above = out[i - 1].group_size, out[i].group_size
@@ -167,9 +180,25 @@ def check_levels(levels) -> Tuple[Level, ...]:
     return tuple(out)
 
 
+def check_overlap(where: str, options, period: int,
+                  period_name: str = "the level's period") -> None:
+    """``overlap_steps`` (already an int >= 0) must end the reduction before the level's next
+    one: D < period."""
+    d = options.get("overlap_steps")
+    if d is not None and d >= period:
+        raise ValueError(_at(where, f"overlap_steps={d} must be smaller than {period_name} "
+                                    f"{period}: the overlapped reduction ends D steps after it "
+                                    "starts, before the level's next one"))
+
+
 def check_options(where: str, options, compression_name: str = "compression") -> None:
     """The values of a level's known options (``where`` names the level; "" for none;
     ``compression_name``: what the user called the codec's argument)."""
+    if "overlap_steps" in options:
+        d = options["overlap_steps"]
+        if type(d) is not int or d < 0:
+            raise ValueError(_at(where, f"overlap_steps must be an integer >= 0 (steps the "
+                                        f"reduction runs behind), got {d!r}"))
     codec = options.get("compression")
     if codec is not None and codec not in CODECS:
         raise ValueError(_at(where, f"{compression_name} must be one of {', '.join(CODECS)} "
@@ -182,13 +211,15 @@ def check_options(where: str, options, compression_name: str = "compression") ->
 
 
 def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
-                     global_compression=None) -> Tuple[Level, ...]:
+                     global_compression=None, overlap_steps=None) -> Tuple[Level, ...]:
     """``levels=`` or the two-level shorthand (``None`` where not passed; defaults K1=4,
     K2=4, S="local"): ``[(K1, S), (K1 * K2, "all", outer=outer,
-    compression=global_compression)]``. Both at once is an error."""
+    compression=global_compression, overlap_steps=overlap_steps)]``. Both at once is an
+    error."""
     if levels is not None:
         for name, value, option in (("outer", outer, "outer"),
-                                    ("global_compression", global_compression, "compression")):
+                                    ("global_compression", global_compression, "compression"),
+                                    ("overlap_steps", overlap_steps, "overlap_steps")):
             if value is not None:
                 raise ValueError(f"{name}= belongs to the two-level form; with levels=, give the "
                                  f"level its option: Level(period, group_size, {option}=...)")
@@ -201,9 +232,10 @@ def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
     k1 = check_int("local_steps", 4 if local_steps is None else local_steps, 1)
     k2 = check_int("local_rounds", 4 if local_rounds is None else local_rounds, 1)
     size = check_group_size(LOCAL if group_size is None else group_size)
-    options = {k: v for k, v in (("outer", outer), ("compression", global_compression))
-               if v is not None}
+    options = {k: v for k, v in (("outer", outer), ("compression", global_compression),
+                                 ("overlap_steps", overlap_steps)) if v is not None}
     check_options("", options, compression_name="global_compression")
+    check_overlap("", options, k1 * k2, "local_steps * local_rounds =")
     return (Level(k1, size), Level(k1 * k2, ALL, **options))
 
 

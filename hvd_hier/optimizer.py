@@ -20,6 +20,7 @@ from ._horovod import generation as _horovod_generation
 
 from .collectives import NonFiniteError, StallError, broadcast_object, wait
 from .jobsetup import setup
+from . import overlap
 from .reduction import average_level, level_name, take_first_anchors
 from .schedule import Reduction
 from .state import HierState, Stats
@@ -81,6 +82,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                     topo.set_ranks) from None
             self._hier_adopt(int(root.item()), topo.set_ranks[0])
             self._hier_agree_anchors(per_group=True)
+            self._hier_agree_overlap(per_group=True)
         pos.agreed = True
 
     def _hier_agree_anchors(self, per_group: bool) -> None:
@@ -114,6 +116,25 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             if not per_group and h.anchors[i].reducer is not None:
                 h.anchors[i].reducer.reset_residuals()  # the model is rank 0's now
 
+    def _hier_agree_overlap(self, per_group: bool) -> None:
+        """The pending corrections of overlapped reductions (restored from a checkpoint)
+        agree like the anchors: every rank takes the set's first rank's, except that with
+        ``per_group`` a rank that loaded its own keeps them."""
+        h = self._hier
+        topo = h.topology
+        if len(topo.set_ranks) == 1 or not any(
+                lv.options.get("overlap_steps") for lv in h.config.levels):
+            return
+        mine = overlap.portable(h)
+        try:
+            root = broadcast_object(mine, topo.set_ranks[0], topo.global_set,
+                                    "hvd_hier.overlap", self._hier_deadline())
+        except StallError:
+            raise self._hier_stalled(f"the agreement on the overlapped reductions (step "
+                                     f"{h.position.t})", topo.set_ranks) from None
+        if root is not mine and not (per_group and mine):
+            overlap.restore(h, root)
+
     def _hier_adopt(self, t: int, root: int) -> None:
         pos = self._hier.position
         if t != pos.t and pos.t != 0:
@@ -127,6 +148,9 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         the schedule position; on the first rank, log what changed."""
         h = self._hier
         before = h.topology
+        # Reductions still running belong to the job before the reset: their collectives end
+        # with an error there. The corrections that are pending come from rank 0 below.
+        overlap.discard(h, running_only=True, finish_running=False)
         try:
             topo, payloads, notes = setup(h, self._hier_deadline())
         except StallError:
@@ -135,6 +159,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         h.topology, h.position.generation = topo, _horovod_generation()
         self._hier_adopt(payloads[0]["t"], topo.set_ranks[0])
         self._hier_agree_anchors(per_group=False)
+        self._hier_agree_overlap(per_group=False)
         h.position.agreed = True
         # Handles of the old Horovod instance will never complete.
         _hvd_private.forget_pending(self)
@@ -226,6 +251,8 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             _hvd_private.set_synchronized(self, False)
             if reduction is not Reduction.SYNC:  # after warmup, before the update
                 take_first_anchors(h)
+            if h.in_flight:  # collect the overlapped reductions' pieces that have finished
+                overlap.progress(h, submit=False)
             update = True
             if amp:  # the scaler's attributes are for us, not for the base optimizer's step
                 handed = {k: self.__dict__.pop(k) for k in ("grad_scale", "found_inf")
@@ -241,6 +268,10 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
             level = schedule.level_at(t)
             if level is not None:
                 self._hier_average(level, t)
+            if h.in_flight:
+                self._hier_add_due(t)
+            if h.in_flight:  # the next batch of pieces, to run during the next computation
+                overlap.progress(h, submit=True)
         h.position.t = t
         return loss
 
@@ -277,12 +308,28 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                         "a dense embedding)")
 
     def _hier_average(self, level: int, t: int) -> None:
+        h = self._hier
         try:
-            average_level(self._hier, level, t, self._hier_deadline())
+            if h.config.levels[level].options.get("overlap_steps"):
+                overlap.start(h, level, t, self._hier_deadline())
+            else:
+                average_level(h, level, t, self._hier_deadline())
         except StallError:
-            members = self._hier.topology.levels[level].group
-            raise self._hier_stalled(f"the {level_name(self._hier.config, level)} averaging at "
+            members = h.topology.levels[level].group
+            raise self._hier_stalled(f"the {level_name(h.config, level)} averaging at "
                                      f"step {t}", members) from None
+
+    def _hier_add_due(self, t: int) -> None:
+        """The end of step ``t``: the overlapped reductions due now are waited for and added."""
+        h = self._hier
+        for red in overlap.due(h, t):
+            try:
+                overlap.add(h, red, self._hier_deadline())
+            except StallError:
+                raise self._hier_stalled(
+                    f"the {level_name(h.config, red.level)} averaging started at step "
+                    f"{red.start} (overlapped, due at step {red.due})",
+                    h.topology.levels[red.level].group) from None
 
     def _hier_deadline(self) -> Optional[float]:
         timeout = self._hier.config.stall_timeout_s
@@ -352,11 +399,23 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         return self._hier.config.schedule_config()
 
     def state_dict(self):
+        """The wrapped optimizer's state, and hvd_hier's under ``"hvd_hier"``: the schedule
+        position, configuration, counters, anchors and outer state, and the corrections of
+        overlapped reductions still to be added (a reduction in flight is waited for first,
+        so that its correction can be saved)."""
         h = self._hier
+        if any(red.running for red in h.in_flight):
+            try:
+                overlap.settle(h, self._hier_deadline())
+            except StallError:
+                raise self._hier_stalled(f"the overlapped reductions in flight at step "
+                                         f"{h.position.t} (state_dict waits for them)",
+                                         h.topology.set_ranks) from None
         sd = h.base.state_dict(self)
         sd[_STATE_KEY] = {"step": h.position.t, "config": self._hier_config(),
                           "stats": h.stats.to_dict(),
-                          "anchors": [None if a is None else a.state_dict() for a in h.anchors]}
+                          "anchors": [None if a is None else a.state_dict() for a in h.anchors],
+                          "overlap": overlap.portable(h)}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -370,6 +429,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "a plain optimizer); the schedule starts again at step 0")
             h.position.t = 0
             h.stats = Stats.zero(len(h.config.levels))
+            self._hier_discard_overlap()
             for anchor in filter(None, h.anchors):  # taken afresh after warmup
                 anchor.reset()
             return
@@ -381,6 +441,21 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         h.position.t = int(saved["step"])
         h.stats.load(saved["stats"])
         self._hier_load_anchors(saved.get("anchors"))
+        # running reductions of this rank are waited for (the other ranks take part in
+        # them) and forgotten; the checkpoint's pending corrections replace them
+        self._hier_discard_overlap()
+        overlap.restore(h, saved.get("overlap", []))
+
+    def _hier_discard_overlap(self) -> None:
+        """Finish this rank's overlapped reductions in flight (the other ranks take part in
+        them) and forget them and the pending corrections."""
+        h = self._hier
+        try:
+            overlap.discard(h, self._hier_deadline())
+        except StallError:
+            raise self._hier_stalled(f"the overlapped reductions in flight at step "
+                                     f"{h.position.t} (load_state_dict waits for them)",
+                                     h.topology.set_ranks) from None
 
     def _hier_load_anchors(self, saved) -> None:
         """Restore the anchors of the levels with ``outer`` or ``compression`` from a

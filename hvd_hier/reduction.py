@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -15,7 +15,8 @@ import horovod.torch as hvd
 from .collectives import NonFiniteError, wait
 from .state import HierState
 
-__all__ = ["level_name", "nonfinite_ranks", "average_level", "take_first_anchors"]
+__all__ = ["level_name", "nonfinite_ranks", "finite_divisor", "average_level", "take_first_anchors",
+           "relink"]
 
 
 def level_name(config, level: int) -> str:
@@ -42,18 +43,21 @@ def nonfinite_ranks(tensors, process_set, members: List[int], tag: str,
     return [r for r, f in zip(members, flags.tolist()) if f > 0]
 
 
-def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float]) -> int:
-    """The non-finite policy before level ``level`` averages at step ``t``: how many ranks'
-    values the average divides by. Raises ``NonFiniteError`` (nothing averaged) or, with
-    ``nonfinite="skip"``, makes this rank contribute nothing if it is a non-finite one (zeroed
-    tensors; for a compressed level, a zero delta)."""
+def finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float],
+                   table: Optional[List[torch.Tensor]] = None) -> Tuple[int, bool]:
+    """The non-finite policy before level ``level`` averages at step ``t`` (``table``: the
+    values it will reduce, default the averaged tensors): ``(divisor, dropped)``, how many
+    ranks' values the average divides by and whether this rank's were left out. Raises
+    ``NonFiniteError`` (nothing averaged) or, with ``nonfinite="skip"``, makes this rank
+    contribute nothing if it is a non-finite one (zeroed values; for a compressed level, a
+    zero delta)."""
     lt = h.topology.levels[level]
     members, size = lt.group, len(lt.group)
     kind = level_name(h.config, level)
-    bad = nonfinite_ranks(h.averager.tensors, lt.process_set, members, kind.replace(" ", ""),
-                          deadline)
+    table = h.averager.tensors if table is None else table
+    bad = nonfinite_ranks(table, lt.process_set, members, kind.replace(" ", ""), deadline)
     if not bad:
-        return size
+        return size, False
     where = f"rank {bad[0]}" if len(bad) == 1 else f"ranks {', '.join(map(str, bad))}"
     if h.config.nonfinite == "raise" or len(bad) == size:
         raise NonFiniteError(
@@ -64,18 +68,19 @@ def _finite_divisor(h: HierState, level: int, t: int, deadline: Optional[float])
                 " (nonfinite='skip' would average the finite ranks instead)"))
     warnings.warn(f"hvd_hier: step {t}, {kind} averaging: the parameters of {where} hold inf "
                   f"or NaN; averaging the other {size - len(bad)} ranks (nonfinite='skip')")
-    if hvd.rank() in bad:  # contribute nothing; receive the finite ranks' average
+    h.stats.skipped_contributions += len(bad)
+    dropped = hvd.rank() in bad
+    if dropped:  # contribute nothing; receive the finite ranks' average
         anchor = h.anchors[level]
         if anchor is not None and anchor.reducer is not None:
-            anchor.reducer.drop_contribution()  # a zero delta
+            anchor.reducer.drop_contribution(table)  # a zero delta
         else:
             with torch.no_grad():
-                torch._foreach_zero_(h.averager.tensors)
-    h.stats.skipped_contributions += len(bad)
-    return size - len(bad)
+                torch._foreach_zero_(list(table))
+    return size - len(bad), dropped
 
 
-def _relink(h: HierState) -> None:
+def relink(h: HierState) -> None:
     """Flat storage: tensors whose ``.data`` was re-assigned go back into their slots (an
     anchor copies the flat buffers, and the compressed path reads the tensors)."""
     if h.config.flat_storage:
@@ -87,7 +92,7 @@ def take_first_anchors(h: HierState) -> None:
     loaded from a checkpoint becomes the model."""
     pending = [a for a in h.anchors if a is not None and not a.taken]
     if pending:
-        _relink(h)
+        relink(h)
         for anchor in pending:
             anchor.take()
 
@@ -98,11 +103,11 @@ def average_level(h: HierState, level: int, t: int, deadline: Optional[float]) -
     lt = h.topology.levels[level]
     start = time.perf_counter()
     # a group of one rank has no process set: its average is itself
-    divisor = _finite_divisor(h, level, t, deadline) if len(lt.group) > 1 else 1
+    divisor = finite_divisor(h, level, t, deadline)[0] if len(lt.group) > 1 else 1
     tag = level_name(h.config, level).replace(" ", "")
     anchor = h.anchors[level]
     if anchor is not None and anchor.reducer is not None and len(lt.group) > 1:
-        _relink(h)
+        relink(h)
         moved = anchor.reduce_compressed(lt.process_set, lt.group, hvd.rank(), divisor, tag,
                                          deadline)
     else:

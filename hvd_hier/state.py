@@ -101,6 +101,10 @@ class HierState:
     #: per level: its ``hvd_hier.anchor.Anchor`` (levels with ``outer`` or ``compression``),
     #: else None
     anchors: List = field(default_factory=list)
+    #: overlapped reductions started and not yet added (``hvd_hier.overlap.InFlight``)
+    in_flight: List = field(default_factory=list)
+    #: per overlapped level: its copies of the averaged tensors (``hvd_hier.overlap``)
+    overlap_copies: Dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.stats is None:

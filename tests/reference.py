@@ -114,8 +114,34 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None):
             anchor[i] = {r: w[r].copy() for r in w}
 
 
+def start_overlapped(w, level_groups, level, anchor, outer, codecs, residual):
+    """An overlapped reduction of level ``level`` at its step, from the definition: the level
+    below averages first (as if it were due), which gives the snapshot s; the level's result r
+    is computed from s as the plain reduction would (the level's own anchor, outer momentum
+    and residuals move now); the anchors of the levels below stay at s. Returns the
+    correction r − s per rank."""
+    if level > 0:
+        average_level(w, level_groups[level - 1], level - 1, anchor, outer, codecs, residual)
+    snapshot = {r: w[r].copy() for r in w}
+    result = {r: w[r].copy() for r in w}
+    lower = {i: anchor[i] for i in anchor if i < level}
+    average_level(result, level_groups[level], level, anchor, outer, codecs, residual)
+    anchor.update(lower)
+    return {r: result[r] - snapshot[r] for r in w}
+
+
+def add_correction(w, level, anchor, correction):
+    """The end of an overlapped reduction: every rank adds its correction to its model and to
+    the anchors of the levels below."""
+    for r in w:
+        w[r] = w[r] + correction[r]
+        for i in anchor:
+            if i < level and r in anchor[i]:
+                anchor[i][r] = anchor[i][r] + correction[r]
+
+
 def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None,
-                        codecs=None):
+                        codecs=None, overlaps=None):
     """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
     level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array.
 
@@ -124,7 +150,9 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     warmup before its update and whenever a level above averages; at the level's averaging
     the outer optimizer steps on anchor - mean and every rank of the group takes the result.
     ``codecs[i]``: None or the compression of level ``i`` (see ``average_level``), which keeps
-    an anchor too.
+    an anchor too. ``overlaps[i]``: D >= 1 makes level ``i``'s reductions overlapped
+    (``start_overlapped``): its correction is added at the end of step t + D, after that
+    step's update and averaging.
     """
     ranks = sorted(r for g in level_groups[-1] for r in g)
     w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
@@ -134,6 +162,8 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     anchor = {i: {} for i in anchored}
     residual = {i: {r: np.zeros(len(w[r]), dtype=np.float32) for r in ranks} for i in anchored}
     outer = {i: {r: OuterSGD(**o) for r in ranks} for i, o in enumerate(outers) if o is not None}
+    overlaps = overlaps or [0] * len(periods)
+    pending = []  # (due step, level, correction per rank)
     history = []
     for t in range(1, steps + 1):
         level = reference_level(t, periods, warmup)
@@ -147,8 +177,14 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
                     anchor[i] = {r: w[r].copy() for r in ranks}
             for r in ranks:
                 w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
-            if level is not None:
+            if level is not None and overlaps[level]:
+                pending.append((t + overlaps[level], level, start_overlapped(
+                    w, level_groups, level, anchor, outer, codecs, residual)))
+            elif level is not None:
                 average_level(w, level_groups[level], level, anchor, outer, codecs, residual)
+            for item in [p for p in pending if p[0] == t]:
+                add_correction(w, item[1], anchor, item[2])
+                pending.remove(item)
         history.append({r: w[r].copy() for r in ranks})
     return history
 

@@ -35,3 +35,13 @@ def test_compressed_levels_follow_the_simulation_at_every_step():
     out = horovodrun("compressed.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
     for name in COMPRESSED_SECTIONS:
         assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"
+
+
+OVERLAP_SECTIONS = ["k1_d2", "outer_d2", "three_levels", "outer_int8_d1", "k1_d2.flat",
+                    "kavg_d1.shorthand", "overlap_resume", "overlap_nonfinite"]
+
+
+def test_overlapped_levels_follow_the_simulation_at_every_step():
+    out = horovodrun("overlap.py", np=8, hosts="localhost:4,127.0.0.1:4", timeout=420)
+    for name in OVERLAP_SECTIONS:
+        assert out.count(f"PASS {name}\n") == 8, f"section {name!r}:\n{out[-4000:]}"

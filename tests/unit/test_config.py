@@ -51,7 +51,22 @@ from hvd_hier.levels import Level
                                           "(group_size 'all' or its size), got 'local'"),
     (dict(levels=[Level(1, 2, codec="int8"), (2, "all")]),
      "levels[0]: unknown Level option 'codec' (= 'int8'); the known options are: compression, "
-     "outer"),
+     "outer, overlap_steps"),
+    (dict(overlap_steps=16), "overlap_steps=16 must be smaller than local_steps * local_rounds = "
+                             "16: the overlapped reduction ends D steps after it starts, before "
+                             "the level's next one"),
+    (dict(overlap_steps=-1), "overlap_steps must be an integer >= 0 (steps the reduction runs "
+                             "behind), got -1"),
+    (dict(overlap_steps=1.5), "overlap_steps must be an integer >= 0 (steps the reduction runs "
+                              "behind), got 1.5"),
+    (dict(overlap_steps=True), "overlap_steps must be an integer >= 0 (steps the reduction runs "
+                               "behind), got True"),
+    (dict(levels=[(2, 2), Level(4, "all", overlap_steps=4)]),
+     "levels[1]: overlap_steps=4 must be smaller than the level's period 4: the overlapped "
+     "reduction ends D steps after it starts, before the level's next one"),
+    (dict(levels=[(2, 2), (4, "all")], overlap_steps=1),
+     "overlap_steps= belongs to the two-level form; with levels=, give the level its option: "
+     "Level(period, group_size, overlap_steps=...)"),
     (dict(levels=[(1, 2), (2, "all")], global_compression="bf16"),
      "global_compression= belongs to the two-level form; with levels=, give the level its "
      "option: Level(period, group_size, compression=...)"),

@@ -96,7 +96,8 @@ def test_level_objects():
     ([(0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 0"),
     ([(2.0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 2.0 (float)"),
     ([Level(2, 2, momentum=0.7), (4, "all")], "levels[0]: unknown Level option 'momentum' (= 0.7); "
-                                              "the known options are: compression, outer"),
+                                              "the known options are: compression, outer, "
+                                              "overlap_steps"),
     ([Level(2, 2, compression="int4"), (4, "all")], "levels[0]: compression must be one of fp16, "
                                                     "bf16, int8 (or None), got 'int4'"),
     ([(2, 2), Level(4, "all", outer=0.7)], "levels[1]: outer must be a callable that returns a "
@@ -111,6 +112,15 @@ def test_bad_levels_name_the_level_and_the_value(levels, message):
     with pytest.raises(ValueError) as info:
         check_levels(levels)
     assert str(info.value) == message
+
+
+def test_overlap_steps_zero_is_no_option():
+    assert Level(4, "all", overlap_steps=0) == Level(4, "all")
+    assert Level(4, "all", overlap_steps=3).options == {"overlap_steps": 3}
+    assert levels_from_args(None, 1, 8, 2, overlap_steps=7) == (
+        Level(1, 2), Level(8, "all", overlap_steps=7))
+    assert check_levels([Level(1, 1, overlap_steps=0), Level(4, "all", overlap_steps=3)]) == (
+        Level(1, 1), Level(4, "all", overlap_steps=3))
 
 
 def test_the_two_level_shorthand():

@@ -1,0 +1,425 @@
+"""Overlapped reductions: a level with ``overlap_steps=D`` reduces behind the next D steps.
+
+At a step t where such a level reduces, the level below it first averages within its own
+groups (as if it were due; for the innermost level each rank is its own group), which leaves
+every rank with a snapshot s of the averaged tensors, the same on every rank of the group
+below. s is copied into buffers of the level's own, the non-finite check runs on it, and its
+reduction over the level's group (plain, compressed and with the outer optimizer, as the
+level says) runs while training goes on. At the end of step t + D,
+after that step's update and its own averaging (if any), every rank adds the correction
+c = r − s to its parameters and buffers, where r is the level's result: the group's mean, or
+the outer optimizer's new anchor. It adds c to the anchors of the levels below as well, so
+they stand where the non-overlapped reduction would have put them, with the progress made
+since. c is the same on every rank of the group below, so it commutes with their averagings
+in between. A rank whose values were left out (``nonfinite="skip"``) takes r instead.
+
+How it runs behind training: Horovod performs its collectives one at a time on its own
+background thread, so a reduction submitted whole would hold back every other collective
+(the level below's averagings) until it ended; and Horovod does not take collectives from two
+threads of a rank safely (seen here: ranks stall in Gloo). So the reduction is cut into
+pieces of about ``CHUNK_BYTES`` on the wire (a compressed level: one bucket's alltoall and
+allgather), and ``step()`` itself moves them on at each call, on the training thread: it
+collects the pieces that have finished, and after the step's own averaging submits the next
+batch, sized from the last interval (doubled when the link went idle before the step ended,
+else the number that finished), so that the link stays busy during the computation and a
+lower level's averaging waits behind few pieces.
+
+Memory: one copy of the averaged tensors per overlapped level, kept between reductions
+(the snapshot, which becomes the correction); a level with ``outer`` and no compression
+keeps a second one (its mean), a compressed level the encoded deltas and means, and a
+compressed level with the outer optimizer a second copy while the reduction finishes.
+
+Checkpoints: ``state_dict()`` waits for the reductions in flight, so that it can save their
+corrections (each with the step it is due at) and the anchors and outer state they moved; a
+resumed run adds them at the same steps, bit for bit. An elastic reset discards the
+reductions still running (they belonged to the job before the reset) and takes rank 0's
+saved corrections, together with rank 0's model; ``load_state_dict`` finishes the running
+ones first (the other ranks take part in them), then replaces them with the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+import horovod.torch as hvd
+
+from .collectives import StallError
+from .flat import plan_flat_layout
+from .reduction import average_level, finite_divisor, level_name, relink
+from .state import HierState
+
+__all__ = ["CHUNK_BYTES", "compressed_bucket_cap", "Copy", "InFlight", "start", "settle",
+           "add", "due", "progress", "discard", "portable", "restore"]
+
+CHUNK_BYTES = 2 << 20
+"""Bytes one rank sends per collective of an overlapped reduction (one piece)."""
+
+
+def compressed_bucket_cap(codec: str) -> int:
+    """The bucket cap (in bytes of float32 elements) of an overlapped compressed level: a
+    bucket whose encoded delta is about ``CHUNK_BYTES``."""
+    bytes_per_element = 1.0078125 if codec == "int8" else 2.0  # 2064 or 4096 B per 2048
+    return int(CHUNK_BYTES / bytes_per_element * 4)
+
+
+class Copy:
+    """The values of a list of tensors in flat buffers of their own (one per device and
+    dtype, laid out as flat storage is), with a view per tensor of the same shape."""
+
+    def __init__(self, tensors):
+        tensors = list(tensors)
+        self.views: List[torch.Tensor] = [torch.empty_like(t) for t in tensors]
+        self.storages: List[torch.Tensor] = []
+        for plan in plan_flat_layout(tensors, 1 << 62):
+            storage = torch.zeros(plan.numel, dtype=plan.dtype, device=plan.device)
+            for index, offset in plan.members:
+                t = tensors[index]
+                self.views[index] = storage.as_strided(t.shape, t.stride(), offset)
+            self.storages.append(storage)
+        self.nbytes = sum(s.numel() * s.element_size() for s in self.storages)
+
+    def chunks(self) -> List[torch.Tensor]:
+        """1-D slices of the buffers of at most ``CHUNK_BYTES`` each."""
+        out = []
+        for s in self.storages:
+            step = max(1, CHUNK_BYTES // s.element_size())
+            out.extend(s[i:i + step] for i in range(0, s.numel(), step))
+        return out
+
+
+@dataclass
+class InFlight:
+    """One overlapped reduction on this rank: started at step ``start``, added at ``due``."""
+
+    level: int
+    start: int
+    due: int
+    dropped: bool = False  #: this rank's values were left out: it takes r, not x + c
+    divisor: int = 1
+    pipeline: Optional["Pipeline"] = None  #: the pieces still to run (None: none)
+    means: Optional[List[torch.Tensor]] = None  #: compressed: the encoded means
+    correction: Optional[List[torch.Tensor]] = None  #: c = r − s (or r), once finished
+    seconds: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.correction is None
+
+
+@dataclass
+class _LevelCopies:
+    snapshot: Copy  #: s, then (plain levels) the correction
+    result: Optional[Copy] = None  #: r (levels with an anchor)
+    #: pooled piece buffers per (device, dtype)
+    staging: Dict[tuple, List[torch.Tensor]] = field(default_factory=dict)
+
+
+class Pipeline:
+    """The pieces of one overlapped reduction, moved on by ``pump()`` from the training
+    thread. A piece is a generator: it starts a collective and yields ``(handle, wait)``;
+    once the handle is done it receives ``wait(handle)`` (the collective's output) and
+    either yields the next collective or ends."""
+
+    def __init__(self, pieces, budget: int = 2):
+        self.todo = list(pieces)  # generator functions, in order
+        self.active: List[list] = []  # [generator, handle, wait]
+        self.budget = max(1, budget)
+        self.finished_since = 0
+
+    @property
+    def done(self) -> bool:
+        return not self.todo and not self.active
+
+    def _advance(self, item, value=None, first=False) -> bool:
+        """Run a piece to its next collective; False once it has ended."""
+        try:
+            item[1], item[2] = next(item[0]) if first else item[0].send(value)
+            return True
+        except StopIteration:
+            self.finished_since += 1
+            return False
+
+    def _collect(self) -> None:
+        still = []
+        for item in self.active:
+            alive = True
+            while hvd.poll(item[1]):  # done: on to the piece's next collective, if any
+                if not self._advance(item, item[2](item[1], None)):
+                    alive = False
+                    break
+            if alive:
+                still.append(item)
+        self.active = still
+
+    def pump(self, submit: bool) -> None:
+        """Collect what has finished (no waiting); with ``submit``, start the next batch:
+        doubled when nothing was left running, else as many as finished since the last
+        batch."""
+        self._collect()
+        if not submit:
+            return
+        if not self.active:
+            self.budget *= 2
+        else:
+            self.budget = max(1, self.finished_since)
+        self.finished_since = 0
+        while self.todo and len(self.active) < self.budget:
+            item = [self.todo.pop(0)(), None, None]
+            if self._advance(item, first=True):
+                self.active.append(item)
+
+    def drain(self, deadline: Optional[float]) -> None:
+        """Run every piece to its end (``StallError`` past ``deadline``), a few at a time."""
+        while not self.done:
+            while self.todo and len(self.active) < 2:
+                item = [self.todo.pop(0)(), None, None]
+                if self._advance(item, first=True):
+                    self.active.append(item)
+            if self.active:  # the oldest piece, one collective at a time
+                item = self.active[0]
+                if not self._advance(item, item[2](item[1], deadline)):
+                    self.active.pop(0)
+
+
+def _copies(h: HierState, level: int) -> _LevelCopies:
+    found = h.overlap_copies.get(level)
+    if found is None:
+        anchor = h.anchors[level]
+        result = Copy(h.averager.tensors) if anchor is not None else None
+        found = h.overlap_copies[level] = _LevelCopies(Copy(h.averager.tensors), result)
+    return found
+
+
+def _nonempty(views, tensors):
+    pairs = [(v, t) for v, t in zip(views, tensors) if t.numel()]
+    return [v for v, _ in pairs], [t.detach() for _, t in pairs]
+
+
+def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> InFlight:
+    """Level ``level``'s overlapped reduction at step ``t``: the level below averages, the
+    snapshot is taken and checked, and the reduction's first pieces are submitted."""
+    began = time.perf_counter()
+    if level > 0:
+        average_level(h, level - 1, t, deadline)
+    relink(h)
+    lt = h.topology.levels[level]
+    copies = _copies(h, level)
+    snap = copies.snapshot
+    views, tensors = _nonempty(snap.views, h.averager.tensors)
+    with torch.no_grad():
+        torch._foreach_copy_(views, tensors)
+    red = InFlight(level, t, t + h.config.levels[level].options["overlap_steps"])
+    if len(lt.group) > 1:
+        red.divisor, red.dropped = finite_divisor(h, level, t, deadline, snap.views)
+    anchor = h.anchors[level]
+    tag = f"{level_name(h.config, level).replace(' ', '')}.overlap"
+    pieces, moved = [], 0
+    if len(lt.group) > 1 and anchor is not None and anchor.reducer is not None:
+        pieces, moved = _compressed_pieces(red, anchor.reducer, snap, lt, tag), \
+            anchor.reducer.nbytes
+    elif len(lt.group) > 1:
+        pieces, moved = _plain_pieces(red, copies, anchor is not None, lt, tag), snap.nbytes
+    if pieces:
+        red.pipeline = Pipeline(pieces)
+        red.pipeline.pump(submit=True)
+    h.in_flight.append(red)
+    red.seconds = time.perf_counter() - began
+    h.stats.levels[level].add(moved, red.seconds)
+    return red
+
+
+def _allreduce(buffer: torch.Tensor, name: str, process_set):
+    """Start Horovod's in-place sum of ``buffer``; what a piece yields."""
+    return (hvd.allreduce_async_(buffer, op=hvd.Sum, name=name, process_set=process_set),
+            _wait_handle)
+
+
+def _wait_handle(handle, deadline):
+    from .collectives import wait
+
+    return wait(handle, deadline)
+
+
+def _plain_pieces(red: InFlight, copies: _LevelCopies, into_result: bool, lt, tag: str):
+    """The pieces of a plain (uncompressed) reduction: the snapshot becomes mean − s piece by
+    piece through a staging buffer, or (``into_result``: a level with an anchor) the result
+    copy, filled with s, is summed in place and scaled into the mean."""
+    snap, scale = copies.snapshot, 1.0 / red.divisor
+    if into_result:
+        with torch.no_grad():
+            for a, b in zip(copies.result.storages, snap.storages):
+                a.copy_(b)
+        targets = copies.result.chunks()
+    sources = snap.chunks()
+
+    # (no torch.no_grad() across a yield: it would stay entered in the caller; these
+    # buffers are the optimizer's own and need none)
+    def piece(i):
+        name = f"hvd_hier.{tag}.{i}"
+        if into_result:
+            yield _allreduce(targets[i], name, lt.process_set)
+            targets[i].mul_(scale)
+            return
+        src = sources[i]
+        pool = copies.staging.setdefault((src.device, src.dtype), [])
+        buf = pool.pop() if pool else torch.empty(
+            max(1, CHUNK_BYTES // src.element_size()), dtype=src.dtype, device=src.device)
+        staged = buf[:src.numel()]
+        staged.copy_(src)
+        yield _allreduce(staged, name, lt.process_set)
+        staged.mul_(scale)
+        src.neg_()
+        src.add_(staged)
+        pool.append(buf)
+
+    return [lambda i=i: piece(i) for i in range(len(sources))]
+
+
+def _compressed_pieces(red: InFlight, reducer, snap: Copy, lt, tag: str):
+    """The pieces of a compressed reduction, one per bucket: its delta is encoded now; the
+    piece runs the alltoall, reduces this rank's shard and allgathers the mean."""
+    encoded = [reducer.encode(i, snap.views) for i in range(len(reducer.buckets))]
+    red.means = [None] * len(encoded)
+    rank = hvd.rank()
+
+    def piece(i):
+        splits, handle = reducer.start_exchange(i, encoded[i], lt.process_set, lt.group, tag)
+        received = yield handle, reducer.exchange.wait
+        mine = reducer.reduce_shard(received, splits, lt.group, rank, red.divisor)
+        red.means[i] = yield reducer.start_gather(i, mine, lt.process_set, tag), \
+            reducer.exchange.wait
+
+    return [lambda i=i: piece(i) for i in range(len(encoded))]
+
+
+def progress(h: HierState, submit: bool) -> None:
+    """At a step boundary: move every running reduction on (see ``Pipeline.pump``)."""
+    for red in h.in_flight:
+        if red.pipeline is not None:
+            red.pipeline.pump(submit)
+
+
+def finish(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
+    """Wait for ``red``'s reduction (``StallError`` past ``deadline``) and compute its
+    correction; the level's anchor and outer optimizer move now."""
+    if not red.running:
+        return
+    began = time.perf_counter()
+    if red.pipeline is not None:
+        red.pipeline.drain(deadline)
+        red.pipeline = None
+    copies = h.overlap_copies[red.level]
+    snap, anchor = copies.snapshot, h.anchors[red.level]
+    lt = h.topology.levels[red.level]
+    with torch.no_grad():
+        if anchor is None:
+            if len(lt.group) == 1:  # its own mean: no correction
+                for s in snap.storages:
+                    s.zero_()
+            red.correction = snap.views
+        else:
+            result = copies.result
+            if anchor.reducer is not None and len(lt.group) > 1:
+                for i, mean in enumerate(red.means):
+                    anchor.reducer.finish(i, mean, result.views,
+                                          to_gradient=anchor.outer is not None)
+                if anchor.outer is not None:
+                    anchor.outer_step(pseudo_gradient=True, tensors=result.views)
+            else:
+                if len(lt.group) == 1:
+                    for a, b in zip(result.storages, snap.storages):
+                        a.copy_(b)
+                anchor.after_mean(tensors=result.views)
+            if not red.dropped:  # c = r − s
+                for a, b in zip(result.storages, snap.storages):
+                    a.sub_(b)
+            red.correction = result.views
+    red.means = None
+    h.stats.levels[red.level].seconds += time.perf_counter() - began
+
+
+def _shift(h: HierState, red: InFlight, correction: List[torch.Tensor]) -> None:
+    """Add ``correction`` (or with ``dropped``, copy it) into the averaged tensors and into
+    the anchors of the levels below ``red.level``."""
+    relink(h)
+    targets = [list(h.averager.tensors)] + [
+        a.anchor for a in h.anchors[:red.level] if a is not None and a.taken]
+    with torch.no_grad():
+        for table in targets:
+            views, tensors = _nonempty(correction, table)
+            if not views:
+                continue
+            if red.dropped:
+                torch._foreach_copy_(tensors, views)
+            else:
+                torch._foreach_add_(tensors, views)
+
+
+def add(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
+    """``red`` is due: finish it (``StallError`` past ``deadline``) and add its correction."""
+    began = time.perf_counter()
+    finish(h, red, deadline)
+    _shift(h, red, red.correction)
+    h.in_flight.remove(red)
+    h.stats.levels[red.level].seconds += time.perf_counter() - began
+
+
+def due(h: HierState, t: int) -> List[InFlight]:
+    """The reductions due by the end of step ``t``, in the order they started."""
+    return [red for red in h.in_flight if red.due <= t]
+
+
+def settle(h: HierState, deadline: Optional[float]) -> None:
+    """Finish every reduction in flight (their corrections stay pending until due)."""
+    for red in list(h.in_flight):
+        finish(h, red, deadline)
+
+
+def discard(h: HierState, deadline: Optional[float] = None, running_only: bool = False,
+            finish_running: bool = True) -> None:
+    """Forget every reduction in flight and every pending correction (``running_only``: the
+    reductions in flight only). A running one is first run to its end (the other ranks take
+    part in its collectives; ``StallError`` past ``deadline``), unless ``finish_running`` is
+    False (an elastic reset: its collectives belonged to the job before the reset)."""
+    for red in h.in_flight:
+        if red.pipeline is not None and finish_running:
+            red.pipeline.drain(deadline)
+        red.pipeline = None
+    h.in_flight[:] = [red for red in h.in_flight if running_only and not red.running]
+
+
+def portable(h: HierState) -> List[Dict[str, object]]:
+    """The pending corrections as plain data with compact CPU copies (for checkpoints and for
+    other ranks); call ``settle`` first."""
+    out = []
+    for red in h.in_flight:
+        assert not red.running, "settle() the reductions in flight first"
+        out.append({"level": red.level, "start": red.start, "due": red.due,
+                    "dropped": red.dropped,
+                    "correction": [c.detach().to("cpu", copy=True) for c in red.correction]})
+    return out
+
+
+def restore(h: HierState, saved: List[Dict[str, object]]) -> None:
+    """Make ``saved`` (``portable()``'s output) the pending corrections of this rank (none
+    may be running: ``discard`` them first)."""
+    discard(h, finish_running=False)
+    for item in saved or []:
+        level = int(item["level"])
+        copies = _copies(h, level)
+        values = item["correction"]
+        views = copies.snapshot.views
+        if len(values) != len(views) or any(tuple(a.shape) != tuple(b.shape)
+                                            for a, b in zip(values, views)):
+            raise ValueError(f"the saved correction of the overlapped reduction of "
+                             f"{level_name(h.config, level)} has {len(values)} tensors of other "
+                             "shapes than this optimizer's averaged tensors")
+        with torch.no_grad():
+            for a, b in zip(views, values):
+                a.copy_(b)
+        h.in_flight.append(InFlight(level, int(item["start"]), int(item["due"]),
+                                    bool(item["dropped"]), correction=views))
