@@ -171,15 +171,16 @@ class DeltaReducer:
         """Wait for bucket ``i``'s alltoall, reduce this rank's shard, allgather the mean."""
         splits, handle = started
         mine = self.reduce_shard(self.exchange.wait(handle, deadline), splits, members, rank,
-                                 divisor)
+                                 1.0 / divisor)
         return self.exchange.wait(self.start_gather(i, mine, process_set, tag), deadline)
 
     def reduce_shard(self, received: torch.Tensor, splits: List[int], members: List[int],
-                     rank: int, divisor: int) -> torch.Tensor:
-        """This rank's shard of the encoded mean, from the alltoall's output."""
+                     rank: int, scale: float) -> torch.Tensor:
+        """This rank's shard of the encoded mean (the contributions' sum times ``scale``),
+        from the alltoall's output."""
         me = sorted(members).index(rank)  # Horovod orders a set by rank
         mine = torch.empty(splits[me], dtype=torch.uint8, device=received.device)
-        self._ext.reduce_encoded(received, mine, self.codec, len(members), 1.0 / divisor)
+        self._ext.reduce_encoded(received, mine, self.codec, len(members), scale)
         return mine
 
     def start_gather(self, i: int, mine: torch.Tensor, process_set, tag: str):

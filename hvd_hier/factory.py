@@ -95,6 +95,14 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             (int8: a scale per chunk of 2048 elements and error feedback), through one
             alltoall, float32 sums per shard and one allgather (``hvd_hier.compressed``).
             Default None (the full-precision model).
+        overlap_steps (int): the two-level form's overlap at the global level (with
+            ``levels=``: ``hvd_hier.Level(period, group_size, overlap_steps=D)``): D with
+            0 <= D < K1*K2. With D >= 1 the global reduction runs behind the next D steps
+            instead of holding up its step: at its step every local group averages, the
+            result s is reduced in pieces that each ``step()`` moves on, and at the end of
+            step t + D every rank adds r − s (r: the global mean, or the outer optimizer's
+            new anchor) to its parameters (``hvd_hier.overlap``). One more copy of the
+            averaged tensors (two with ``outer`` and no compression). Default None (0).
         warmup_steps (int): steps of synchronous SGD before averaging starts. Default 0.
         buffers: optional iterable of tensors (e.g. ``model.buffers()``) averaged at the
             same steps as the parameters; integer buffers (BatchNorm's step counter) are

@@ -310,7 +310,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
     def _hier_average(self, level: int, t: int) -> None:
         h = self._hier
         try:
-            if h.config.levels[level].options.get("overlap_steps"):
+            if overlap.staged(h, level):  # overlapped, or in two stages
                 overlap.start(h, level, t, self._hier_deadline())
             else:
                 average_level(h, level, t, self._hier_deadline())
@@ -374,6 +374,13 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         ``groups`` are the innermost level's. ``levels`` has one dict per level, innermost
         first: ``period``, ``group_size`` (as passed), ``averages``, ``bytes``, ``seconds``,
         ``group`` and ``groups`` (None until the groups are built).
+
+        A level that reduces in two stages (its groups made of two or more groups of the
+        level below, all of one size S >= 2: each rank reduces 1/S of the model across the
+        other groups below, then they gather) counts the whole payload, as in one stage. An
+        overlapped level counts an averaging when it starts, and, because the level below
+        averages first, one of the level below too; its ``seconds`` are the time ``step()``
+        spent on it (starting, moving its pieces on, waiting at t + D), not its duration.
         """
         h = self._hier
         out = h.stats.two_level()

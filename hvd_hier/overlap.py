@@ -20,9 +20,9 @@ threads of a rank safely (seen here: ranks stall in Gloo). So the reduction is c
 pieces of about ``CHUNK_BYTES`` on the wire (a compressed level: one bucket's alltoall and
 allgather), and ``step()`` itself moves them on at each call, on the training thread: it
 collects the pieces that have finished, and after the step's own averaging submits the next
-batch, sized from the last interval (doubled when the link went idle before the step ended,
-else the number that finished), so that the link stays busy during the computation and a
-lower level's averaging waits behind few pieces.
+batch, sized from the last interval (one more when the link went idle before the step
+ended, else the number that finished), so that the link stays busy during the computation
+and a lower level's averaging waits behind few pieces.
 
 Memory: one copy of the averaged tensors per overlapped level, kept between reductions
 (the snapshot, which becomes the correction); a level with ``outer`` and no compression
@@ -53,7 +53,7 @@ from .reduction import average_level, finite_divisor, level_name, relink
 from .state import HierState
 
 __all__ = ["CHUNK_BYTES", "compressed_bucket_cap", "Copy", "InFlight", "start", "settle",
-           "add", "due", "progress", "discard", "portable", "restore"]
+           "staged", "add", "due", "progress", "discard", "portable", "restore"]
 
 CHUNK_BYTES = 2 << 20
 """Bytes one rank sends per collective of an overlapped reduction (one piece)."""
@@ -98,10 +98,13 @@ class InFlight:
     level: int
     start: int
     due: int
-    dropped: bool = False  #: this rank's values were left out: it takes r, not x + c
+    dropped: bool = False  #: it takes r, not x + c (its values were left out, or D = 0)
     divisor: int = 1
     pipeline: Optional["Pipeline"] = None  #: the pieces still to run (None: none)
+    scale: float = 1.0  #: the sums' factor: 1 / divisor (two stages: S / divisor)
     means: Optional[List[torch.Tensor]] = None  #: compressed: the encoded means
+    items: Optional[list] = None  #: what the pieces reduce (chunks, or the means)
+    owned: Optional[List[int]] = None  #: the pieces this rank reduces
     correction: Optional[List[torch.Tensor]] = None  #: c = r − s (or r), once finished
     seconds: float = 0.0
 
@@ -124,7 +127,7 @@ class Pipeline:
     once the handle is done it receives ``wait(handle)`` (the collective's output) and
     either yields the next collective or ends."""
 
-    def __init__(self, pieces, budget: int = 2):
+    def __init__(self, pieces, budget: int = 1):
         self.todo = list(pieces)  # generator functions, in order
         self.active: List[list] = []  # [generator, handle, wait]
         self.budget = max(1, budget)
@@ -156,14 +159,15 @@ class Pipeline:
         self.active = still
 
     def pump(self, submit: bool) -> None:
-        """Collect what has finished (no waiting); with ``submit``, start the next batch:
-        doubled when nothing was left running, else as many as finished since the last
-        batch."""
+        """Collect what has finished (no waiting); with ``submit``, start the next batch: one
+        more than the last when nothing was left running (the link went idle), else as many
+        as finished since the last batch (the batch outlasted the computation and delayed
+        the collectives behind it)."""
         self._collect()
         if not submit:
             return
         if not self.active:
-            self.budget *= 2
+            self.budget += 1
         else:
             self.budget = max(1, self.finished_since)
         self.finished_since = 0
@@ -185,12 +189,12 @@ class Pipeline:
                     self.active.pop(0)
 
 
-def _copies(h: HierState, level: int) -> _LevelCopies:
+def _copies(h: HierState, level: int, with_result: bool) -> _LevelCopies:
     found = h.overlap_copies.get(level)
     if found is None:
-        anchor = h.anchors[level]
-        result = Copy(h.averager.tensors) if anchor is not None else None
-        found = h.overlap_copies[level] = _LevelCopies(Copy(h.averager.tensors), result)
+        found = h.overlap_copies[level] = _LevelCopies(Copy(h.averager.tensors))
+    if with_result and found.result is None:
+        found.result = Copy(h.averager.tensors)
     return found
 
 
@@ -199,37 +203,78 @@ def _nonempty(views, tensors):
     return [v for v, _ in pairs], [t.detach() for _, t in pairs]
 
 
-def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> InFlight:
-    """Level ``level``'s overlapped reduction at step ``t``: the level below averages, the
-    snapshot is taken and checked, and the reduction's first pieces are submitted."""
+def staged(h: HierState, level: int) -> bool:
+    """Whether level ``level`` reduces through this module: overlapped, or in two stages
+    (its topology has cross groups)."""
+    return bool(h.config.levels[level].options.get("overlap_steps")) or \
+        h.topology.levels[level].cross_set is not None
+
+
+def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> Optional[InFlight]:
+    """Level ``level``'s reduction at step ``t`` through this module (see ``staged``).
+
+    Overlapped (D >= 1): the level below averages, the snapshot is taken and checked, and the
+    first pieces are submitted; the reduction is returned, in flight. Not overlapped (a
+    two-stage level): after the check, the level below's groups take their plain mean, each
+    rank reduces its share of the pieces across its cross group, the group below gathers
+    the shares, and the tensors take the result now (returns None).
+
+    In two stages every rank of a group below holds the same values when its share is
+    reduced, so a rank sends 1/S of the model across the link: a node's uplink carries
+    2(N − 1)/N of the model (N groups below) instead of 2(P − 1)/P of it.
+    """
     began = time.perf_counter()
-    if level > 0:
-        average_level(h, level - 1, t, deadline)
-    relink(h)
     lt = h.topology.levels[level]
-    copies = _copies(h, level)
+    d = h.config.levels[level].options.get("overlap_steps", 0)
+    two_stage = lt.cross_set is not None
+    anchor = h.anchors[level]
+    compressed = anchor is not None and anchor.reducer is not None and len(lt.group) > 1
+    red = InFlight(level, t, t + d)
+    divisor, tag = len(lt.group), f"{level_name(h.config, level).replace(' ', '')}.staged"
+    if d:
+        if level > 0:
+            average_level(h, level - 1, t, deadline)
+        relink(h)
+    else:  # the check on the tensors themselves, then the plain mean of each group below
+        relink(h)
+        divisor, red.dropped = finite_divisor(h, level, t, deadline)
+        lower = h.topology.levels[level - 1]
+        h.averager.average(lower.process_set, len(lower.group), f"{tag}.lower", deadline)
+    copies = _copies(h, level, with_result=(anchor is not None and d > 0) or compressed)
     snap = copies.snapshot
     views, tensors = _nonempty(snap.views, h.averager.tensors)
     with torch.no_grad():
         torch._foreach_copy_(views, tensors)
-    red = InFlight(level, t, t + h.config.levels[level].options["overlap_steps"])
-    if len(lt.group) > 1:
-        red.divisor, red.dropped = finite_divisor(h, level, t, deadline, snap.views)
-    anchor = h.anchors[level]
-    tag = f"{level_name(h.config, level).replace(' ', '')}.overlap"
+    if d and len(lt.group) > 1:
+        divisor, red.dropped = finite_divisor(h, level, t, deadline, snap.views)
+    red.scale = (lt.shares if two_stage else 1) / divisor
+    # the counters: the payload of the level, as a reduction in one stage counts it (in two
+    # stages each rank sends about 1/S of it across the cross groups)
     pieces, moved = [], 0
-    if len(lt.group) > 1 and anchor is not None and anchor.reducer is not None:
+    if compressed:
         pieces, moved = _compressed_pieces(red, anchor.reducer, snap, lt, tag), \
             anchor.reducer.nbytes
     elif len(lt.group) > 1:
-        pieces, moved = _plain_pieces(red, copies, anchor is not None, lt, tag), snap.nbytes
+        # the sums go into: a copy of s beside it (an anchor needs both), or s itself, which
+        # becomes the mean (no overlap), or mean − s (overlapped, no anchor)
+        into = copies.result if anchor is not None and d else snap
+        pieces, moved = _plain_pieces(red, copies, into, correct=(anchor is None and d > 0),
+                                      lt=lt, tag=tag), h.averager.nbytes
     if pieces:
         red.pipeline = Pipeline(pieces)
         red.pipeline.pump(submit=True)
-    h.in_flight.append(red)
+    h.stats.levels[level].add(moved, 0.0)
+    if d:
+        h.in_flight.append(red)
+    else:
+        finish(h, red, deadline)
+        _shift(h, red, red.correction)
+        for below in h.anchors[:level]:  # the levels below start again from this model
+            if below is not None:
+                below.take()
     red.seconds = time.perf_counter() - began
-    h.stats.levels[level].add(moved, red.seconds)
-    return red
+    h.stats.levels[level].seconds += red.seconds
+    return red if d else None
 
 
 def _allreduce(buffer: torch.Tensor, name: str, process_set):
@@ -244,101 +289,166 @@ def _wait_handle(handle, deadline):
     return wait(handle, deadline)
 
 
-def _plain_pieces(red: InFlight, copies: _LevelCopies, into_result: bool, lt, tag: str):
-    """The pieces of a plain (uncompressed) reduction: the snapshot becomes mean − s piece by
-    piece through a staging buffer, or (``into_result``: a level with an anchor) the result
-    copy, filled with s, is summed in place and scaled into the mean."""
-    snap, scale = copies.snapshot, 1.0 / red.divisor
-    if into_result:
+def _owned(n: int, lt) -> List[int]:
+    """The pieces this rank reduces: all, or in two stages every S-th from its position."""
+    return list(range(lt.share, n, lt.shares)) if lt.cross_set is not None else list(range(n))
+
+
+def _reducing(lt):
+    """(process set, members) of the pieces' collectives: the cross group, or the group."""
+    if lt.cross_set is not None:
+        return lt.cross_set, lt.cross_group
+    return lt.process_set, lt.group
+
+
+def _plain_pieces(red: InFlight, copies: _LevelCopies, into: Copy, correct: bool, lt, tag: str):
+    """The pieces of a plain (uncompressed) reduction over this rank's share of the chunks.
+    ``correct``: the snapshot becomes mean − s piece by piece through a staging buffer;
+    else ``into`` (the snapshot itself, or the result copy, first filled with s) is summed in
+    place and scaled into the mean."""
+    snap, scale = copies.snapshot, red.scale
+    if into is not snap:
         with torch.no_grad():
-            for a, b in zip(copies.result.storages, snap.storages):
+            for a, b in zip(into.storages, snap.storages):
                 a.copy_(b)
-        targets = copies.result.chunks()
-    sources = snap.chunks()
+    targets, sources = into.chunks(), snap.chunks()
+    owned = _owned(len(sources), lt)
+    red.items, red.owned = targets, owned
+    process_set, _ = _reducing(lt)
 
     # (no torch.no_grad() across a yield: it would stay entered in the caller; these
     # buffers are the optimizer's own and need none)
     def piece(i):
         name = f"hvd_hier.{tag}.{i}"
-        if into_result:
-            yield _allreduce(targets[i], name, lt.process_set)
+        if not correct:
+            yield _allreduce(targets[i], name, process_set)
             targets[i].mul_(scale)
             return
         src = sources[i]
         pool = copies.staging.setdefault((src.device, src.dtype), [])
         buf = pool.pop() if pool else torch.empty(
             max(1, CHUNK_BYTES // src.element_size()), dtype=src.dtype, device=src.device)
-        staged = buf[:src.numel()]
-        staged.copy_(src)
-        yield _allreduce(staged, name, lt.process_set)
-        staged.mul_(scale)
+        staged_piece = buf[:src.numel()]
+        staged_piece.copy_(src)
+        yield _allreduce(staged_piece, name, process_set)
+        staged_piece.mul_(scale)
         src.neg_()
-        src.add_(staged)
+        src.add_(staged_piece)
         pool.append(buf)
 
-    return [lambda i=i: piece(i) for i in range(len(sources))]
+    return [lambda i=i: piece(i) for i in owned]
 
 
 def _compressed_pieces(red: InFlight, reducer, snap: Copy, lt, tag: str):
-    """The pieces of a compressed reduction, one per bucket: its delta is encoded now; the
-    piece runs the alltoall, reduces this rank's shard and allgathers the mean."""
-    encoded = [reducer.encode(i, snap.views) for i in range(len(reducer.buckets))]
-    red.means = [None] * len(encoded)
+    """The pieces of a compressed reduction, one per bucket of this rank's share: its delta
+    is encoded now; the piece runs the alltoall, reduces this rank's shard and allgathers
+    the mean."""
+    owned = _owned(len(reducer.buckets), lt)
+    encoded = {i: reducer.encode(i, snap.views) for i in owned}
+    red.means = [None] * len(reducer.buckets)
+    red.items, red.owned = red.means, owned
+    process_set, members = _reducing(lt)
     rank = hvd.rank()
 
     def piece(i):
-        splits, handle = reducer.start_exchange(i, encoded[i], lt.process_set, lt.group, tag)
+        splits, handle = reducer.start_exchange(i, encoded[i], process_set, members, tag)
         received = yield handle, reducer.exchange.wait
-        mine = reducer.reduce_shard(received, splits, lt.group, rank, red.divisor)
-        red.means[i] = yield reducer.start_gather(i, mine, lt.process_set, tag), \
+        mine = reducer.reduce_shard(received, splits, members, rank, red.scale)
+        red.means[i] = yield reducer.start_gather(i, mine, process_set, tag), \
             reducer.exchange.wait
 
-    return [lambda i=i: piece(i) for i in range(len(encoded))]
+    return [lambda i=i: piece(i) for i in owned]
+
+
+def _gather_shares(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
+    """Two stages: every rank of the group below receives the others' reduced pieces
+    (``red.items``: chunks of a copy, or the encoded means), in one allgather of bytes."""
+    from .collectives import wait
+
+    lt = h.topology.levels[red.level]
+    lower = h.topology.levels[red.level - 1]
+    n, shares = len(red.items), lt.shares
+    with torch.no_grad():
+        mine = [red.items[i].reshape(-1).view(torch.uint8) for i in red.owned]
+        device = mine[0].device if mine else (
+            red.items[0].device if red.items[0] is not None else torch.device("cpu"))
+        payload = torch.cat(mine) if mine else torch.empty(0, dtype=torch.uint8, device=device)
+        got = wait(hvd.allgather_async(payload, name=f"hvd_hier.{red.level}.shares",
+                                       process_set=lower.process_set), deadline)
+        offset = 0
+        for j in range(shares):
+            for i in range(j, n, shares):
+                if red.means is not None:
+                    size = _encoded_size(h, red, i)
+                else:
+                    size = red.items[i].numel() * red.items[i].element_size()
+                part = got[offset:offset + size]
+                offset += size
+                if j == lt.share:
+                    continue
+                if red.means is not None:
+                    red.means[i] = part.clone()
+                else:
+                    red.items[i].reshape(-1).view(torch.uint8).copy_(part)
+
+
+def _encoded_size(h: HierState, red: InFlight, i: int) -> int:
+    reducer = h.anchors[red.level].reducer
+    return reducer._ext.encoded_bytes(reducer.codec, reducer.buckets[i].numel)
 
 
 def progress(h: HierState, submit: bool) -> None:
     """At a step boundary: move every running reduction on (see ``Pipeline.pump``)."""
     for red in h.in_flight:
         if red.pipeline is not None:
+            began = time.perf_counter()
             red.pipeline.pump(submit)
+            h.stats.levels[red.level].seconds += time.perf_counter() - began
 
 
 def finish(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
     """Wait for ``red``'s reduction (``StallError`` past ``deadline``) and compute its
-    correction; the level's anchor and outer optimizer move now."""
+    correction (for a reduction that is not overlapped: the result itself); the level's
+    anchor and outer optimizer move now."""
     if not red.running:
         return
     began = time.perf_counter()
     if red.pipeline is not None:
         red.pipeline.drain(deadline)
         red.pipeline = None
+    lt = h.topology.levels[red.level]
+    if lt.cross_set is not None and red.items is not None:
+        _gather_shares(h, red, deadline)
     copies = h.overlap_copies[red.level]
     snap, anchor = copies.snapshot, h.anchors[red.level]
-    lt = h.topology.levels[red.level]
+    overlapped = red.due > red.start
     with torch.no_grad():
         if anchor is None:
             if len(lt.group) == 1:  # its own mean: no correction
                 for s in snap.storages:
                     s.zero_()
-            red.correction = snap.views
+            red.correction = snap.views  # mean − s, or (not overlapped) the mean
         else:
-            result = copies.result
-            if anchor.reducer is not None and len(lt.group) > 1:
+            compressed = anchor.reducer is not None and len(lt.group) > 1
+            result = copies.result if overlapped or compressed else snap
+            if compressed:
                 for i, mean in enumerate(red.means):
                     anchor.reducer.finish(i, mean, result.views,
                                           to_gradient=anchor.outer is not None)
                 if anchor.outer is not None:
                     anchor.outer_step(pseudo_gradient=True, tensors=result.views)
             else:
-                if len(lt.group) == 1:
+                if len(lt.group) == 1 and result is not snap:
                     for a, b in zip(result.storages, snap.storages):
                         a.copy_(b)
                 anchor.after_mean(tensors=result.views)
-            if not red.dropped:  # c = r − s
+            if overlapped and not red.dropped:  # c = r − s
                 for a, b in zip(result.storages, snap.storages):
                     a.sub_(b)
             red.correction = result.views
-    red.means = None
+    if not overlapped:
+        red.dropped = True  # the tensors take the result itself
+    red.means = red.items = None
     h.stats.levels[red.level].seconds += time.perf_counter() - began
 
 
@@ -410,7 +520,7 @@ def restore(h: HierState, saved: List[Dict[str, object]]) -> None:
     discard(h, finish_running=False)
     for item in saved or []:
         level = int(item["level"])
-        copies = _copies(h, level)
+        copies = _copies(h, level, with_result=False)
         values = item["correction"]
         views = copies.snapshot.views
         if len(values) != len(views) or any(tuple(a.shape) != tuple(b.shape)

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 from .schedule import check_int
 
 __all__ = ["check_group_size", "plan_groups", "adapt_groups", "check_can_create", "Topology",
-           "LevelTopology", "build_topology", "process_set_for"]
+           "LevelTopology", "plan_cross_groups", "build_topology", "process_set_for"]
 
 LOCAL = "local"
 
@@ -160,11 +160,20 @@ def process_set_for(ranks: Sequence[int]):
 
 @dataclass
 class LevelTopology:
-    """One averaging level's groups and this rank's place in them."""
+    """One averaging level's groups and this rank's place in them.
+
+    A level whose groups are each made of k >= 2 groups of the level below, all of one size
+    S >= 2, can reduce in two stages (``plan_cross_groups``): its cross groups gather the
+    ranks at one position of their lower group, one per lower group."""
 
     groups: List[List[int]]  #: the level's groups, each a list of global ranks
     group: List[int]  #: this rank's group
     process_set: object  #: process set of this rank's group (None when it is one rank)
+    cross_groups: Optional[List[List[int]]] = None  #: None: no two-stage reduction
+    cross_group: Optional[List[int]] = None  #: this rank's cross group
+    cross_set: object = None  #: its process set
+    share: int = 0  #: this rank's position in its lower group (which pieces it reduces)
+    shares: int = 1  #: S, the size of the lower groups
 
 
 @dataclass
@@ -212,14 +221,47 @@ def check_can_create(groups, existing, world_size: int) -> None:
             f"every rank calls add_process_set). Create them first on every rank: {calls}")
 
 
+def plan_cross_groups(groups: Sequence[Sequence[int]],
+                      lower: Sequence[Sequence[int]]) -> Optional[List[List[int]]]:
+    """The cross groups of a level (``groups``) over the level below (``lower``): for each of
+    its groups, made of lower groups g_1 .. g_k (ordered by their first rank, each sorted),
+    the S groups [g_1[j], ..., g_k[j]], j < S. None unless every group of the level is made of
+    k >= 2 lower groups of one size S >= 2 (then a two-stage reduction saves nothing, or
+    cannot pair the ranks).
+
+    Example::
+
+        >>> plan_cross_groups([[0, 1, 2, 3]], [[0, 1], [2, 3]])
+        [[0, 2], [1, 3]]
+    """
+    out: List[List[int]] = []
+    sizes = set()
+    for g in groups:
+        members = set(g)
+        inside = sorted(sorted(lg) for lg in lower if set(lg) <= members)
+        if len(inside) < 2 or sum(len(lg) for lg in inside) != len(members):
+            return None
+        sizes.update(len(lg) for lg in inside)
+        if len(sizes) != 1 or min(sizes) < 2:
+            return None
+        out.extend([lg[j] for lg in inside] for j in range(len(inside[0])))
+    return out
+
+
 def build_topology(set_ranks, level_groups, process_set, rank: int, world_size: int) -> Topology:
     """Create (or find) the process sets of every level's groups (``level_groups``: one list
-    of groups per level, innermost first); every rank calls it identically."""
+    of groups per level, innermost first), and of the cross groups of every level that can
+    reduce in two stages (``plan_cross_groups``); every rank calls it identically."""
     existing = set(_horovod_sets())
-    for groups in level_groups:
+    cross = [None] + [plan_cross_groups(level_groups[i], level_groups[i - 1])
+                      for i in range(1, len(level_groups))]
+    for i, groups in enumerate(level_groups):
         check_can_create(groups, existing, world_size)
+        if cross[i] is not None and len(set_ranks) != world_size and any(
+                tuple(sorted(g)) not in existing for g in cross[i]):
+            cross[i] = None  # a subset of the job cannot create them: one stage
     levels = []
-    for groups in level_groups:
+    for i, groups in enumerate(level_groups):
         my_group = next(g for g in groups if rank in g)
         ps = None
         if len(groups) == 1:
@@ -229,5 +271,14 @@ def build_topology(set_ranks, level_groups, process_set, rank: int, world_size: 
                 found = process_set_for(g) if len(g) > 1 else None
                 if g is my_group:
                     ps = found
-        levels.append(LevelTopology([list(g) for g in groups], list(my_group), ps))
+        lt = LevelTopology([list(g) for g in groups], list(my_group), ps)
+        if cross[i] is not None:
+            lower = next(sorted(g) for g in level_groups[i - 1] if rank in g)
+            lt.cross_groups = cross[i]
+            for g in cross[i]:
+                found = process_set_for(g)
+                if rank in g:
+                    lt.cross_group, lt.cross_set = list(g), found
+            lt.share, lt.shares = lower.index(rank), len(lower)
+        levels.append(lt)
     return Topology(list(set_ranks), levels, process_set)

@@ -79,24 +79,46 @@ class OuterSGD:
         return x - self.lr * g
 
 
-def average_level(w, groups, level, anchor, outer, codecs=None, residual=None):
+def lower_groups_within(group, lower):
+    """The groups of ``lower`` inside ``group`` when the level can reduce in two stages (every
+    group made of 2 or more lower groups of one size of 2 or more), ordered by first rank;
+    else None. Written from the definition, independently of hvd_hier.topology."""
+    if lower is None:
+        return None
+    inside = sorted(sorted(g) for g in lower if set(g) <= set(group))
+    sizes = {len(g) for g in inside}
+    if len(inside) < 2 or len(sizes) != 1 or min(sizes) < 2:
+        return None
+    return inside
+
+
+def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, lower=None):
     """Level ``level`` averages ``w`` (rank -> array) within each of ``groups``: the plain
     mean, or with an outer optimizer (``outer[level][r]``, ``anchor[level][r]``) the anchor's
     outer step on anchor - mean, which every rank of the group takes. With a codec
     (``codecs[level]``) the mean is ``compressed_mean`` of the deltas from the anchor (float32;
     int8: plus this rank's residual ``residual[level][r]``, which keeps what the round trip
-    lost), added to the anchor. Then the anchors of the levels below become the new model."""
+    lost), added to the anchor. Then the anchors of the levels below become the new model.
+
+    ``lower``: the groups of the level below. Where a group is made of two or more lower
+    groups of one size (two stages), a compressed level encodes one delta per lower group,
+    from its mean (the residual is its first rank's), and takes the mean of those."""
     codec = (codecs or {}).get(level)
     for g in groups:
         if codec is not None and len(g) > 1:
+            parts = lower_groups_within(g, lower)
+            if parts is None:  # one stage: every rank encodes its own delta
+                sources = [(r, w[r]) for r in g]
+            else:  # two stages: the lower groups' means, encoded by their first ranks
+                sources = [(p[0], sum(w[r] for r in p) / len(p)) for p in parts]
             deltas = []
-            for r in g:
-                d = w[r] - anchor[level][r]
+            for r, value in sources:
+                d = value - anchor[level][r]
                 if codec == "int8":
                     d = (d + residual[level][r]).astype(np.float32)
                     residual[level][r] = d - codec_round_trip(d, codec)
                 deltas.append(d.astype(np.float32))
-            step = compressed_mean(deltas, codec, len(g)).astype(np.float64)
+            step = compressed_mean(deltas, codec, len(deltas)).astype(np.float64)
             mean = None
         else:
             mean = sum(w[r] for r in g) / len(g)
@@ -121,11 +143,13 @@ def start_overlapped(w, level_groups, level, anchor, outer, codecs, residual):
     and residuals move now); the anchors of the levels below stay at s. Returns the
     correction r − s per rank."""
     if level > 0:
-        average_level(w, level_groups[level - 1], level - 1, anchor, outer, codecs, residual)
+        average_level(w, level_groups[level - 1], level - 1, anchor, outer, codecs, residual,
+                      level_groups[level - 2] if level > 1 else None)
     snapshot = {r: w[r].copy() for r in w}
     result = {r: w[r].copy() for r in w}
     lower = {i: anchor[i] for i in anchor if i < level}
-    average_level(result, level_groups[level], level, anchor, outer, codecs, residual)
+    average_level(result, level_groups[level], level, anchor, outer, codecs, residual,
+                  level_groups[level - 1] if level > 0 else None)
     anchor.update(lower)
     return {r: result[r] - snapshot[r] for r in w}
 
@@ -181,7 +205,8 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
                 pending.append((t + overlaps[level], level, start_overlapped(
                     w, level_groups, level, anchor, outer, codecs, residual)))
             elif level is not None:
-                average_level(w, level_groups[level], level, anchor, outer, codecs, residual)
+                average_level(w, level_groups[level], level, anchor, outer, codecs, residual,
+                              level_groups[level - 1] if level > 0 else None)
             for item in [p for p in pending if p[0] == t]:
                 add_correction(w, item[1], anchor, item[2])
                 pending.remove(item)

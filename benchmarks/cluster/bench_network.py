@@ -29,7 +29,8 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from costmodel import Fit, global_link_bytes, predict_step, real_cluster_table, ring  # noqa: E402
+from costmodel import (Fit, global_link_bytes, predict_step, real_cluster_table, ring,  # noqa: E402
+                       two_stage)
 from launch import launch  # noqa: E402
 from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
 
@@ -47,28 +48,35 @@ def parse_schedules(text: str):
     return out
 
 
-CODEC_METHODS = {"hier_bf16": "bf16", "hier_int8": "int8"}
+# Hier-AVG variants: method name -> (global compression, overlapped). Overlapped runs use
+# overlap_steps = K1*K2 - 1, the most a schedule allows.
+HIER_METHODS = {"hier": (None, False), "hier_bf16": ("bf16", False), "hier_int8": ("int8", False),
+                "hier_overlap": (None, True), "hier_bf16_overlap": ("bf16", True),
+                "hier_int8_overlap": ("int8", True)}
 
 
 def runs_for(schedules, methods):
-    """(name, method, k1, k2, codec) in the order they run at each rate."""
+    """(name, method, k1, k2, codec, overlap_steps) in the order they run at each rate."""
     out = []
     if "compute" in methods:
-        out.append(("compute", "compute", 1, 1, None))
+        out.append(("compute", "compute", 1, 1, None, 0))
     if "sync" in methods:
-        out.append(("sync", "sync", 1, 1, None))
+        out.append(("sync", "sync", 1, 1, None, 0))
     if "raw" in methods:
-        out += [("raw_horovod", "raw_horovod", 1, 1, None), ("raw_torch", "raw_torch", 1, 1, None)]
+        out += [("raw_horovod", "raw_horovod", 1, 1, None, 0),
+                ("raw_torch", "raw_torch", 1, 1, None, 0)]
     for k1, k2 in schedules:
         if "kavg" in methods:
-            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2, None))
-        if "hier" in methods:
-            out.append((f"hier_{k1}x{k2}", "hier", k1, k2, None))
-        for m, codec in CODEC_METHODS.items():
+            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2, None, 0))
+        for m, (codec, overlapped) in HIER_METHODS.items():
             if m in methods:
-                out.append((f"hier_{k1}x{k2}_{codec}", "hier", k1, k2, codec))
+                d = k1 * k2 - 1 if overlapped else 0
+                if overlapped and d == 0:
+                    continue  # K1*K2 = 1 leaves no step to overlap
+                out.append((f"hier_{k1}x{k2}" + (f"_{codec}" if codec else "")
+                            + (f"_ov{d}" if d else ""), "hier", k1, k2, codec, d))
         if "torch" in methods:
-            out.append((f"torch_{k1}x{k2}", "torch", k1, k2, None))
+            out.append((f"torch_{k1}x{k2}", "torch", k1, k2, None, 0))
     seen, unique = set(), []
     for run in out:  # K-AVG with the same K1*K2 from two schedules is one run
         if run[0] not in seen:
@@ -88,10 +96,12 @@ def label(name: str) -> str:
     kind, rest = name.split("_", 1)
     if kind == "kavg":
         return f"hvd_hier K-AVG K={rest[1:]}"
-    schedule, _, codec = rest.partition("_")
+    schedule, *extra = rest.split("_")
     k1, k2 = schedule.split("x")
-    return (f"hvd_hier Hier-AVG K1={k1} K2={k2}{' + ' + codec if codec else ''}" if kind == "hier"
-            else f"PyTorch HierarchicalModelAverager K1={k1} K2={k2}")
+    if kind != "hier":
+        return f"PyTorch HierarchicalModelAverager K1={k1} K2={k2}"
+    words = [f"overlap {e[2:]}" if e.startswith("ov") else e for e in extra]
+    return f"hvd_hier Hier-AVG K1={k1} K2={k2}" + "".join(f" + {w}" for w in words)
 
 
 def analytic_link_bytes(run: Dict) -> float:
@@ -108,11 +118,14 @@ def analytic_link_bytes(run: Dict) -> float:
         return ring_factor * run["params_bytes"] * run["steps"]
     if run["method"] == "compute":
         return 0.0
+    staged = two_stage(run)
     if run.get("compression"):  # hvd_hier's alltoall + allgather of encoded deltas
-        return global_link_bytes(0, run["size"], run["ranks_per_node"],
-                                 run["global_bytes_per_average"]) * run["global_averages"]
+        encoded = run.get("encoded_bytes") or run["global_bytes_per_average"]
+        return global_link_bytes(0, run["size"], run["ranks_per_node"], encoded,
+                                 staged) * run["global_averages"]
     size = run["params_bytes"] if run["method"] == "torch" else run["payload_bytes"]
-    return ring_factor * size * run["global_averages"]
+    return global_link_bytes(size, run["size"], run["ranks_per_node"],
+                             two_stage=staged) * run["global_averages"]
 
 
 def summarize(run: Dict) -> Dict:
@@ -216,9 +229,11 @@ def main(argv=None):
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
     p.add_argument("--schedules", default="1x8,4x2", help="K1xK2 list for kavg, hier, torch")
-    p.add_argument("--methods", default="compute,sync,raw,kavg,hier,hier_bf16,hier_int8,torch",
+    p.add_argument("--methods", default="compute,sync,raw,kavg," + ",".join(HIER_METHODS)
+                   + ",torch",
                    help="raw: each library's allreduce alone (explains the averaging times); "
-                        "hier_bf16, hier_int8: Hier-AVG with the global level's deltas encoded")
+                        "hier_bf16, hier_int8: Hier-AVG with the global level's deltas encoded; "
+                        "*_overlap: the global reduction overlapped with K1*K2 - 1 steps")
     p.add_argument("--packed", action="store_true",
                    help="hvd_hier without flat storage (default: flat_storage=True)")
     p.add_argument("--steps", type=int, default=32)
@@ -232,10 +247,12 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true",
                    help="no runs: tabulate and plot the runs in --out-dir/runs")
     p.add_argument("--smoke", action="store_true",
-                   help="the harness check: tiny model, 8 steps, 1gbit, schedule 1x4")
+                   help="the harness check: tiny model, 8 steps, 1gbit, schedule 1x4, every "
+                        "method but two of the overlapped ones")
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.steps, args.rates, args.schedules = "tiny", 8, "1gbit", "1x4"
+        args.methods = "compute,sync,raw,kavg,hier,hier_bf16,hier_int8,hier_int8_overlap,torch"
     rates = args.rates.split(",")
     for r in rates:
         try:
@@ -245,7 +262,7 @@ def main(argv=None):
             raise SystemExit(f"--rates: {e}")
     schedules = parse_schedules(args.schedules)
     methods = set(args.methods.split(","))
-    unknown = methods - {"compute", "sync", "raw", "kavg", "hier", "torch", *CODEC_METHODS}
+    unknown = methods - {"compute", "sync", "raw", "kavg", "torch", *HIER_METHODS}
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
     out = Path(args.out_dir)
@@ -281,7 +298,7 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
             # one TCP stream node 0 -> node 1, about 2 s of traffic: the measured B_inter
             link_bw = cluster.throughput(0, 1, min(256 << 20, max(4 << 20, parse_rate(rate) // 4)))
             print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
-            for name, method, k1, k2, codec in plan:
+            for name, method, k1, k2, codec, overlap_steps in plan:
                 path = out / "runs" / f"{rate}_{name}.json"
                 # raw collectives: a quarter as many repetitions (each is a whole allreduce)
                 steps = max(4, args.steps // 4) if method.startswith("raw_") else args.steps
@@ -293,6 +310,8 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
                     cmd.append("--flat-storage")
                 if codec:
                     cmd += ["--global-compression", codec]
+                if overlap_steps:
+                    cmd += ["--overlap-steps", str(overlap_steps)]
                 t0 = time.perf_counter()
                 launch(cluster, args.ranks_per_node, cmd,
                        backend="torch" if method in ("torch", "raw_torch") else "horovod",

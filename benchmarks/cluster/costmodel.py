@@ -54,12 +54,22 @@ class Fit:
         return cls(t_c, runs[0]["link_throughput"], t_local)
 
 
-def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None) -> float:
+def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None,
+                      two_stage: bool = False) -> float:
     """Bytes one node's uplink sends per global reduction over p ranks, l per node (placed
-    node by node): a ring allreduce of ``size_bytes`` (one ring edge leaves the node), or a
+    node by node).
+
+    One stage: a ring allreduce of ``size_bytes`` (one ring edge leaves the node), or a
     compressed reduction of ``encoded`` bytes per rank: its alltoall (each of the node's l
     ranks sends one shard of encoded / p to each of the p - l ranks elsewhere) and its ring
-    allgather (one edge leaves the node, carrying the p - 1 shards the next node lacks)."""
+    allgather (one edge leaves the node, carrying the p - 1 shards the next node lacks).
+    ``two_stage`` (hvd_hier with the ranks of a node as the level below, l >= 2): the node
+    averages first and each of its ranks reduces 1/l of the model with the ranks at its
+    position on the other n = p / l nodes, so the uplink carries 2(n - 1)/n of the model, or
+    of its encoding (alltoall and allgather over n ranks)."""
+    payload = size_bytes if encoded is None else encoded
+    if two_stage and l >= 2 and p // l >= 2:
+        return ring(p // l) * payload
     if encoded is None:
         return ring(p) * size_bytes
     return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
@@ -67,17 +77,28 @@ def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float
 
 def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
               t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
-              encoded: Optional[float] = None) -> float:
+              encoded: Optional[float] = None, two_stage: bool = False,
+              overlap: int = 0) -> float:
     """The model's seconds per step (see the module doc; ``encoded``: the global level's
-    encoded bytes per rank, for a compressed reduction)."""
-    t_global = latency + global_link_bytes(size_bytes, p, l, encoded) / b_inter
+    encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
+    through the node, which adds a local averaging and a local gather of half its cost at
+    each global reduction; ``overlap``: D steps whose computation the global reduction's link
+    time hides behind; Horovod runs one collective at a time, so it hides behind computation
+    only, never behind the local averagings)."""
+    t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
     if method == "compute":
         return t_compute
     if method == "sync":
-        return t_compute + t_global
+        return t_compute + latency + t_link
     period = k1 * k2
-    local = 0.0 if method == "kavg" else (k2 - 1) / period * t_local
-    return t_compute + local + t_global / period
+    staged = two_stage and l >= 2 and p // l >= 2
+    locals_ = 0 if method == "kavg" else k2 - 1
+    extra = 0.0
+    if staged or overlap:  # the node's averaging at the global step; two stages: the gather
+        locals_ += 1 if method != "kavg" else 0
+        extra += 0.5 * t_local if staged else 0.0
+    hidden = min(t_link, overlap * t_compute)
+    return (period * t_compute + locals_ * t_local + extra + latency + t_link - hidden) / period
 
 
 def predict_step(run: Dict, fit: Fit) -> Optional[float]:
@@ -87,9 +108,17 @@ def predict_step(run: Dict, fit: Fit) -> Optional[float]:
     t_local = fit.t_local.get(method, 0.0)
     if method in ("hier", "torch") and run["k2"] > 1 and method not in fit.t_local:
         return None
-    encoded = run.get("global_bytes_per_average") if run.get("compression") else None
+    encoded = run.get("encoded_bytes") if run.get("compression") else None
     return step_time(method, run["k1"], run["k2"], size, run["size"], run["ranks_per_node"],
-                     fit.t_compute, fit.b_inter, t_local, encoded=encoded)
+                     fit.t_compute, fit.b_inter, t_local, encoded=encoded,
+                     two_stage=two_stage(run), overlap=run.get("overlap_steps", 0))
+
+
+def two_stage(run: Dict) -> bool:
+    """Whether an hvd_hier run's global level reduces in two stages (Hier-AVG with the node
+    as the level below, 2 or more ranks per node and 2 or more nodes)."""
+    return (run["method"] == "hier" and run["k2"] >= 1 and run["ranks_per_node"] >= 2
+            and run["size"] // run["ranks_per_node"] >= 2)
 
 
 # A real cluster, for the prediction: 8 nodes of 8 GPUs, NVLink inside a node, one NIC each.

@@ -112,7 +112,8 @@ def build(args, comm, model):
         opt = hvd_hier.DistributedOptimizer(
             base, named_parameters=model.named_parameters(), local_steps=args.k1,
             local_rounds=args.k2, group_size=1 if args.method == "kavg" else "local",
-            flat_storage=args.flat_storage, global_compression=args.global_compression)
+            flat_storage=args.flat_storage, global_compression=args.global_compression,
+            overlap_steps=args.overlap_steps)
 
         def read(opt):
             s = opt.averaging_stats()
@@ -193,6 +194,8 @@ def main():
     p.add_argument("--flat-storage", action="store_true")
     p.add_argument("--global-compression", choices=["fp16", "bf16", "int8"], default=None,
                    help="kavg, hier: the global level's deltas in this encoding")
+    p.add_argument("--overlap-steps", type=int, default=0,
+                   help="kavg, hier: the global reduction overlapped with this many steps")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -258,8 +261,11 @@ def main():
             "ranks_per_node": comm.local_size, "nodes": len(nodes), "steps": args.steps,
             "warmup": warmup, "model": args.model, "image_size": side,
             "batch_size": args.batch_size, "flat_storage": args.flat_storage,
-            "compression": args.global_compression,
+            "compression": args.global_compression, "overlap_steps": args.overlap_steps,
             # what one rank reduces per global averaging (hvd_hier: encoded bytes if compressed)
+            # the global level's whole encoded model (E), for compressed runs
+            "encoded_bytes": (opt.hier_state().anchors[-1].reducer.nbytes
+                              if args.global_compression else None),
             "global_bytes_per_average": (after["bytes_global"] - before["bytes_global"])
             / max(1, after["global"] - before["global"]),
             "params_bytes": params, "payload_bytes": payload,

@@ -111,7 +111,7 @@ def test_bench_network_smoke(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     runs = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     assert list(runs) == ["compute", "sync", "raw_horovod", "raw_torch", "kavg_K4", "hier_1x4",
-                          "hier_1x4_bf16", "hier_1x4_int8", "torch_1x4"]
+                          "hier_1x4_bf16", "hier_1x4_int8", "hier_1x4_int8_ov3", "torch_1x4"]
     for name in ("raw_horovod", "raw_torch"):  # one allreduce of the model's size, 4 times
         raw = runs.pop(name)
         assert raw["bytes"] == 4 * (192 * 46 + 46 + 46 * 10 + 10)
@@ -124,6 +124,10 @@ def test_bench_network_smoke(tmp_path):
     # K1=1, K2=4 over 8 timed steps (after one untimed period): 2 global and 6 local averagings
     for name in ("hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "torch_1x4"):
         assert (runs[name]["global_averages"], runs[name]["local_averages"]) == (2, 6), name
+    # overlapped: the local groups average at the global steps too, before the snapshot
+    assert (runs["hier_1x4_int8_ov3"]["global_averages"],
+            runs["hier_1x4_int8_ov3"]["local_averages"]) == (2, 8)
+    assert runs["hier_1x4_int8_ov3"]["overlap_steps"] == 3
     # the encoded bytes of one global reduction: the tiny model's 9,316 parameters in 5 records
     records = -(-(192 * 46 + 46 + 46 * 10 + 10) // 2048)
     assert runs["hier_1x4_bf16"]["global_bytes_per_average"] == records * 4096

@@ -68,11 +68,17 @@ def test_runs_for_orders_and_deduplicates():
     runs = bench_network.runs_for([(1, 8), (4, 2), (2, 4)], {"compute", "sync", "kavg", "hier"})
     assert [r[0] for r in runs] == ["compute", "sync", "kavg_K8", "hier_1x8", "hier_4x2",
                                     "hier_2x4"]
-    assert runs[3] == ("hier_1x8", "hier", 1, 8, None)
-    runs = bench_network.runs_for([(1, 8)], {"hier", "hier_int8", "hier_bf16", "torch"})
-    assert [r[0] for r in runs] == ["hier_1x8", "hier_1x8_bf16", "hier_1x8_int8", "torch_1x8"]
-    assert runs[2] == ("hier_1x8_int8", "hier", 1, 8, "int8")
+    assert runs[3] == ("hier_1x8", "hier", 1, 8, None, 0)
+    runs = bench_network.runs_for([(1, 8)], {"hier", "hier_int8", "hier_bf16", "torch",
+                                             "hier_overlap", "hier_int8_overlap"})
+    assert [r[0] for r in runs] == ["hier_1x8", "hier_1x8_bf16", "hier_1x8_int8",
+                                    "hier_1x8_ov7", "hier_1x8_int8_ov7", "torch_1x8"]
+    assert runs[2] == ("hier_1x8_int8", "hier", 1, 8, "int8", 0)
+    assert runs[4] == ("hier_1x8_int8_ov7", "hier", 1, 8, "int8", 7)
+    assert bench_network.runs_for([(1, 1)], {"hier_overlap"}) == []  # nothing to overlap
     assert bench_network.label("hier_1x8_int8") == "hvd_hier Hier-AVG K1=1 K2=8 + int8"
+    assert bench_network.label("hier_1x8_int8_ov7") == \
+        "hvd_hier Hier-AVG K1=1 K2=8 + int8 + overlap 7"
     assert bench_network.label("torch_1x8") == "PyTorch HierarchicalModelAverager K1=1 K2=8"
     assert bench_network.label("kavg_K8") == "hvd_hier K-AVG K=8"
 
@@ -81,18 +87,30 @@ def test_analytic_link_bytes():
     base = {"size": 4, "steps": 32, "params_bytes": 1000, "payload_bytes": 1200}
     # a ring of 4 sends 2*3/4 = 1.5 payloads over each edge; one edge leaves each node
     assert bench_network.analytic_link_bytes({**base, "method": "sync"}) == 1.5 * 1000 * 32
+    # hvd_hier's Hier-AVG reduces in two stages through the node: 2(N-1)/N = 1 payload
     assert bench_network.analytic_link_bytes(
-        {**base, "method": "hier", "global_averages": 4}) == 1.5 * 1200 * 4
+        {**base, "method": "hier", "k2": 8, "ranks_per_node": 2, "global_averages": 4}) == \
+        1.0 * 1200 * 4
+    # K-AVG (groups of one) in one stage
     assert bench_network.analytic_link_bytes(
-        {**base, "method": "torch", "global_averages": 4}) == 1.5 * 1000 * 4
+        {**base, "method": "kavg", "k2": 8, "ranks_per_node": 2, "global_averages": 4}) == \
+        1.5 * 1200 * 4
+    assert bench_network.analytic_link_bytes(
+        {**base, "method": "torch", "ranks_per_node": 2, "global_averages": 4}) == 1.5 * 1000 * 4
     assert bench_network.analytic_link_bytes({**base, "method": "compute"}) == 0.0
-    # compressed, 2 nodes x 2 ranks: the alltoall sends 2 ranks x 2 shards of E/4 off the node,
-    # the ring allgather's one outgoing edge 3 shards: 1.75 E per global reduction
-    compressed = {**base, "method": "hier", "global_averages": 4, "ranks_per_node": 2,
-                  "compression": "int8", "global_bytes_per_average": 2064.0}
-    assert bench_network.analytic_link_bytes(compressed) == 1.75 * 2064 * 4
+    # compressed in two stages: an alltoall and an allgather over the 2 nodes, E each way
+    compressed = {**base, "method": "hier", "k2": 8, "global_averages": 4, "ranks_per_node": 2,
+                  "compression": "int8", "encoded_bytes": 2064.0}
+    assert bench_network.analytic_link_bytes(compressed) == 1.0 * 2064 * 4
+    # in one stage, 2 nodes x 2 ranks: the alltoall sends 2 ranks x 2 shards of E/4 off the
+    # node, the ring allgather's one outgoing edge 3 shards: 1.75 E per global reduction
+    assert costmodel.global_link_bytes(0, 4, 2, 2064.0) == 1.75 * 2064
     assert costmodel.global_link_bytes(0, 64, 8, 1000.0) == (8 * 56 + 63) / 64 * 1000
     assert costmodel.global_link_bytes(300, 4, 2) == 1.5 * 300
+    assert costmodel.global_link_bytes(300, 4, 2, two_stage=True) == 1.0 * 300
+    assert costmodel.global_link_bytes(300, 64, 8, two_stage=True) == 2 * 7 / 8 * 300
+    assert costmodel.global_link_bytes(0, 64, 8, 1000.0, two_stage=True) == 2 * 7 / 8 * 1000
+    assert costmodel.global_link_bytes(300, 4, 1, two_stage=True) == 1.5 * 300  # one per node
 
 
 def test_step_time_closed_form():
@@ -105,6 +123,16 @@ def test_step_time_closed_form():
     assert st("hier", 1, 8, **args) == pytest.approx(0.1 + 7 / 8 * 0.2 + 5.4 / 8)
     assert st("hier", 4, 2, **args) == pytest.approx(0.1 + 1 / 8 * 0.2 + 5.4 / 8)
     assert costmodel.ring(1) == 0.0 and costmodel.ring(64) == pytest.approx(126 / 64)
+    # two stages: 1.0 * 45 / 12.5 = 3.6 s on the link; the node averages at the global step
+    # too (8 local averagings per period) and gathers (half of one)
+    two = (8 * 0.1 + 8 * 0.2 + 0.1 + 3.6) / 8
+    assert st("hier", 1, 8, two_stage=True, **args) == pytest.approx(two)
+    # overlapped with 7 steps: 0.7 s of the link's 3.6 s hide behind the computation
+    assert st("hier", 1, 8, two_stage=True, overlap=7, **args) == pytest.approx(two - 0.7 / 8)
+    # ... and all of it when the computation is longer
+    slow = dict(args, t_compute=1.0)
+    assert st("hier", 1, 8, two_stage=True, overlap=7, **slow) == pytest.approx(
+        (8 * 1.0 + 8 * 0.2 + 0.1) / 8)
 
 
 def test_fit_and_prediction_from_runs():
@@ -117,7 +145,10 @@ def test_fit_and_prediction_from_runs():
     assert fit.t_compute == pytest.approx(0.1)
     assert fit.b_inter == 12.5e6
     assert fit.t_local == {"hier": pytest.approx(0.2)}
-    assert costmodel.predict_step(runs[1], fit) == pytest.approx(0.1 + 7 / 8 * 0.2 + 5.4 / 8)
+    assert costmodel.predict_step(runs[1], fit) == pytest.approx(  # in two stages
+        (8 * 0.1 + 8 * 0.2 + 0.1 + 3.6) / 8)
+    assert costmodel.predict_step({**runs[1], "method": "kavg"}, fit) == pytest.approx(
+        0.1 + 5.4 / 8)
     # PyTorch's runs need their own measured local averaging
     assert costmodel.predict_step({**runs[1], "method": "torch"}, fit) is None
     assert costmodel.Fit.from_runs(runs[1:]) is None  # no compute-only run: no fit

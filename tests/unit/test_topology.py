@@ -1,6 +1,7 @@
 import pytest
 
 from hvd_hier import plan_groups
+from hvd_hier import topology
 
 
 def test_integer_groups_are_contiguous_blocks_in_rank_order():
@@ -80,3 +81,18 @@ def test_elastic_jobs_keep_one_group_per_host_when_hosts_are_uneven():
     with pytest.raises(ValueError) as info:
         adapt_groups([0, 1], 0)
     assert str(info.value) == "group_size must be an integer >= 1 or 'local', got 0"
+
+
+@pytest.mark.parametrize("groups, lower, cross", [
+    ([[0, 1, 2, 3]], [[0, 1], [2, 3]], [[0, 2], [1, 3]]),  # 2 nodes x 2 ranks
+    ([list(range(8))], [[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 4], [1, 5], [2, 6], [3, 7]]),
+    ([[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]],  # two groups
+     [[0, 2], [1, 3], [4, 6], [5, 7]]),
+    ([list(range(6))], [[4, 0], [5, 1], [2, 3]], [[0, 1, 2], [4, 5, 3]]),  # rank lists
+    ([list(range(4))], [[0], [1], [2], [3]], None),  # lower groups of one: nothing to share
+    ([list(range(4))], [[0, 1, 2, 3]], None),  # one lower group: already one stage
+    ([list(range(5))], [[0, 1], [2, 3, 4]], None),  # unequal sizes
+    ([[0, 1, 2, 3], [4, 5]], [[0, 1], [2, 3], [4, 5]], None),  # a group of one lower group
+])
+def test_cross_groups_pair_the_ranks_at_one_position(groups, lower, cross):
+    assert topology.plan_cross_groups(groups, lower) == cross
