@@ -106,7 +106,6 @@ class InFlight:
     items: Optional[list] = None  #: what the pieces reduce (chunks, or the means)
     owned: Optional[List[int]] = None  #: the pieces this rank reduces
     correction: Optional[List[torch.Tensor]] = None  #: c = r − s (or r), once finished
-    seconds: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -263,18 +262,19 @@ def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> Option
     if pieces:
         red.pipeline = Pipeline(pieces)
         red.pipeline.pump(submit=True)
-    h.stats.levels[level].add(moved, 0.0)
+    stats = h.stats.levels[level]
+    stats.add(moved, time.perf_counter() - began)
     if d:
         h.in_flight.append(red)
-    else:
-        finish(h, red, deadline)
-        _shift(h, red, red.correction)
-        for below in h.anchors[:level]:  # the levels below start again from this model
-            if below is not None:
-                below.take()
-    red.seconds = time.perf_counter() - began
-    h.stats.levels[level].seconds += red.seconds
-    return red if d else None
+        return red
+    finish(h, red, deadline)  # (counts its own time)
+    began = time.perf_counter()
+    _shift(h, red, red.correction)
+    for below in h.anchors[:level]:  # the levels below start again from this model
+        if below is not None:
+            below.take()
+    stats.seconds += time.perf_counter() - began
+    return None
 
 
 def _allreduce(buffer: torch.Tensor, name: str, process_set):
@@ -471,8 +471,8 @@ def _shift(h: HierState, red: InFlight, correction: List[torch.Tensor]) -> None:
 
 def add(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
     """``red`` is due: finish it (``StallError`` past ``deadline``) and add its correction."""
+    finish(h, red, deadline)  # (counts its own time)
     began = time.perf_counter()
-    finish(h, red, deadline)
     _shift(h, red, red.correction)
     h.in_flight.remove(red)
     h.stats.levels[red.level].seconds += time.perf_counter() - began

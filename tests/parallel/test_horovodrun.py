@@ -205,8 +205,9 @@ def test_exact_resume_after_a_restart_from_any_step(tmp_path):
 
 
 def test_a_rank_that_stops_stepping_is_reported_not_hung(tmp_path):
-    out = horovodrun("stall.py", tmp_path, timeout=120)
+    out = horovodrun("stall.py", tmp_path, timeout=150)
     assert passed_lines(out).get("stall: reported") == {0, 1, 2, 3}, out[-3000:]
+    assert passed_lines(out).get("stall: overlapped") == {0, 1}, out[-3000:]
 
 
 def test_soak_memory_flat_nothing_leaks_counters_add_up():

@@ -18,6 +18,7 @@ import torch
 
 import horovod.torch as hvd
 import hvd_hier
+from hvd_hier import overlap
 from common import init, report
 
 TIMEOUT = 3.0
@@ -61,6 +62,44 @@ def test():
     report("stall: reported")
 
 
+def overlapped(folder: Path) -> None:
+    """Then with a reduction in flight: K-AVG on the first two ranks (a process set of its
+    own), K = 4, overlap_steps=2, parameters of three pieces. Rank 1 takes steps 1 to 4 (the
+    global reduction starts at 4 with its first piece), then stops for 12 s. Rank 0 submits
+    the other pieces at the end of step 5 and at step 6, where the reduction is due, gets
+    StallError after 3 s naming the overlapped reduction. Rank 1, back, finds rank 0's
+    pieces still pending in Horovod and finishes without an error."""
+    rank = hvd.rank()
+    ps = hvd.add_process_set([0, 1])
+    if rank > 1:
+        return
+    n = 3 * (overlap.CHUNK_BYTES // 4) - 5  # three pieces of float32
+    w = torch.nn.Parameter(torch.full((n,), float(rank)))
+    opt = hvd_hier.DistributedOptimizer(
+        torch.optim.SGD([w], lr=0.125), named_parameters=[("w", w)], local_steps=1,
+        local_rounds=4, group_size=1, overlap_steps=2, stall_timeout_s=TIMEOUT, process_set=ps)
+    for _ in range(4):
+        step(w, opt)
+    if rank == 1:
+        time.sleep(4 * TIMEOUT)
+    step(w, opt)
+    start = time.monotonic()
+    try:
+        step(w, opt)
+        assert rank == 1, "no StallError"
+    except hvd_hier.StallError as exc:
+        assert rank == 0, exc
+        waited = time.monotonic() - start
+        assert str(exc) == (
+            "hvd_hier: the global averaging started at step 4 (overlapped, due at step 6) "
+            "waited 3 s for ranks [0, 1] and did not complete: a rank stopped calling step(), "
+            "or the ranks' schedules or parameters differ (Horovod's stall warnings name the "
+            "ranks that did not join). Pass a larger stall_timeout_s if a rank is legitimately "
+            "busy that long"), str(exc)
+        assert TIMEOUT <= waited < TIMEOUT + 3, waited
+    report("stall: overlapped")
+
+
 def leave_together(folder: Path, rank: int, size: int) -> None:
     """Wait for every rank without a Horovod collective (abandoned ones are still pending)."""
     (folder / f"done{rank}").touch()
@@ -74,6 +113,7 @@ def leave_together(folder: Path, rank: int, size: int) -> None:
 if __name__ == "__main__":
     try:
         test()
+        overlapped(Path(sys.argv[1]))
         leave_together(Path(sys.argv[1]), hvd.rank(), hvd.size())
         hvd.shutdown()  # negotiated: every background loop stops before anyone exits
         code = 0
