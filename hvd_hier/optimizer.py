@@ -412,12 +412,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         so that its correction can be saved)."""
         h = self._hier
         if any(red.running for red in h.in_flight):
-            try:
-                overlap.settle(h, self._hier_deadline())
-            except StallError:
-                raise self._hier_stalled(f"the overlapped reductions in flight at step "
-                                         f"{h.position.t} (state_dict waits for them)",
-                                         h.topology.set_ranks) from None
+            self._hier_finish_overlap(discard=False)
         sd = h.base.state_dict(self)
         sd[_STATE_KEY] = {"step": h.position.t, "config": self._hier_config(),
                           "stats": h.stats.to_dict(),
@@ -436,7 +431,7 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
                 "a plain optimizer); the schedule starts again at step 0")
             h.position.t = 0
             h.stats = Stats.zero(len(h.config.levels))
-            self._hier_discard_overlap()
+            self._hier_finish_overlap(discard=True)
             for anchor in filter(None, h.anchors):  # taken afresh after warmup
                 anchor.reset()
             return
@@ -450,19 +445,20 @@ class _HierAvgOptimizer(torch.optim.Optimizer):
         self._hier_load_anchors(saved.get("anchors"))
         # running reductions of this rank are waited for (the other ranks take part in
         # them) and forgotten; the checkpoint's pending corrections replace them
-        self._hier_discard_overlap()
+        self._hier_finish_overlap(discard=True)
         overlap.restore(h, saved.get("overlap", []))
 
-    def _hier_discard_overlap(self) -> None:
+    def _hier_finish_overlap(self, discard: bool) -> None:
         """Finish this rank's overlapped reductions in flight (the other ranks take part in
-        them) and forget them and the pending corrections."""
+        them); with ``discard``, then forget them and the pending corrections."""
         h = self._hier
         try:
-            overlap.discard(h, self._hier_deadline())
+            (overlap.discard if discard else overlap.settle)(h, self._hier_deadline())
         except StallError:
-            raise self._hier_stalled(f"the overlapped reductions in flight at step "
-                                     f"{h.position.t} (load_state_dict waits for them)",
-                                     h.topology.set_ranks) from None
+            raise self._hier_stalled(
+                f"the overlapped reductions in flight at step {h.position.t} "
+                f"({'load_state_dict' if discard else 'state_dict'} waits for them)",
+                h.topology.set_ranks) from None
 
     def _hier_load_anchors(self, saved) -> None:
         """Restore the anchors of the levels with ``outer`` or ``compression`` from a

@@ -25,9 +25,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-
-def ring(p: int) -> float:
-    return 2 * (p - 1) / p if p > 1 else 0.0
+from hvd_hier.plan import (INT8_BYTES_PER_ELEMENT, global_link_bytes, ring,  # noqa: F401
+                           step_time)
 
 
 @dataclass
@@ -52,53 +51,6 @@ class Fit:
         t_c = (statistics.median(compute["step_seconds"]) if compute.get("step_seconds")
                else compute["total_seconds"] / compute["steps"])
         return cls(t_c, runs[0]["link_throughput"], t_local)
-
-
-def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None,
-                      two_stage: bool = False) -> float:
-    """Bytes one node's uplink sends per global reduction over p ranks, l per node (placed
-    node by node).
-
-    One stage: a ring allreduce of ``size_bytes`` (one ring edge leaves the node), or a
-    compressed reduction of ``encoded`` bytes per rank: its alltoall (each of the node's l
-    ranks sends one shard of encoded / p to each of the p - l ranks elsewhere) and its ring
-    allgather (one edge leaves the node, carrying the p - 1 shards the next node lacks).
-    ``two_stage`` (hvd_hier with the ranks of a node as the level below, l >= 2): the node
-    averages first and each of its ranks reduces 1/l of the model with the ranks at its
-    position on the other n = p / l nodes, so the uplink carries 2(n - 1)/n of the model, or
-    of its encoding (alltoall and allgather over n ranks)."""
-    payload = size_bytes if encoded is None else encoded
-    if two_stage and l >= 2 and p // l >= 2:
-        return ring(p // l) * payload
-    if encoded is None:
-        return ring(p) * size_bytes
-    return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
-
-
-def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
-              t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
-              encoded: Optional[float] = None, two_stage: bool = False,
-              overlap: int = 0) -> float:
-    """The model's seconds per step (see the module doc; ``encoded``: the global level's
-    encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
-    through the node, which adds a local averaging and a local gather of half its cost at
-    each global reduction; ``overlap``: D steps whose computation the global reduction's link
-    time hides behind; Horovod runs one collective at a time, so it hides behind computation
-    only, never behind the local averagings)."""
-    t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
-    if method == "compute":
-        return t_compute
-    if method == "sync":
-        return t_compute + latency + t_link
-    period = k1 * k2
-    staged = two_stage and l >= 2 and p // l >= 2
-    locals_ = 0 if method == "kavg" else k2 - 1
-    extra = 0.0
-    if staged or overlap:  # the node's averaging at the global step; two stages: the gather
-        locals_ += 1 if method != "kavg" else 0
-        extra += 0.5 * t_local if staged else 0.0
-    hidden = min(t_link, overlap * t_compute)
-    return (period * t_compute + locals_ * t_local + extra + latency + t_link - hidden) / period
 
 
 def predict_step(run: Dict, fit: Fit) -> Optional[float]:
@@ -135,7 +87,10 @@ def real_cluster_table(results: List[Dict], fits: Dict) -> str:
     if not schedules:
         schedules = [(1, 8)]
     periods = sorted({a * b for a, b in schedules})
-    columns = ([("kavg", k, 1) for k in periods] + [("hier", a, b) for a, b in schedules])
+    # hvd_hier's Hier-AVG reduces in two stages through the node; "best": int8 deltas at the
+    # global level, overlapped with K1*K2 - 1 steps
+    columns = ([("kavg", k, 1) for k in periods] + [("hier", a, b) for a, b in schedules]
+               + [("best", a, b) for a, b in schedules])
     p, l = REAL_NODES * REAL_GPUS, REAL_GPUS
     lines = [
         "## What the cost model predicts for a real cluster", "",
@@ -145,8 +100,8 @@ def real_cluster_table(results: List[Dict], fits: Dict) -> str:
         "speed-up over synchronous SGD without overlap (in brackets: over synchronous SGD "
         "whose communication hides entirely behind compute, the best Horovod can do).", "",
         "| model, t_c | link | sync | " + " | ".join(
-            f"K-AVG K={a * b}" if m == "kavg" else f"Hier-AVG {a}x{b}"
-            for m, a, b in columns) + " |",
+            f"K-AVG K={a * b}" if m == "kavg" else f"Hier-AVG {a}x{b}" if m == "hier"
+            else f"{a}x{b} + int8 + overlap {a * b - 1}" for m, a, b in columns) + " |",
         "|---|---|---:|" + "---:|" * len(columns),
     ]
     for model, (size, t_c) in REAL_COMPUTE.items():
@@ -156,7 +111,12 @@ def real_cluster_table(results: List[Dict], fits: Dict) -> str:
             overlap = max(t_c, sync - t_c)
             cells = [f"{1e3 * sync:.0f}"]
             for method, k1, k2 in columns:
-                t = step_time(method, k1, k2, size, p, l, t_c, bw, t_local, REAL_LATENCY)
+                extra = {}
+                if method == "best":
+                    extra = dict(encoded=size / 4 * INT8_BYTES_PER_ELEMENT,
+                                 overlap=k1 * k2 - 1)
+                t = step_time("kavg" if method == "kavg" else "hier", k1, k2, size, p, l, t_c,
+                              bw, t_local, REAL_LATENCY, two_stage=method != "kavg", **extra)
                 cells.append(f"{1e3 * t:.0f} ({sync / t:.2f}x; {overlap / t:.2f}x)")
             lines.append(f"| {model}, {1e3 * t_c:.0f} ms | {link} | " + " | ".join(cells) + " |")
     lines.append("")

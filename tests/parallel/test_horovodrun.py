@@ -214,3 +214,21 @@ def test_soak_memory_flat_nothing_leaks_counters_add_up():
     """A short soak (make soak runs 20,000 steps)."""
     out = horovodrun("soak.py", 3000, timeout=400)
     assert passed_lines(out).get("soak 3000 steps") == {0, 1, 2, 3}, out[-3000:]
+
+
+def test_the_planner_measures_the_job_and_recommends_a_setting():
+    """python -m hvd_hier.plan on 2 host names x 2 ranks: the measured figures, a table of
+    predicted step times and one recommendation, from a given compute time and from a timed
+    step of a model."""
+    out = horovodrun("plan_cli.py", "--model-mb", 2, "--compute-ms", 20, "--periods", "4,8",
+                     "--repeats", 2, "--rows", 100, np=4, hosts="localhost:2,127.0.0.1:2",
+                     timeout=120)
+    assert "4 ranks, 2 per node; model 2.0 MB; computation 20.0 ms per step" in out, out[-3000:]
+    assert out.count("**(recommended)**") == 1, out[-3000:]
+    assert "Recommended: hvd_hier.DistributedOptimizer(..., local_steps=" in out, out[-3000:]
+    rows = [line for line in out.splitlines() if line.startswith("[0]<stdout>:| K1=")]
+    assert len(rows) == 2 * 3 * 3 * 2, rows  # periods 4, 8; K1 1, 2, 4; 3 codecs; overlap
+    params = 64 * 256 + 256 + 256 * 10 + 10
+    out = horovodrun("plan_cli.py", "--step", "plan_cli:tiny", "--periods", "8", "--repeats", 2,
+                     np=4, hosts="localhost:2,127.0.0.1:2", timeout=120)
+    assert f"model {4 * params / 1e6:.1f} MB" in out and "Recommended:" in out, out[-3000:]

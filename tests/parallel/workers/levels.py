@@ -51,6 +51,48 @@ def step(w, opt, rank, t):
     opt.step()
 
 
+def random_model(levels, momentum=0.0):
+    """37 random values (the same on every rank), plain SGD (lr 0.05, ``momentum``) under
+    hvd_hier with ``levels``, one warmup step, deterministic: (parameter, optimizer)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(37, generator=g))
+    opt = hvd_hier.DistributedOptimizer(
+        torch.optim.SGD([w], lr=0.05, momentum=momentum), named_parameters=[("w", w)],
+        levels=levels, warmup_steps=1, deterministic=True)
+    return w, opt
+
+
+def random_steps(w, opt, rank, first, last, trace):
+    """Steps ``first`` .. ``last`` on a random quadratic of 37 values (the same on every run,
+    its own on each rank), recording the parameters after each into ``trace``."""
+    for t in range(first, last + 1):
+        g = torch.Generator().manual_seed(1000 * t + rank)
+        opt.zero_grad()
+        (w * torch.randn(37, generator=g)).pow(2).sum().backward()
+        opt.step()
+        trace.append(w.detach().clone())
+
+
+def resume_and_compare(build, saved, rank, everyone_loads, at, last, want):
+    """A new ``build()`` resumed from ``saved`` (the parameter and the state dict after step
+    ``at``), loaded on every rank or on rank 0 alone and broadcast as Horovod's pattern
+    does, must give ``want`` (the parameters after each step from 1) to step ``last`` bit for
+    bit. Returns the new optimizer."""
+    w, opt = build()
+    if everyone_loads or rank == 0:
+        with torch.no_grad():
+            w.copy_(saved[0])
+        opt.load_state_dict(saved[1])
+    if not everyone_loads:
+        hvd.broadcast_parameters([("w", w)], root_rank=0)
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
+    got = []
+    random_steps(w, opt, rank, at + 1, last, got)
+    for t, (a, b) in enumerate(zip(got, want[at:]), start=at + 1):
+        assert torch.equal(a, b), f"resume from {at} (all load: {everyone_loads}): step {t}"
+    return opt
+
+
 def everyone(w, name):
     return hvd.allgather(w.detach().reshape(1, -1), name=name).numpy()
 

@@ -20,7 +20,7 @@ import horovod.torch as hvd
 import hvd_hier
 from hvd_hier import Level
 from common import init, main, report
-from levels import LR, everyone, grad_values, init_values, make, step
+from levels import LR, everyone, grad_values, init_values, random_model, random_steps, resume_and_compare, make, step
 from reference import simulate_levels_sgd
 
 
@@ -130,39 +130,15 @@ def resume(rank, size):
              (9, False, [(1, 2), (2, 4), top], 0.0)]
     for at, everyone_loads, levels, momentum in cases:
         def build():
-            g = torch.Generator().manual_seed(0)
-            w = torch.nn.Parameter(torch.randn(37, generator=g))
-            opt = hvd_hier.DistributedOptimizer(
-                torch.optim.SGD([w], lr=0.05, momentum=momentum), named_parameters=[("w", w)],
-                levels=levels, warmup_steps=1, deterministic=True)
-            return w, opt
-
-        def run(w, opt, first, last, trace):
-            for t in range(first, last + 1):
-                g = torch.Generator().manual_seed(1000 * t + rank)
-                opt.zero_grad()
-                (w * torch.randn(37, generator=g)).pow(2).sum().backward()
-                opt.step()
-                trace.append(w.detach().clone())
+            return random_model(levels, momentum)
 
         w, opt = build()
         want = []
-        run(w, opt, 1, at, want)
+        random_steps(w, opt, rank, 1, at, want)
         saved = (w.detach().clone(), copy.deepcopy(opt.state_dict()))
-        run(w, opt, at + 1, 16, want)
+        random_steps(w, opt, rank, at + 1, 16, want)
         assert saved[1]["hvd_hier"]["anchors"][-1]["outer"]["state"], "no outer momentum saved"
-        w2, opt2 = build()
-        if everyone_loads or rank == 0:
-            with torch.no_grad():
-                w2.copy_(saved[0])
-            opt2.load_state_dict(saved[1])
-        if not everyone_loads:
-            hvd.broadcast_parameters([("w", w2)], root_rank=0)
-            hvd.broadcast_optimizer_state(opt2, root_rank=0)
-        got = []
-        run(w2, opt2, at + 1, 16, got)
-        for t, (a, b) in enumerate(zip(got, want[at:]), start=at + 1):
-            assert torch.equal(a, b), f"resume from {at} (all load: {everyone_loads}): step {t}"
+        opt2 = resume_and_compare(build, saved, rank, everyone_loads, at, 16, want)
     # a plain optimizer's state dict: the schedule and the anchors start again
     plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(37))], lr=0.05).state_dict()
     with warnings.catch_warnings(record=True):

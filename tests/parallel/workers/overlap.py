@@ -21,7 +21,7 @@ import horovod.torch as hvd
 import hvd_hier
 from hvd_hier import Level
 from common import expect_error, init, main, report
-from levels import LR, everyone, grad_values, init_values, step
+from levels import LR, everyone, grad_values, init_values, random_model, random_steps, resume_and_compare, step
 from reference import simulate_levels_sgd
 
 
@@ -127,29 +127,16 @@ def resume(rank, size):
               Level(8, "all", overlap_steps=3, outer=sgd(lr=0.5, momentum=0.5))]
     for at, everyone_loads in ((9, True), (10, False), (11, True)):
         def build():
-            g = torch.Generator().manual_seed(0)
-            w = torch.nn.Parameter(torch.randn(37, generator=g))
-            opt = hvd_hier.DistributedOptimizer(
-                torch.optim.SGD([w], lr=0.05), named_parameters=[("w", w)], levels=levels,
-                warmup_steps=1, deterministic=True)
-            return w, opt
-
-        def run(w, opt, first, last, trace):
-            for t in range(first, last + 1):
-                g = torch.Generator().manual_seed(1000 * t + rank)
-                opt.zero_grad()
-                (w * torch.randn(37, generator=g)).pow(2).sum().backward()
-                opt.step()
-                trace.append(w.detach().clone())
+            return random_model(levels)
 
         w, opt = build()
         want = []
-        run(w, opt, 1, at, want)
+        random_steps(w, opt, rank, 1, at, want)
         saved = (w.detach().clone(), copy.deepcopy(opt.state_dict()))
         pending = saved[1]["hvd_hier"]["overlap"]
         assert [(p["level"], p["due"]) for p in pending] == {
             9: [(2, 12)], 10: [(2, 12)], 11: [(2, 12), (1, 12)]}[at], pending
-        run(w, opt, at + 1, 20, want)
+        random_steps(w, opt, rank, at + 1, 20, want)
         if not everyone_loads:  # then the run to compare with: every rank loads rank 0's
             saved = hvd.broadcast_object(saved, root_rank=0, name=f"overlap.saved.{at}")
             w3, opt3 = build()
@@ -157,19 +144,8 @@ def resume(rank, size):
                 w3.copy_(saved[0])
             opt3.load_state_dict(copy.deepcopy(saved[1]))  # a loaded optimizer holds its tensors
             want = want[:at]
-            run(w3, opt3, at + 1, 20, want)
-        w2, opt2 = build()
-        if everyone_loads or rank == 0:
-            with torch.no_grad():
-                w2.copy_(saved[0])
-            opt2.load_state_dict(saved[1])
-        if not everyone_loads:
-            hvd.broadcast_parameters([("w", w2)], root_rank=0)
-            hvd.broadcast_optimizer_state(opt2, root_rank=0)
-        got = []
-        run(w2, opt2, at + 1, 20, got)
-        for t, (a, b) in enumerate(zip(got, want[at:]), start=at + 1):
-            assert torch.equal(a, b), f"resume from {at} (all load: {everyone_loads}): step {t}"
+            random_steps(w3, opt3, rank, at + 1, 20, want)
+        opt2 = resume_and_compare(build, saved, rank, everyone_loads, at, 20, want)
     report("overlap_resume")
 
 

@@ -1,0 +1,342 @@
+"""Which schedule to use: a cost model of one training step, the cluster's figures it needs,
+and ``python -m hvd_hier.plan``, which measures them inside a job and prints a table of
+predicted step times with a recommendation.
+
+The model, per step, averaged over a period of K1·K2 steps (one global reduction and K2 − 1
+local averagings; an overlapped or two-stage global level makes the local groups average at
+its step too):
+
+    T = (K1·K2·t_c + n_local·T_local + T_extra + a + T_link − min(T_link, D·t_c)) / (K1·K2)
+    T_link = bytes on a node's uplink per global reduction / B_inter
+
+with t_c the computation of a step, T_local one local averaging of the model, a the latency
+of a collective, B_inter the bandwidth of a node's uplink, D ``overlap_steps``. The bytes:
+2(P − 1)/P of the model for one ring over P ranks; in two stages (the ranks of a node first,
+then one rank per node) 2(N − 1)/N of the model for N nodes; compressed, the same of its
+encoding. Horovod runs one collective at a time, so an overlapped reduction hides behind the
+computation only, never behind the local averagings.
+
+The benchmark on the simulated cluster (``benchmarks/cluster``) checks the model against
+measured step times; ``plan()`` measures t_c, T_local and B_inter in the user's job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["ring", "global_link_bytes", "step_time", "encoded_size", "Cluster", "Setting",
+           "Prediction", "candidates", "predict", "recommend", "table", "measure", "plan",
+           "main"]
+
+INT8_BYTES_PER_ELEMENT = 2064 / 2048  #: a record of 2048 values and a 16-byte header
+HALF_BYTES_PER_ELEMENT = 2.0  #: fp16, bf16
+
+
+def ring(p: int) -> float:
+    return 2 * (p - 1) / p if p > 1 else 0.0
+
+
+def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None,
+                      two_stage: bool = False) -> float:
+    """Bytes one node's uplink sends per global reduction over p ranks, l per node (placed
+    node by node).
+
+    One stage: a ring allreduce of ``size_bytes`` (one ring edge leaves the node), or a
+    compressed reduction of ``encoded`` bytes per rank: its alltoall (each of the node's l
+    ranks sends one shard of encoded / p to each of the p - l ranks elsewhere) and its ring
+    allgather (one edge leaves the node, carrying the p - 1 shards the next node lacks).
+    ``two_stage`` (hvd_hier with the ranks of a node as the level below, l >= 2): the node
+    averages first and each of its ranks reduces 1/l of the model with the ranks at its
+    position on the other n = p / l nodes, so the uplink carries 2(n - 1)/n of the model, or
+    of its encoding (alltoall and allgather over n ranks)."""
+    payload = size_bytes if encoded is None else encoded
+    if two_stage and l >= 2 and p // l >= 2:
+        return ring(p // l) * payload
+    if encoded is None:
+        return ring(p) * size_bytes
+    return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
+
+
+def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
+              t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
+              encoded: Optional[float] = None, two_stage: bool = False,
+              overlap: int = 0) -> float:
+    """The model's seconds per step (see the module doc; ``encoded``: the global level's
+    encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
+    through the node, which adds a local averaging and a local gather of half its cost at
+    each global reduction; ``overlap``: D steps whose computation the global reduction's link
+    time hides behind; Horovod runs one collective at a time, so it hides behind computation
+    only, never behind the local averagings)."""
+    t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
+    if method == "compute":
+        return t_compute
+    if method == "sync":
+        return t_compute + latency + t_link
+    period = k1 * k2
+    staged = two_stage and l >= 2 and p // l >= 2
+    locals_ = 0 if method == "kavg" else k2 - 1
+    extra = 0.0
+    if staged or overlap:  # the node's averaging at the global step; two stages: the gather
+        locals_ += 1 if method != "kavg" else 0
+        extra += 0.5 * t_local if staged else 0.0
+    hidden = min(t_link, overlap * t_compute)
+    return (period * t_compute + locals_ * t_local + extra + latency + t_link - hidden) / period
+
+
+def encoded_size(size_bytes: float, codec: Optional[str], element_size: int = 4) -> float:
+    """Bytes of the encoded delta of a model of ``size_bytes`` (``codec`` None: the model)."""
+    if codec is None:
+        return size_bytes
+    per = INT8_BYTES_PER_ELEMENT if codec == "int8" else HALF_BYTES_PER_ELEMENT
+    return size_bytes / element_size * per
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the model needs to know of a job: ranks (``p``), ranks per node (``l``), seconds
+    of computation per step, seconds per local averaging of the model, a node uplink's
+    bytes/s, seconds of latency per collective."""
+
+    p: int
+    l: int
+    t_compute: float
+    t_local: float
+    b_inter: float
+    latency: float = 0.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A candidate: K1, K2, the global level's compression and overlap_steps."""
+
+    k1: int
+    k2: int
+    compression: Optional[str] = None
+    overlap: int = 0
+
+    def describe(self) -> str:
+        words = [f"K1={self.k1} K2={self.k2}"]
+        if self.compression:
+            words.append(self.compression)
+        if self.overlap:
+            words.append(f"overlap {self.overlap}")
+        return ", ".join(words)
+
+    def arguments(self) -> str:
+        """The keyword arguments of ``hvd_hier.DistributedOptimizer`` for this setting."""
+        out = [f"local_steps={self.k1}", f"local_rounds={self.k2}"]
+        if self.compression:
+            out.append(f"global_compression={self.compression!r}")
+        if self.overlap:
+            out.append(f"overlap_steps={self.overlap}")
+        return ", ".join(out)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    setting: Setting
+    step: float  #: seconds per step
+    share: float  #: the part of the step not spent computing
+
+
+def candidates(periods: Sequence[int] = (4, 8, 16, 32), k1s: Sequence[int] = (1, 2, 4),
+               codecs: Sequence[Optional[str]] = (None, "bf16", "int8"),
+               overlap: bool = True) -> List[Setting]:
+    """The default grid: K1 in ``k1s`` dividing each period, each codec, with and without
+    overlap (D = K1·K2 − 1)."""
+    out = []
+    for period in periods:
+        for k1 in k1s:
+            if period % k1 or period // k1 < 1:
+                continue
+            for codec in codecs:
+                for d in ((0, period - 1) if overlap and period > 1 else (0,)):
+                    out.append(Setting(k1, period // k1, codec, d))
+    return out
+
+
+def predict(cluster: Cluster, size_bytes: float, settings: Sequence[Setting],
+            two_stage: bool = True) -> List[Prediction]:
+    """The model's step time for each setting (two-stage where the ranks of a node form the
+    local groups: hvd_hier's default ``group_size="local"``)."""
+    out = []
+    for s in settings:
+        encoded = encoded_size(size_bytes, s.compression) if s.compression else None
+        t = step_time("hier", s.k1, s.k2, size_bytes, cluster.p, cluster.l, cluster.t_compute,
+                      cluster.b_inter, cluster.t_local, cluster.latency, encoded=encoded,
+                      two_stage=two_stage, overlap=s.overlap)
+        out.append(Prediction(s, t, 1.0 - cluster.t_compute / t if t > 0 else 0.0))
+    return out
+
+
+def recommend(predictions: Sequence[Prediction], tolerance: float = 0.10) -> Prediction:
+    """The setting to start from: among those within ``tolerance`` of the fastest, the one
+    that averages most often (the smallest K1·K2, then the smallest K1: the closest to
+    synchronous SGD), then without compression, then without overlap."""
+    best = min(p.step for p in predictions)
+    near = [p for p in predictions if p.step <= (1 + tolerance) * best]
+    return min(near, key=lambda p: (p.setting.k1 * p.setting.k2, p.setting.k1,
+                                    p.setting.compression is not None, p.setting.overlap))
+
+
+def table(cluster: Cluster, size_bytes: float, predictions: Sequence[Prediction],
+          chosen: Optional[Prediction] = None, rows: int = 20) -> str:
+    """Markdown: the measured figures, the ``rows`` fastest settings (and the recommended
+    one), and the recommendation."""
+    lines = [f"{cluster.p} ranks, {cluster.l} per node; model {size_bytes / 1e6:.1f} MB; "
+             f"computation {1e3 * cluster.t_compute:.1f} ms per step; a local averaging "
+             f"{1e3 * cluster.t_local:.1f} ms; a node's uplink {cluster.b_inter / 1e6:.1f} MB/s",
+             "", "| setting | predicted step | communication share |", "|---|---:|---:|"]
+    ranked = sorted(predictions, key=lambda p: p.step)
+    shown = ranked[:rows] + ([chosen] if chosen is not None and chosen not in ranked[:rows]
+                             else [])
+    for p in shown:
+        mark = " **(recommended)**" if chosen is not None and p is chosen else ""
+        lines.append(f"| {p.setting.describe()}{mark} | {1e3 * p.step:.1f} ms | "
+                     f"{100 * p.share:.0f}% |")
+    if chosen is not None:
+        lines += ["", f"Recommended: hvd_hier.DistributedOptimizer(..., "
+                      f"{chosen.setting.arguments()}) — the setting that averages most often "
+                      "among those within 10% of the fastest."]
+    return "\n".join(lines)
+
+
+def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
+    fn()  # once untimed: allocations, caches, Horovod's negotiation of the names
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
+            compute_s: Optional[float] = None, repeats: int = 5) -> Cluster:
+    """Measure the cluster's figures inside a Horovod job (every rank calls it alike):
+
+    * the computation of a step: ``compute_s`` if given, else the median time of
+      ``step_fn()`` (one training step of the user's model, without hvd_hier), the slowest
+      rank's;
+    * a local averaging: the median time of one allreduce of ``size_bytes`` within a node;
+    * a node's uplink: the median time of the two-stage global stage, every rank of a node
+      reducing its 1/L of the model with the ranks at its position on the other nodes at
+      once, as bytes per second over 2(N − 1)/N of the model;
+    * the latency of one small collective over all ranks.
+
+    The ranks of a node are those with the same Horovod host name; every node must hold the
+    same number."""
+    import torch
+
+    import horovod.torch as hvd
+
+    from .collectives import allgather_object
+    from .jobsetup import hostname
+    from .topology import _by_host, plan_cross_groups, process_set_for
+
+    p, rank = hvd.size(), hvd.rank()
+    hosts = allgather_object(hostname(), hvd.global_process_set, name="hvd_hier.plan.hosts")
+    nodes = list(_by_host(list(range(p)), hosts).values())
+    counts = {len(n) for n in nodes}
+    if len(counts) != 1:
+        raise ValueError(f"hvd_hier.plan: every node must hold the same number of ranks, got "
+                         f"{[len(n) for n in nodes]} on {len(nodes)} nodes")
+    l = counts.pop()
+    if compute_s is None:
+        if step_fn is None:
+            raise ValueError("hvd_hier.plan: pass compute_s (seconds per step) or step_fn (one "
+                             "training step of the model)")
+        compute_s = _median_seconds(step_fn, repeats)
+    compute_s = float(hvd.allreduce(torch.tensor([compute_s], dtype=torch.float64),
+                                    op=hvd.Max, name="hvd_hier.plan.compute").item())
+    local_sets = [process_set_for(n) if len(n) > 1 else None for n in nodes]
+    mine = next(i for i, n in enumerate(nodes) if rank in n)
+    numel = max(1, int(size_bytes // 4))
+    buffer = torch.zeros(numel, dtype=torch.float32)
+    t_local = 0.0
+    if l > 1:
+        t_local = _median_seconds(lambda: hvd.allreduce_(
+            buffer, op=hvd.Sum, name="hvd_hier.plan.local", process_set=local_sets[mine]),
+            repeats)
+    b_inter = float("inf")
+    cross = plan_cross_groups([list(range(p))], nodes) if l > 1 else None
+    if len(nodes) > 1:
+        groups = cross if cross is not None else [list(range(p))]
+        sets = [process_set_for(g) for g in groups]
+        group = next(i for i, g in enumerate(groups) if rank in g)
+        share = buffer[: max(1, numel // len(groups[0]) * len(groups[0]) // l)] if cross \
+            else buffer
+        seconds = _median_seconds(lambda: hvd.allreduce_(
+            share, op=hvd.Sum, name="hvd_hier.plan.cross", process_set=sets[group]), repeats)
+        seconds = float(hvd.allreduce(torch.tensor([seconds], dtype=torch.float64), op=hvd.Max,
+                                      name="hvd_hier.plan.cross_time").item())
+        b_inter = global_link_bytes(4 * numel, p, l, two_stage=cross is not None) / seconds
+    tiny = torch.zeros(1)
+    latency = _median_seconds(lambda: hvd.allreduce_(tiny, op=hvd.Sum,
+                                                     name="hvd_hier.plan.latency"), repeats)
+    return Cluster(p, l, compute_s, t_local, b_inter, latency)
+
+
+def plan(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
+         compute_s: Optional[float] = None, settings: Optional[Sequence[Setting]] = None,
+         repeats: int = 5) -> Tuple[Cluster, List[Prediction], Prediction]:
+    """``measure`` the job, ``predict`` every setting (default: ``candidates()``) and
+    ``recommend`` one: ``(cluster, predictions, recommended)``. Every rank calls it alike."""
+    cluster = measure(size_bytes, step_fn, compute_s, repeats)
+    predictions = predict(cluster, size_bytes, settings or candidates(),
+                          two_stage=cluster.l > 1 and cluster.p // cluster.l > 1)
+    return cluster, predictions, recommend(predictions)
+
+
+def _load_step(spec: str):
+    """``module:function``: function() returns ``(model, step)``, step() one training step."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not name:
+        raise SystemExit(f"--step must be module:function, got {spec!r}")
+    return getattr(importlib.import_module(module), name)()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m hvd_hier.plan",
+        description="Inside a job started with horovodrun: measure the cluster and print the "
+                    "predicted step time of Hier-AVG settings, with a recommendation.")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--model-mb", type=float, help="bytes averaged, in MB (1e6)")
+    size.add_argument("--params", type=int, help="float32 parameters averaged")
+    size.add_argument("--step", help="module:function returning (model, step): the model's "
+                                     "float parameters are averaged, step() is timed")
+    p.add_argument("--compute-ms", type=float,
+                   help="milliseconds of computation per step (instead of timing --step)")
+    p.add_argument("--periods", default="4,8,16,32", help="K1*K2 values to consider")
+    p.add_argument("--repeats", type=int, default=5, help="timings per figure (median)")
+    p.add_argument("--rows", type=int, default=20, help="settings shown, fastest first")
+    args = p.parse_args(argv)
+    import horovod.torch as hvd
+
+    hvd.init()
+    step_fn = None
+    if args.step:
+        model, step_fn = _load_step(args.step)
+        size_bytes = float(sum(t.numel() * t.element_size() for t in model.parameters()))
+    else:
+        size_bytes = args.model_mb * 1e6 if args.model_mb is not None else 4.0 * args.params
+    if args.compute_ms is None and step_fn is None:
+        p.error("--compute-ms is needed without --step")
+    compute_s = None if args.compute_ms is None else args.compute_ms / 1e3
+    periods = [int(v) for v in args.periods.split(",")]
+    cluster, predictions, chosen = plan(size_bytes, step_fn, compute_s,
+                                        candidates(periods), args.repeats)
+    if hvd.rank() == 0:
+        print(table(cluster, size_bytes, predictions, chosen, args.rows), flush=True)
+    hvd.allreduce(__import__("torch").zeros(1), name="hvd_hier.plan.done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""The planner's cost model, grid and recommendation, without processes (closed forms)."""
+
+import pytest
+
+from hvd_hier import plan
+
+# 2 nodes x 2 ranks, a 45 MB model, 12.5 MB/s per node's uplink
+CLUSTER = plan.Cluster(p=4, l=2, t_compute=0.1, t_local=0.2, b_inter=12.5e6)
+
+
+def test_link_bytes_of_one_and_two_stages():
+    assert plan.ring(4) == 1.5 and plan.ring(1) == 0.0
+    assert plan.global_link_bytes(100, 4, 2) == 150  # one ring over 4 ranks
+    assert plan.global_link_bytes(100, 4, 2, two_stage=True) == 100  # a ring over 2 nodes
+    assert plan.global_link_bytes(100, 64, 8, two_stage=True) == pytest.approx(175)
+    assert plan.encoded_size(4096, "int8") == pytest.approx(1032)
+    assert plan.encoded_size(4096, "bf16") == 2048
+    assert plan.encoded_size(4096, None) == 4096
+
+
+def test_predictions_in_closed_form():
+    s = plan.Setting(1, 8)
+    (p,) = plan.predict(CLUSTER, 45e6, [s])
+    # two stages: 3.6 s on the link per period; 8 local averagings; half of one to gather
+    step = (8 * 0.1 + 8 * 0.2 + 0.1 + 3.6) / 8
+    assert p.step == pytest.approx(step)
+    assert p.share == pytest.approx(1 - 0.1 / step)
+    (q,) = plan.predict(CLUSTER, 45e6, [plan.Setting(1, 8, "int8", 7)])
+    link = 45e6 / 4 * 2064 / 2048 / 12.5e6  # 0.907 s, 0.7 s of it behind the computation
+    assert q.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + link - 0.7) / 8)
+
+
+def test_the_grid_and_the_recommendation():
+    grid = plan.candidates(periods=(4, 8), k1s=(1, 4), codecs=(None, "int8"))
+    assert plan.Setting(1, 4, None, 0) in grid and plan.Setting(4, 2, "int8", 7) in grid
+    assert len(grid) == 2 * 2 * 2 * 2
+    assert all(s.k1 * s.k2 in (4, 8) for s in grid)
+    fast = plan.Prediction(plan.Setting(4, 8, "int8", 31), 1.00, 0.1)
+    close = plan.Prediction(plan.Setting(1, 8, None, 0), 1.08, 0.2)
+    closer = plan.Prediction(plan.Setting(2, 4, "int8", 0), 1.09, 0.2)
+    slow = plan.Prediction(plan.Setting(1, 4, None, 0), 1.50, 0.5)
+    # within 10% of the fastest, the one that averages most often (smallest period, K1)
+    assert plan.recommend([fast, close, closer, slow]) is close
+    assert plan.recommend([fast, slow]) is fast
+    assert close.setting.arguments() == "local_steps=1, local_rounds=8"
+    assert fast.setting.arguments() == ("local_steps=4, local_rounds=8, "
+                                        "global_compression='int8', overlap_steps=31")
+    text = plan.table(CLUSTER, 45e6, [fast, close, slow], close)
+    assert "| K1=1 K2=8 **(recommended)** | 1080.0 ms | 20% |" in text
+    assert "Recommended: hvd_hier.DistributedOptimizer(..., local_steps=1, local_rounds=8)" in text
