@@ -63,13 +63,14 @@ def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float
 def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
               t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
               encoded: Optional[float] = None, two_stage: bool = False,
-              overlap: int = 0) -> float:
+              overlap: int = 0, t_codec: float = 0.0) -> float:
     """The model's seconds per step (see the module doc; ``encoded``: the global level's
     encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
     through the node, which adds a local averaging and a local gather of half its cost at
     each global reduction; ``overlap``: D steps whose computation the global reduction's link
     time hides behind; Horovod runs one collective at a time, so it hides behind computation
-    only, never behind the local averagings)."""
+    only, never behind the local averagings; ``t_codec``: the seconds of a compressed
+    reduction's encoding and decoding on the training thread, which nothing hides)."""
     t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
     if method == "compute":
         return t_compute
@@ -83,7 +84,8 @@ def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
         locals_ += 1 if method != "kavg" else 0
         extra += 0.5 * t_local if staged else 0.0
     hidden = min(t_link, overlap * t_compute)
-    return (period * t_compute + locals_ * t_local + extra + latency + t_link - hidden) / period
+    return (period * t_compute + locals_ * t_local + extra + latency + t_codec + t_link
+            - hidden) / period
 
 
 def encoded_size(size_bytes: float, codec: Optional[str], element_size: int = 4) -> float:
@@ -98,7 +100,7 @@ def encoded_size(size_bytes: float, codec: Optional[str], element_size: int = 4)
 class Cluster:
     """What the model needs to know of a job: ranks (``p``), ranks per node (``l``), seconds
     of computation per step, seconds per local averaging of the model, a node uplink's
-    bytes/s, seconds of latency per collective."""
+    bytes/s, seconds of latency per collective, and the compressed reductions' own work."""
 
     p: int
     l: int
@@ -106,6 +108,9 @@ class Cluster:
     t_local: float
     b_inter: float
     latency: float = 0.0
+    #: per codec: seconds of a compressed global reduction's encoding (this rank's share)
+    #: and decoding (the whole model) on this machine
+    t_codec: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ def predict(cluster: Cluster, size_bytes: float, settings: Sequence[Setting],
         encoded = encoded_size(size_bytes, s.compression) if s.compression else None
         t = step_time("hier", s.k1, s.k2, size_bytes, cluster.p, cluster.l, cluster.t_compute,
                       cluster.b_inter, cluster.t_local, cluster.latency, encoded=encoded,
-                      two_stage=two_stage, overlap=s.overlap)
+                      two_stage=two_stage, overlap=s.overlap,
+                      t_codec=cluster.t_codec.get(s.compression, 0.0) if s.compression else 0.0)
         out.append(Prediction(s, t, 1.0 - cluster.t_compute / t if t > 0 else 0.0))
     return out
 
@@ -215,17 +221,21 @@ def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
 
 
 def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
-            compute_s: Optional[float] = None, repeats: int = 5) -> Cluster:
+            compute_s: Optional[float] = None, repeats: int = 5,
+            codecs: Sequence[str] = ("bf16", "int8")) -> Cluster:
     """Measure the cluster's figures inside a Horovod job (every rank calls it alike):
 
     * the computation of a step: ``compute_s`` if given, else the median time of
       ``step_fn()`` (one training step of the user's model, without hvd_hier), the slowest
       rank's;
-    * a local averaging: the median time of one allreduce of ``size_bytes`` within a node;
+    * a local averaging: the median time of an averaging of ``size_bytes`` within a node as
+      the optimizer does it (the non-finite check, then flat buffers reduced in place);
     * a node's uplink: the median time of the two-stage global stage, every rank of a node
       reducing its 1/L of the model with the ranks at its position on the other nodes at
       once, as bytes per second over 2(N − 1)/N of the model;
-    * the latency of one small collective over all ranks.
+    * the latency of one small collective over all ranks;
+    * for each of ``codecs``, the fused kernels' encoding of a rank's share of the model and
+      decoding of the whole (``Cluster.t_codec``).
 
     The ranks of a node are those with the same Horovod host name; every node must hold the
     same number."""
@@ -257,10 +267,17 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
     numel = max(1, int(size_bytes // 4))
     buffer = torch.zeros(numel, dtype=torch.float32)
     t_local = 0.0
-    if l > 1:
-        t_local = _median_seconds(lambda: hvd.allreduce_(
-            buffer, op=hvd.Sum, name="hvd_hier.plan.local", process_set=local_sets[mine]),
-            repeats)
+    if l > 1:  # an averaging as the optimizer does it: the non-finite check, flat buffers
+        from .flat import FlatAverager
+        from .reduction import nonfinite_ranks
+
+        averager = FlatAverager([torch.zeros(numel)], 25 << 20, max_in_flight=1)
+
+        def local():
+            nonfinite_ranks(averager.tensors, local_sets[mine], nodes[mine], "plan", None)
+            averager.average(local_sets[mine], l, "hvd_hier.plan.local")
+
+        t_local = _median_seconds(local, repeats)
     b_inter = float("inf")
     cross = plan_cross_groups([list(range(p))], nodes) if l > 1 else None
     if len(nodes) > 1:
@@ -277,7 +294,31 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
     tiny = torch.zeros(1)
     latency = _median_seconds(lambda: hvd.allreduce_(tiny, op=hvd.Sum,
                                                      name="hvd_hier.plan.latency"), repeats)
-    return Cluster(p, l, compute_s, t_local, b_inter, latency)
+    t_codec = {codec: _codec_seconds(codec, buffer, l if cross is not None else 1, repeats)
+               for codec in codecs}
+    return Cluster(p, l, compute_s, t_local, b_inter, latency, t_codec)
+
+
+def _codec_seconds(codec: str, x, shares: int, repeats: int) -> float:
+    """The fused kernels' time for one compressed reduction of ``x`` on this rank: encoding
+    its share (1/``shares``) and decoding the whole mean into the model."""
+    import torch
+
+    from ._ext import extension
+
+    ext = extension()
+    part = x[: max(1, x.numel() // shares)]
+    anchor = torch.zeros_like(part)
+    residual = [torch.zeros_like(part)] if codec == "int8" else []
+    encoded = torch.empty(ext.encoded_bytes(codec, part.numel()), dtype=torch.uint8)
+    whole = torch.zeros(ext.encoded_bytes(codec, x.numel()), dtype=torch.uint8)
+    target, target_anchor = torch.zeros_like(x), torch.zeros_like(x)
+
+    def run():
+        ext.encode_delta([part], [anchor], residual, encoded, codec)
+        ext.apply_delta(whole, [target], [target_anchor], codec)
+
+    return _median_seconds(run, repeats)
 
 
 def plan(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
@@ -316,6 +357,7 @@ def main(argv=None) -> int:
     p.add_argument("--periods", default="4,8,16,32", help="K1*K2 values to consider")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure (median)")
     p.add_argument("--rows", type=int, default=20, help="settings shown, fastest first")
+    p.add_argument("--json", help="also write the figures and every prediction to this file")
     args = p.parse_args(argv)
     import horovod.torch as hvd
 
@@ -334,6 +376,16 @@ def main(argv=None) -> int:
                                         candidates(periods), args.repeats)
     if hvd.rank() == 0:
         print(table(cluster, size_bytes, predictions, chosen, args.rows), flush=True)
+        if args.json:
+            import dataclasses
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump({"cluster": dataclasses.asdict(cluster), "size_bytes": size_bytes,
+                           "recommended": dataclasses.asdict(chosen.setting),
+                           "predictions": [dict(dataclasses.asdict(p.setting), step=p.step,
+                                                share=p.share) for p in predictions]},
+                          f, indent=1)
     hvd.allreduce(__import__("torch").zeros(1), name="hvd_hier.plan.done")
     return 0
 

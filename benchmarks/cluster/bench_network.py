@@ -62,6 +62,8 @@ def runs_for(schedules, methods):
         out.append(("compute", "compute", 1, 1, None, 0))
     if "sync" in methods:
         out.append(("sync", "sync", 1, 1, None, 0))
+    if "plan" in methods:  # python -m hvd_hier.plan in the cluster (after compute: its t_c)
+        out.append(("plan", "plan", 1, 1, None, 0))
     if "raw" in methods:
         out += [("raw_horovod", "raw_horovod", 1, 1, None, 0),
                 ("raw_torch", "raw_torch", 1, 1, None, 0)]
@@ -151,7 +153,7 @@ def fmt_bytes(b: float) -> str:
 def table(results: List[Dict], rates: List[str], fit_by_rate: Dict[str, Fit]) -> str:
     lines = []
     for rate in rates:
-        rows = [r for r in results if r["rate"] == rate and not r["method"].startswith("raw_")]
+        rows = [r for r in results if r["rate"] == rate and "summary" in r]
         sync = next((r for r in rows if r["name"] == "sync"), None)
         lines += [f"### {rate}", "",
                   "| method | step mean | median (p10-p90) | per 100 steps | vs sync | "
@@ -200,7 +202,7 @@ def plot(results: List[Dict], rates: List[str], path: Path) -> None:
             names.append(r["name"])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for name in names:
-        if name.startswith("raw_"):
+        if name.startswith("raw_") or name == "plan":
             continue
         key = "median_step" if name == "compute" else "mean_step"  # the floor: its median
         pts = sorted((bits[r["rate"]] / 1e6, 1e3 * r["summary"][key])
@@ -229,9 +231,11 @@ def main(argv=None):
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
     p.add_argument("--schedules", default="1x8,4x2", help="K1xK2 list for kavg, hier, torch")
-    p.add_argument("--methods", default="compute,sync,raw,kavg," + ",".join(HIER_METHODS)
+    p.add_argument("--methods", default="compute,plan,sync,raw,kavg," + ",".join(HIER_METHODS)
                    + ",torch",
-                   help="raw: each library's allreduce alone (explains the averaging times); "
+                   help="plan: python -m hvd_hier.plan's predictions, checked against the "
+                        "hvd_hier runs; "
+                        "raw: each library's allreduce alone (explains the averaging times); "
                         "hier_bf16, hier_int8: Hier-AVG with the global level's deltas encoded; "
                         "*_overlap: the global reduction overlapped with K1*K2 - 1 steps")
     p.add_argument("--packed", action="store_true",
@@ -252,7 +256,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.steps, args.rates, args.schedules = "tiny", 8, "1gbit", "1x4"
-        args.methods = "compute,sync,raw,kavg,hier,hier_bf16,hier_int8,hier_int8_overlap,torch"
+        args.methods = ("compute,plan,sync,raw,kavg,hier,hier_bf16,hier_int8,hier_int8_overlap,"
+                        "torch")
     rates = args.rates.split(",")
     for r in rates:
         try:
@@ -262,7 +267,7 @@ def main(argv=None):
             raise SystemExit(f"--rates: {e}")
     schedules = parse_schedules(args.schedules)
     methods = set(args.methods.split(","))
-    unknown = methods - {"compute", "sync", "raw", "kavg", "torch", *HIER_METHODS}
+    unknown = methods - {"compute", "plan", "sync", "raw", "kavg", "torch", *HIER_METHODS}
     if unknown:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}")
     out = Path(args.out_dir)
@@ -278,10 +283,64 @@ def main(argv=None):
     else:
         results = measure(args, rates, plan, out)
     for run in results:
-        if not run["method"].startswith("raw_"):
+        if not run["method"].startswith("raw_") and run["method"] != "plan":
             run["summary"] = summarize(run)
     report(args, rates, results, out)
     return results
+
+
+def run_planner(args, cluster, rate, plan, results, path, link_bw, out) -> Dict:
+    """``python -m hvd_hier.plan`` on the cluster, as a user would run it, given the compute
+    run's median step and the model's payload, for the hvd_hier settings of ``plan``."""
+    compute = next((r for r in results if r["rate"] == rate and r["method"] == "compute"), None)
+    if compute is None:
+        raise SystemExit("--methods: plan needs compute (the computation per step it is given)")
+    t_c = statistics.median(compute["step_seconds"])
+    payload = compute.get("payload_bytes")
+    periods = sorted({k1 * k2 for _, m, k1, k2, _, _ in plan if m == "hier"}) or [8]
+    cmd = [sys.executable, "-m", "hvd_hier.plan", "--model-mb", f"{payload / 1e6:.6f}",
+           "--compute-ms", f"{1e3 * t_c:.3f}", "--periods", ",".join(map(str, periods)),
+           "--repeats", "3", "--rows", "0", "--json", str(path)]
+    launch(cluster, args.ranks_per_node, cmd, backend="horovod", env={"OMP_NUM_THREADS": "1"},
+           timeout=args.timeout, log_dir=str(out / "logs" / f"{rate}_plan"))
+    run = json.loads(path.read_text())
+    run.update(name="plan", method="plan", rate=rate, rate_bits=parse_rate(rate),
+               link_throughput=link_bw)
+    path.write_text(json.dumps(run, indent=1))
+    c = run["cluster"]
+    print(f"{rate:>8} {'python -m hvd_hier.plan':<45} local averaging "
+          f"{1e3 * c['t_local']:.0f} ms, uplink {c['b_inter'] / 1e6:.1f} MB/s, latency "
+          f"{1e3 * c['latency']:.1f} ms", flush=True)
+    return run
+
+
+def planner_table(results: List[Dict], rates: List[str]) -> str:
+    """Markdown: each hvd_hier run's step time beside the planner's prediction for it."""
+    lines = []
+    for rate in rates:
+        planned = next((r for r in results if r["rate"] == rate and r["method"] == "plan"), None)
+        if planned is None:
+            continue
+        if not lines:
+            lines = ["## The planner's predictions", "",
+                     "`python -m hvd_hier.plan` run on the cluster before the training runs, "
+                     "given the compute-only run's median step; it measures a local averaging, "
+                     "the uplink and the latency itself.", "",
+                     "| rate | setting | predicted | measured | measured / predicted |",
+                     "|---|---|---:|---:|---:|"]
+        by_setting = {(p["k1"], p["k2"], p["compression"], p["overlap"]): p["step"]
+                      for p in planned["predictions"]}
+        for r in results:
+            if r["rate"] != rate or r["method"] != "hier":
+                continue
+            key = (r["k1"], r["k2"], r.get("compression"), r.get("overlap_steps", 0))
+            if key not in by_setting:
+                continue
+            measured = r["summary"]["mean_step"]
+            lines.append(f"| {rate} | {label(r['name'])[len('hvd_hier Hier-AVG '):]} | "
+                         f"{1e3 * by_setting[key]:.0f} ms | {1e3 * measured:.0f} ms | "
+                         f"{measured / by_setting[key]:.2f} |")
+    return "\n".join(lines + [""]) if lines else ""
 
 
 def measure(args, rates, plan, out: Path) -> List[Dict]:
@@ -300,6 +359,10 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
             print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
             for name, method, k1, k2, codec, overlap_steps in plan:
                 path = out / "runs" / f"{rate}_{name}.json"
+                if method == "plan":
+                    results.append(run_planner(args, cluster, rate, plan, results, path,
+                                               link_bw, out))
+                    continue
                 # raw collectives: a quarter as many repetitions (each is a whole allreduce)
                 steps = max(4, args.steps // 4) if method.startswith("raw_") else args.steps
                 cmd = [python, str(HERE / "worker.py"), "--method", method, "--k1", str(k1),
@@ -346,7 +409,8 @@ def report(args, rates, results: List[Dict], out: Path) -> None:
             f"{first['batch_size']} of {first['image_size']}x{first['image_size']} synthetic "
             f"images, {first['steps']} timed steps per run; hvd_hier with "
             f"{'packed buckets' if args.packed else 'flat_storage=True'}.\n\n"
-            + table(results, rates, fits) + "\n" + real_cluster_table(results, fits))
+            + table(results, rates, fits) + "\n" + planner_table(results, rates) + "\n"
+            + real_cluster_table(results, fits))
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k not in ("step_seconds", "step_kinds")} for r in results],

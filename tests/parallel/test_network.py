@@ -110,8 +110,13 @@ def test_bench_network_smoke(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     runs = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())}
-    assert list(runs) == ["compute", "sync", "raw_horovod", "raw_torch", "kavg_K4", "hier_1x4",
-                          "hier_1x4_bf16", "hier_1x4_int8", "hier_1x4_int8_ov3", "torch_1x4"]
+    assert list(runs) == ["compute", "sync", "plan", "raw_horovod", "raw_torch", "kavg_K4",
+                          "hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "hier_1x4_int8_ov3",
+                          "torch_1x4"]
+    planned = runs.pop("plan")  # python -m hvd_hier.plan on the cluster, given compute's t_c
+    assert planned["cluster"]["p"] == 4 and planned["cluster"]["l"] == 2
+    assert 0 < planned["cluster"]["b_inter"] < 1e9 and planned["cluster"]["t_local"] > 0
+    assert {(p["k1"], p["k2"]) for p in planned["predictions"]} == {(1, 4), (2, 2), (4, 1)}
     for name in ("raw_horovod", "raw_torch"):  # one allreduce of the model's size, 4 times
         raw = runs.pop(name)
         assert raw["bytes"] == 4 * (192 * 46 + 46 + 46 * 10 + 10)
@@ -142,6 +147,7 @@ def test_bench_network_smoke(tmp_path):
     assert runs["compute"]["summary"]["link_bytes"] < 200_000  # Horovod's idle cycles only
     table = (tmp_path / "table.md").read_text()
     for text in ("Horovod sync (DistributedOptimizer)", "hvd_hier Hier-AVG K1=1 K2=4",
+                 "## The planner's predictions", "| 1gbit | K1=1 K2=4 + int8 + overlap 3 |",
                  "hvd_hier Hier-AVG K1=1 K2=4 + int8",
                  "hvd.allreduce_ (Horovod's engine)",
                  "PyTorch HierarchicalModelAverager K1=1 K2=4", "real cluster"):

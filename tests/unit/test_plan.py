@@ -28,6 +28,12 @@ def test_predictions_in_closed_form():
     (q,) = plan.predict(CLUSTER, 45e6, [plan.Setting(1, 8, "int8", 7)])
     link = 45e6 / 4 * 2064 / 2048 / 12.5e6  # 0.907 s, 0.7 s of it behind the computation
     assert q.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + link - 0.7) / 8)
+    # the kernels' own time, measured per codec, adds to the period: nothing hides it
+    coded = plan.Cluster(**{**CLUSTER.__dict__, "t_codec": {"int8": 0.25}})
+    (r,) = plan.predict(coded, 45e6, [plan.Setting(1, 8, "int8", 7)])
+    assert r.step == pytest.approx(q.step + 0.25 / 8)
+    (u,) = plan.predict(coded, 45e6, [s])  # not for an uncompressed setting
+    assert u.step == pytest.approx(step)
 
 
 def test_the_grid_and_the_recommendation():
