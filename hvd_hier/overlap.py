@@ -99,7 +99,6 @@ class InFlight:
     start: int
     due: int
     dropped: bool = False  #: it takes r, not x + c (its values were left out, or D = 0)
-    divisor: int = 1
     pipeline: Optional["Pipeline"] = None  #: the pieces still to run (None: none)
     scale: float = 1.0  #: the sums' factor: 1 / divisor (two stages: S / divisor)
     means: Optional[List[torch.Tensor]] = None  #: compressed: the encoded means
@@ -126,11 +125,13 @@ class Pipeline:
     once the handle is done it receives ``wait(handle)`` (the collective's output) and
     either yields the next collective or ends."""
 
-    def __init__(self, pieces, budget: int = 1):
+    def __init__(self, pieces, budget: int = 1, most: int = 64):
         self.todo = list(pieces)  # generator functions, in order
         self.active: List[list] = []  # [generator, handle, wait]
         self.budget = max(1, budget)
+        self.most = max(1, most)  # 1: one collective at a time (Horovod fuses none: exact sums)
         self.finished_since = 0
+        self.batches = 0
 
     @property
     def done(self) -> bool:
@@ -165,10 +166,12 @@ class Pipeline:
         self._collect()
         if not submit:
             return
-        if not self.active:
-            self.budget += 1
-        else:
-            self.budget = max(1, self.finished_since)
+        if self.batches:  # (the first batch is the initial budget)
+            if not self.active:
+                self.budget = min(self.most, self.budget + 1)
+            else:
+                self.budget = max(1, min(self.most, self.finished_since))
+        self.batches += 1
         self.finished_since = 0
         while self.todo and len(self.active) < self.budget:
             item = [self.todo.pop(0)(), None, None]
@@ -178,7 +181,7 @@ class Pipeline:
     def drain(self, deadline: Optional[float]) -> None:
         """Run every piece to its end (``StallError`` past ``deadline``), a few at a time."""
         while not self.done:
-            while self.todo and len(self.active) < 2:
+            while self.todo and len(self.active) < min(2, self.most):
                 item = [self.todo.pop(0)(), None, None]
                 if self._advance(item, first=True):
                     self.active.append(item)
@@ -260,7 +263,9 @@ def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> Option
         pieces, moved = _plain_pieces(red, copies, into, correct=(anchor is None and d > 0),
                                       lt=lt, tag=tag), h.averager.nbytes
     if pieces:
-        red.pipeline = Pipeline(pieces)
+        # deterministic: one piece at a time, so that Horovod never fuses two (a ring of 3 or
+        # more ranks would then add in another order)
+        red.pipeline = Pipeline(pieces, most=1 if h.config.deterministic else 64)
         red.pipeline.pump(submit=True)
     stats = h.stats.levels[level]
     stats.add(moved, time.perf_counter() - began)

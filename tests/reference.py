@@ -214,15 +214,20 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     return history
 
 
-def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, outers=None):
+def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, outers=None,
+                              overlaps=None):
     """``simulate_quadratic`` with levels: ``segments`` is ``[(first_step, level_groups), ...]``
     where ``level_groups[i]`` lists the groups of level ``i`` for that segment's ranks.
 
     ``outers[i]``: None or an ``OuterSGD``'s arguments for level ``i`` (as in
     ``simulate_levels_sgd``); a new segment starts every rank from rank 0's model, anchors and
-    outer momentum (what an elastic job restores and broadcasts)."""
+    outer momentum (what an elastic job restores and broadcasts). ``overlaps[i]``: D >= 1
+    overlaps level ``i`` (``start_overlapped``); a new segment also takes rank 0's pending
+    corrections."""
     w = np.asarray(w0, dtype=np.float64)
     outers = outers or [None] * len(periods)
+    overlaps = overlaps or [0] * len(periods)
+    pending0 = []  # rank 0's corrections still to add: (due, level, vector)
     with_outer = [i for i, o in enumerate(outers) if o is not None]
     anchor0, buf0 = {}, {i: None for i in with_outer}
     for n, (first, level_groups) in enumerate(segments):
@@ -235,6 +240,7 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, out
         for i in with_outer:
             for r in ranks:
                 outer[i][r].buf = None if buf0[i] is None else buf0[i].copy()
+        pending = [(due, level, {r: c.copy() for r in ranks}) for due, level, c in pending0]
         for t in range(first + 1, last + 1):
             level = reference_level(t, periods, warmup)
             grads = {}
@@ -251,11 +257,18 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, out
                     anchor[i] = {r: models[r].copy() for r in ranks}
             for r in ranks:
                 models[r] = models[r] - lr * grads[r]
-            if level is not None:
+            if level is not None and overlaps[level]:
+                pending.append((t + overlaps[level], level, start_overlapped(
+                    models, level_groups, level, anchor, outer, None, None)))
+            elif level is not None:
                 average_level(models, level_groups[level], level, anchor, outer)
+            for item in [p for p in pending if p[0] == t]:
+                add_correction(models, item[1], anchor, item[2])
+                pending.remove(item)
         w = models[0]
         anchor0 = {i: anchor[i][0] for i in with_outer if anchor[i]}
         buf0 = {i: outer[i][0].buf for i in with_outer}
+        pending0 = [(due, level, c[0]) for due, level, c in pending]
         if n + 1 == len(segments):
             return [models[r] for r in ranks]
 

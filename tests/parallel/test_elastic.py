@@ -17,6 +17,7 @@ pytestmark = pytest.mark.parallel
 # as in workers/elastic.py
 K1, K2, WARMUP, LR, DIM, STEPS = 2, 3, 2, 0.1, 8, 44
 OUTERS = [None, dict(lr=0.9, momentum=0.5), dict(lr=0.8, momentum=0.7, nesterov=True)]
+OVERLAPS = [0, 0, 3]
 
 
 def elastic_run(folder, scenario, np_, discovery, timeout, *args):
@@ -85,9 +86,11 @@ def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path, 
 
 
 def test_three_levels_shrink_and_grow(tmp_path):
-    """Three levels [(2, 2), (4, 4), (12, "all")], outer optimizers at the upper two: on 2
-    ranks the rule fits the middle level to pairs, every level's groups are rebuilt after each
-    reset and the anchors and outer momentum restored with the commit, against a simulation."""
+    """Three levels [(2, 2), (4, 4), (12, "all")], outer optimizers at the upper two, the
+    outermost overlapped with 3 steps: on 2 ranks the rule fits the middle level to pairs,
+    every level's groups are rebuilt after each reset, and the anchors, outer momentum and
+    pending corrections (each commit is taken with the outermost reduction in flight) are
+    restored with the commit, against a simulation."""
     (tmp_path / "host2").touch()
     out = elastic_run(tmp_path, "kill_and_grow", 4, "echo localhost:2\n"
                       "[ -e $FLAG ] && echo 127.0.0.1:2", 300, "levels")
@@ -109,13 +112,18 @@ def test_three_levels_shrink_and_grow(tmp_path):
     assert [f["steps"] for f in finals] == [50] * 4 and {f["size"] for f in finals} == {4}
     assert all(f["w"] == finals[0]["w"] for f in finals), "ranks end with different models"
     w0 = np.linspace(-1.0, 1.0, DIM)
-    want = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM, OUTERS)
+    want = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM, OUTERS,
+                                     OVERLAPS)
     got = np.array(finals[0]["w"])
     assert np.allclose(got, want[0], rtol=0, atol=1e-12), (got, want[0])
     never_shrank = simulate_quadratic_levels(w0, LR, [(0, four)], [2, 4, 12], WARMUP, 50, DIM,
-                                             OUTERS)
-    plain = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM)
+                                             OUTERS, OVERLAPS)
+    plain = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM,
+                                      overlaps=OVERLAPS)
     assert not np.allclose(got, plain[0], rtol=0, atol=1e-4)  # the outer steps mattered
+    # the corrections mattered: the run without overlap ends elsewhere
+    unlapped = simulate_quadratic_levels(w0, LR, segments, [2, 4, 12], WARMUP, 50, DIM, OUTERS)
+    assert not np.allclose(got, unlapped[0], rtol=0, atol=1e-4)
     assert not np.allclose(got, never_shrank[0], rtol=0, atol=1e-4)
     assert out.count("PASS elastic finished") == 4, out[-3000:]
 

@@ -18,9 +18,11 @@ K1=2, K2=3, 2 warmup steps, a commit after every global averaging):
   announce the new host, and the job goes on as 4 ranks from step 32 to step 44.
 
 With GROUP_SIZE "levels" the optimizer has three levels, ``[(2, 2), (4, 4), (12, "all")]``,
-the upper two with outer optimizers (SGD with momentum, OUTERS), with 2 warmup steps (pairs every 2 steps, groups of 4 every 4, everyone every 12), the commits
-follow the outermost level, the job grows back at the commit of step 26 and ends at step 50
-(an averaging of everyone): on 2 ranks the rule fits the middle level's 4 to 2.
+the upper two with outer optimizers (SGD with momentum, OUTERS), the outermost overlapped
+with 3 steps, with 2 warmup steps (pairs every 2 steps, groups of 4 every 4, everyone every
+12), the commits follow the outermost level (its reduction in flight: the commit waits for
+it and saves its correction, due 3 steps later), the job grows back at the commit of step 26
+and ends at step 50: on 2 ranks the rule fits the middle level's 4 to 2.
 
 Scenario ``disagree`` (the discovery script lists ``localhost:1`` and ``127.0.0.1:1``, then
 two slots on each once ``<out>/host2`` exists): 2 ranks; at the commit of step 8 a second slot
@@ -67,8 +69,10 @@ def say(text):
 
 
 OUTERS = [None, dict(lr=0.9, momentum=0.5), dict(lr=0.8, momentum=0.7, nesterov=True)]
+OVERLAP = 3  # the outermost level's reduction runs behind 3 steps
 LEVELS = [(2, 2), hvd_hier.Level(4, 4, outer=functools.partial(torch.optim.SGD, **OUTERS[1])),
-          hvd_hier.Level(12, "all", outer=functools.partial(torch.optim.SGD, **OUTERS[2]))]
+          hvd_hier.Level(12, "all", outer=functools.partial(torch.optim.SGD, **OUTERS[2]),
+                         overlap_steps=OVERLAP)]
 
 
 def run(out: Path, scenario: str, group_size):
