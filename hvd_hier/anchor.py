@@ -243,14 +243,14 @@ def make_anchors(levels, tensors: Sequence[torch.Tensor], num_params: int,
                  bucket_cap_bytes: int = 25 << 20) -> List[Optional[Anchor]]:
     """One ``Anchor`` per level that has ``outer`` or ``compression``, None for the others.
     ``names`` label the levels in messages (default ``levels[i]``). An overlapped compressed
-    level's buckets are pieces of about ``hvd_hier.overlap.CHUNK_BYTES`` encoded."""
+    level's buckets are pieces of about ``hvd_hier.pieces.CHUNK_BYTES`` encoded."""
     out: List[Optional[Anchor]] = []
     for i, lv in enumerate(levels):
         outer, codec = lv.options.get("outer"), lv.options.get("compression")
         where = names[i] if names is not None else f"levels[{i}]"
         cap = bucket_cap_bytes
         if codec is not None and lv.options.get("overlap_steps"):
-            from .overlap import compressed_bucket_cap  # buckets of one overlapped piece
+            from .pieces import compressed_bucket_cap  # buckets of one overlapped piece
 
             cap = compressed_bucket_cap(codec)
         out.append(None if outer is None and codec is None else

@@ -47,49 +47,13 @@ import torch
 
 import horovod.torch as hvd
 
-from .collectives import StallError
-from .flat import plan_flat_layout
+from .collectives import wait
+from .pieces import CHUNK_BYTES, Copy, Pipeline, allreduce
 from .reduction import average_level, finite_divisor, level_name, relink
 from .state import HierState
 
-__all__ = ["CHUNK_BYTES", "compressed_bucket_cap", "Copy", "InFlight", "start", "settle",
-           "staged", "add", "due", "progress", "discard", "portable", "restore"]
-
-CHUNK_BYTES = 2 << 20
-"""Bytes one rank sends per collective of an overlapped reduction (one piece)."""
-
-
-def compressed_bucket_cap(codec: str) -> int:
-    """The bucket cap (in bytes of float32 elements) of an overlapped compressed level: a
-    bucket whose encoded delta is about ``CHUNK_BYTES``."""
-    bytes_per_element = 1.0078125 if codec == "int8" else 2.0  # 2064 or 4096 B per 2048
-    return int(CHUNK_BYTES / bytes_per_element * 4)
-
-
-class Copy:
-    """The values of a list of tensors in flat buffers of their own (one per device and
-    dtype, laid out as flat storage is), with a view per tensor of the same shape."""
-
-    def __init__(self, tensors):
-        tensors = list(tensors)
-        self.views: List[torch.Tensor] = [torch.empty_like(t) for t in tensors]
-        self.storages: List[torch.Tensor] = []
-        for plan in plan_flat_layout(tensors, 1 << 62):
-            storage = torch.zeros(plan.numel, dtype=plan.dtype, device=plan.device)
-            for index, offset in plan.members:
-                t = tensors[index]
-                self.views[index] = storage.as_strided(t.shape, t.stride(), offset)
-            self.storages.append(storage)
-        self.nbytes = sum(s.numel() * s.element_size() for s in self.storages)
-
-    def chunks(self) -> List[torch.Tensor]:
-        """1-D slices of the buffers of at most ``CHUNK_BYTES`` each."""
-        out = []
-        for s in self.storages:
-            step = max(1, CHUNK_BYTES // s.element_size())
-            out.extend(s[i:i + step] for i in range(0, s.numel(), step))
-        return out
-
+__all__ = ["InFlight", "start", "settle", "staged", "add", "due", "progress", "discard",
+           "portable", "restore"]
 
 @dataclass
 class InFlight:
@@ -117,78 +81,6 @@ class _LevelCopies:
     result: Optional[Copy] = None  #: r (levels with an anchor)
     #: pooled piece buffers per (device, dtype)
     staging: Dict[tuple, List[torch.Tensor]] = field(default_factory=dict)
-
-
-class Pipeline:
-    """The pieces of one overlapped reduction, moved on by ``pump()`` from the training
-    thread. A piece is a generator: it starts a collective and yields ``(handle, wait)``;
-    once the handle is done it receives ``wait(handle)`` (the collective's output) and
-    either yields the next collective or ends."""
-
-    def __init__(self, pieces, budget: int = 1, most: int = 64):
-        self.todo = list(pieces)  # generator functions, in order
-        self.active: List[list] = []  # [generator, handle, wait]
-        self.budget = max(1, budget)
-        self.most = max(1, most)  # 1: one collective at a time (Horovod fuses none: exact sums)
-        self.finished_since = 0
-        self.batches = 0
-
-    @property
-    def done(self) -> bool:
-        return not self.todo and not self.active
-
-    def _advance(self, item, value=None, first=False) -> bool:
-        """Run a piece to its next collective; False once it has ended."""
-        try:
-            item[1], item[2] = next(item[0]) if first else item[0].send(value)
-            return True
-        except StopIteration:
-            self.finished_since += 1
-            return False
-
-    def _collect(self) -> None:
-        still = []
-        for item in self.active:
-            alive = True
-            while hvd.poll(item[1]):  # done: on to the piece's next collective, if any
-                if not self._advance(item, item[2](item[1], None)):
-                    alive = False
-                    break
-            if alive:
-                still.append(item)
-        self.active = still
-
-    def pump(self, submit: bool) -> None:
-        """Collect what has finished (no waiting); with ``submit``, start the next batch: one
-        more than the last when nothing was left running (the link went idle), else as many
-        as finished since the last batch (the batch outlasted the computation and delayed
-        the collectives behind it)."""
-        self._collect()
-        if not submit:
-            return
-        if self.batches:  # (the first batch is the initial budget)
-            if not self.active:
-                self.budget = min(self.most, self.budget + 1)
-            else:
-                self.budget = max(1, min(self.most, self.finished_since))
-        self.batches += 1
-        self.finished_since = 0
-        while self.todo and len(self.active) < self.budget:
-            item = [self.todo.pop(0)(), None, None]
-            if self._advance(item, first=True):
-                self.active.append(item)
-
-    def drain(self, deadline: Optional[float]) -> None:
-        """Run every piece to its end (``StallError`` past ``deadline``), a few at a time."""
-        while not self.done:
-            while self.todo and len(self.active) < min(2, self.most):
-                item = [self.todo.pop(0)(), None, None]
-                if self._advance(item, first=True):
-                    self.active.append(item)
-            if self.active:  # the oldest piece, one collective at a time
-                item = self.active[0]
-                if not self._advance(item, item[2](item[1], deadline)):
-                    self.active.pop(0)
 
 
 def _copies(h: HierState, level: int, with_result: bool) -> _LevelCopies:
@@ -282,18 +174,6 @@ def start(h: HierState, level: int, t: int, deadline: Optional[float]) -> Option
     return None
 
 
-def _allreduce(buffer: torch.Tensor, name: str, process_set):
-    """Start Horovod's in-place sum of ``buffer``; what a piece yields."""
-    return (hvd.allreduce_async_(buffer, op=hvd.Sum, name=name, process_set=process_set),
-            _wait_handle)
-
-
-def _wait_handle(handle, deadline):
-    from .collectives import wait
-
-    return wait(handle, deadline)
-
-
 def _owned(n: int, lt) -> List[int]:
     """The pieces this rank reduces: all, or in two stages every S-th from its position."""
     return list(range(lt.share, n, lt.shares)) if lt.cross_set is not None else list(range(n))
@@ -326,7 +206,7 @@ def _plain_pieces(red: InFlight, copies: _LevelCopies, into: Copy, correct: bool
     def piece(i):
         name = f"hvd_hier.{tag}.{i}"
         if not correct:
-            yield _allreduce(targets[i], name, process_set)
+            yield allreduce(targets[i], name, process_set)
             targets[i].mul_(scale)
             return
         src = sources[i]
@@ -335,7 +215,7 @@ def _plain_pieces(red: InFlight, copies: _LevelCopies, into: Copy, correct: bool
             max(1, CHUNK_BYTES // src.element_size()), dtype=src.dtype, device=src.device)
         staged_piece = buf[:src.numel()]
         staged_piece.copy_(src)
-        yield _allreduce(staged_piece, name, process_set)
+        yield allreduce(staged_piece, name, process_set)
         staged_piece.mul_(scale)
         src.neg_()
         src.add_(staged_piece)
@@ -368,8 +248,6 @@ def _compressed_pieces(red: InFlight, reducer, snap: Copy, lt, tag: str):
 def _gather_shares(h: HierState, red: InFlight, deadline: Optional[float]) -> None:
     """Two stages: every rank of the group below receives the others' reduced pieces
     (``red.items``: chunks of a copy, or the encoded means), in one allgather of bytes."""
-    from .collectives import wait
-
     lt = h.topology.levels[red.level]
     lower = h.topology.levels[red.level - 1]
     n, shares = len(red.items), lt.shares

@@ -3,7 +3,7 @@ boundary, and how the rest is run at the end (fake collectives, no processes).""
 
 import pytest
 
-from hvd_hier import overlap
+from hvd_hier import pieces as piece_module
 
 
 class FakeHorovod:
@@ -28,7 +28,7 @@ class FakeHorovod:
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeHorovod()
-    monkeypatch.setattr(overlap.hvd, "poll", f.poll)
+    monkeypatch.setattr(piece_module.hvd, "poll", f.poll)
     return f
 
 
@@ -42,7 +42,7 @@ def pieces(fake, n, outputs, stages=1):
 
 def test_one_piece_first_then_one_more_while_the_link_idles(fake):
     out = []
-    p = overlap.Pipeline(pieces(fake, 6, out))
+    p = piece_module.Pipeline(pieces(fake, 6, out))
     p.pump(submit=True)  # the start: one piece
     assert [t for t, _ in fake.started] == [(0, 0)]
     fake.done.add(1)
@@ -60,7 +60,7 @@ def test_one_piece_first_then_one_more_while_the_link_idles(fake):
 
 def test_pieces_of_two_collectives_and_the_cap(fake):
     out = []
-    p = overlap.Pipeline(pieces(fake, 3, out, stages=2), most=1)
+    p = piece_module.Pipeline(pieces(fake, 3, out, stages=2), most=1)
     p.pump(submit=True)
     fake.done.add(1)
     p.pump(submit=False)  # the first collective done: the piece starts its second

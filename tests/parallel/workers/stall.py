@@ -18,7 +18,7 @@ import torch
 
 import horovod.torch as hvd
 import hvd_hier
-from hvd_hier import overlap
+from hvd_hier import pieces
 from hvd_hier.topology import process_set_for
 from common import init, report
 
@@ -74,7 +74,7 @@ def overlapped(folder: Path) -> None:
     ps = process_set_for([0, 1])  # the first part's local group: it exists already
     if rank > 1:
         return
-    n = 3 * (overlap.CHUNK_BYTES // 4) - 5  # three pieces of float32
+    n = 3 * (pieces.CHUNK_BYTES // 4) - 5  # three pieces of float32
     w = torch.nn.Parameter(torch.full((n,), float(rank)))
     opt = hvd_hier.DistributedOptimizer(
         torch.optim.SGD([w], lr=0.125), named_parameters=[("w", w)], local_steps=1,
