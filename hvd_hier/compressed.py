@@ -102,7 +102,9 @@ class DeltaReducer:
         self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
                                     ext.MAX_TENSORS_PER_DELTA_LAUNCH)
         self.record_bytes = ext.codec_record_bytes(codec)
-        self.nbytes = sum(ext.encoded_bytes(codec, b.numel) for b in self.buckets)
+        #: each bucket's encoded bytes, and their sum (one rank's contribution)
+        self.encoded_sizes = [ext.encoded_bytes(codec, b.numel) for b in self.buckets]
+        self.nbytes = sum(self.encoded_sizes)
 
     def _views(self, bucket, table):
         return [flat_view(table[i])[first:last] for i, first, last in bucket.segments]
@@ -130,9 +132,9 @@ class DeltaReducer:
         that one bucket's encoded buffers are the only extra memory."""
         with torch.no_grad():
             for i in range(len(self.buckets)):
-                encoded = self.encode(i)
-                mean = self.exchange_bucket(i, encoded, process_set, members, rank, divisor, tag,
-                                            deadline)
+                started = self.start_exchange(i, self.encode(i), process_set, members, tag)
+                mean = self.end_exchange(i, started, process_set, members, rank, divisor, tag,
+                                         deadline)
                 self.finish(i, mean, to_gradient=to_gradient)
         return self.nbytes
 
@@ -143,20 +145,11 @@ class DeltaReducer:
         ext, bucket = self._ext, self.buckets[i]
         table = self.tensors if table is None else table
         res = self._views(bucket, self.residuals) if self.residuals else []
-        encoded = torch.empty(ext.encoded_bytes(self.codec, bucket.numel), dtype=torch.uint8,
-                              device=bucket.device)
+        encoded = torch.empty(self.encoded_sizes[i], dtype=torch.uint8, device=bucket.device)
         with torch.no_grad():
             ext.encode_delta(self._views(bucket, table), self._views(bucket, self.anchor), res,
                              encoded, self.codec)
         return encoded
-
-    def exchange_bucket(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
-                        rank: int, divisor: int, tag: str,
-                        deadline: Optional[float] = None) -> torch.Tensor:
-        """The encoded mean of bucket ``i`` over ``members``: the alltoall of the shards, this
-        rank's shard reduced, the allgather of every shard."""
-        start = self.start_exchange(i, encoded, process_set, members, tag)
-        return self.end_exchange(i, start, process_set, members, rank, divisor, tag, deadline)
 
     def start_exchange(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
                        tag: str):

@@ -251,20 +251,21 @@ def _gather_shares(h: HierState, red: InFlight, deadline: Optional[float]) -> No
     lt = h.topology.levels[red.level]
     lower = h.topology.levels[red.level - 1]
     n, shares = len(red.items), lt.shares
+    if red.means is not None:
+        sizes = h.anchors[red.level].reducer.encoded_sizes
+    else:
+        sizes = [c.numel() * c.element_size() for c in red.items]
+    # (a rank that owns no piece sends nothing, from the device of the copies)
+    device = h.overlap_copies[red.level].snapshot.storages[0].device
     with torch.no_grad():
         mine = [red.items[i].reshape(-1).view(torch.uint8) for i in red.owned]
-        device = mine[0].device if mine else (
-            red.items[0].device if red.items[0] is not None else torch.device("cpu"))
         payload = torch.cat(mine) if mine else torch.empty(0, dtype=torch.uint8, device=device)
         got = wait(hvd.allgather_async(payload, name=f"hvd_hier.{red.level}.shares",
                                        process_set=lower.process_set), deadline)
         offset = 0
         for j in range(shares):
             for i in range(j, n, shares):
-                if red.means is not None:
-                    size = _encoded_size(h, red, i)
-                else:
-                    size = red.items[i].numel() * red.items[i].element_size()
+                size = sizes[i]
                 part = got[offset:offset + size]
                 offset += size
                 if j == lt.share:
@@ -273,11 +274,6 @@ def _gather_shares(h: HierState, red: InFlight, deadline: Optional[float]) -> No
                     red.means[i] = part.clone()
                 else:
                     red.items[i].reshape(-1).view(torch.uint8).copy_(part)
-
-
-def _encoded_size(h: HierState, red: InFlight, i: int) -> int:
-    reducer = h.anchors[red.level].reducer
-    return reducer._ext.encoded_bytes(reducer.codec, reducer.buckets[i].numel)
 
 
 def progress(h: HierState, submit: bool) -> None:

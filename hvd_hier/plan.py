@@ -284,8 +284,7 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
         groups = cross if cross is not None else [list(range(p))]
         sets = [process_set_for(g) for g in groups]
         group = next(i for i, g in enumerate(groups) if rank in g)
-        share = buffer[: max(1, numel // len(groups[0]) * len(groups[0]) // l)] if cross \
-            else buffer
+        share = buffer[: max(1, numel // l)] if cross else buffer  # this rank's 1/l
         seconds = _median_seconds(lambda: hvd.allreduce_(
             share, op=hvd.Sum, name="hvd_hier.plan.cross", process_set=sets[group]), repeats)
         seconds = float(hvd.allreduce(torch.tensor([seconds], dtype=torch.float64), op=hvd.Max,
