@@ -41,6 +41,7 @@ class Config:
     s: int = 1
     outer: Optional[Tuple[float, float]] = None  # (lr, momentum): Nesterov SGD at the global level
     compression: Optional[str] = None  # the global level's codec
+    overlap: int = 0  # the global level's overlap_steps
 
     @property
     def name(self) -> str:
@@ -49,7 +50,8 @@ class Config:
         base = (f"kavg_K{self.k1 * self.k2}" if self.algo == "kavg"
                 else f"hier_S{self.s}_K1{self.k1}_K2{self.k2}")
         return (base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
-                + (f"_{self.compression}" if self.compression else ""))
+                + (f"_{self.compression}" if self.compression else "")
+                + (f"_ov{self.overlap}" if self.overlap else ""))
 
     @property
     def label(self) -> str:
@@ -58,7 +60,8 @@ class Config:
         base = (f"K-AVG K={self.k1 * self.k2}" if self.algo == "kavg"
                 else f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}")
         return (base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
-                + (f" + {self.compression}" if self.compression else ""))
+                + (f" + {self.compression}" if self.compression else "")
+                + (f" + overlap {self.overlap}" if self.overlap else ""))
 
     def train_args(self):
         if self.algo == "sync":
@@ -66,9 +69,10 @@ class Config:
         outer = (["--outer-lr", str(self.outer[0]), "--outer-momentum", str(self.outer[1])]
                  if self.outer else [])
         codec = ["--global-compression", self.compression] if self.compression else []
+        overlap = ["--overlap-steps", str(self.overlap)] if self.overlap else []
         return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
                 str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else []),
-                *outer, *codec]
+                *outer, *codec, *overlap]
 
 
 # Each preset: the training arguments shared by every run, and the configurations. The
@@ -116,6 +120,24 @@ PRESETS["outer"] = {
         for k2 in (4, 8, 16)] + [
         ("Compressed global reductions (the deltas in bf16 or int8), the same schedule",
          "hier_S4_K14_K24", ["hier_S4_K14_K24_bf16", "hier_S4_K14_K24_int8"])],
+    "target_points": 0.3,
+}
+
+# The global reduction overlapped with the following K1*K2 - 1 steps, with and without int8
+# deltas, against plain Hier-AVG at the same schedule: the sweep's K1=4 K2=4, and K1=1 K2=8
+# (the network benchmark's schedule); paired by seed.
+_OVERLAP_SCHEDULES = [(4, 4), (1, 8)]
+PRESETS["overlap"] = {
+    "np": 8, "seeds": 3, "train": _PAPER_TRAIN,
+    "configs": [Config("hier", k1, k2, 4, compression=c, overlap=d)
+                for k1, k2 in _OVERLAP_SCHEDULES
+                for c, d in ((None, 0), (None, k1 * k2 - 1), ("int8", 0), ("int8", k1 * k2 - 1))],
+    "comparisons": [
+        (f"The global reduction overlapped with {k1 * k2 - 1} steps, and int8 deltas, "
+         f"K1={k1} K2={k2}", Config("hier", k1, k2, 4).name,
+         [Config("hier", k1, k2, 4, compression=c, overlap=d).name
+          for c, d in ((None, k1 * k2 - 1), ("int8", 0), ("int8", k1 * k2 - 1))])
+        for k1, k2 in _OVERLAP_SCHEDULES],
     "target_points": 0.3,
 }
 

@@ -75,6 +75,9 @@ def parse_args(argv=None):
                    help="the outer optimizer's momentum (Nesterov when > 0)")
     p.add_argument("--global-compression", choices=["fp16", "bf16", "int8"], default=None,
                    help="hier/kavg: reduce the global level's deltas in this encoding")
+    p.add_argument("--overlap-steps", type=int, default=None,
+                   help="hier/kavg: the global reduction runs behind this many steps "
+                        "(1 <= D < K1*K2)")
     p.add_argument("--flat-storage", action="store_true",
                    help="hvd_hier's persistent flat storage (no copies when averaging)")
     p.add_argument("--out", default=None, help="write the per-epoch results as JSON here")
@@ -199,7 +202,7 @@ def train(args):
             local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
             group_size=1 if args.algo == "kavg" else args.group_size,
             buffers=model.buffers(), flat_storage=args.flat_storage,
-            global_compression=args.global_compression,
+            global_compression=args.global_compression, overlap_steps=args.overlap_steps,
             outer=None if args.outer_lr is None else functools.partial(
                 torch.optim.SGD, lr=args.outer_lr, momentum=args.outer_momentum,
                 nesterov=args.outer_momentum > 0))

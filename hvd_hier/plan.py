@@ -6,15 +6,21 @@ The model, per step, averaged over a period of K1·K2 steps (one global reductio
 local averagings; an overlapped or two-stage global level makes the local groups average at
 its step too):
 
-    T = (K1·K2·t_c + n_local·T_local + T_extra + a + T_link − min(T_link, D·t_c)) / (K1·K2)
+    T = (K1·K2·t_c + n_local·T_local + T_extra + a + T_link − hidden) / (K1·K2)
     T_link = bytes on a node's uplink per global reduction / B_inter
 
 with t_c the computation of a step, T_local one local averaging of the model, a the latency
-of a collective, B_inter the bandwidth of a node's uplink, D ``overlap_steps``. The bytes:
+of a collective, B_inter the bandwidth of a node's uplink, hidden what of the reduction hides
+behind the computation of D = ``overlap_steps`` steps (below). The bytes:
 2(P − 1)/P of the model for one ring over P ranks; in two stages (the ranks of a node first,
 then one rank per node) 2(N − 1)/N of the model for N nodes; compressed, the same of its
-encoding. Horovod runs one collective at a time, so an overlapped reduction hides behind the
-computation only, never behind the local averagings.
+encoding. A compressed reduction is measured whole instead (T_global: its collectives, the
+node's gather and the codec passes), since on a busy machine its per-bucket collectives and
+CPU passes cost more than its bytes; all of it but the codec passes can hide. Horovod runs one
+collective at a time, so an overlapped reduction hides behind the computation only, never
+behind the local averagings, and since its pieces start at step boundaries, a piece still
+running at a boundary delays that step's local averaging: ``hidden_seconds`` takes off the
+larger of what the computation cannot hold and half a collective per busy boundary.
 
 The benchmark on the simulated cluster (``benchmarks/cluster``) checks the model against
 measured step times; ``plan()`` measures t_c, T_local and B_inter in the user's job.
@@ -23,11 +29,13 @@ measured step times; ``plan()`` measures t_c, T_local and B_inter in the user's 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ring", "global_link_bytes", "step_time", "encoded_size", "Cluster", "Setting",
+__all__ = ["ring", "global_link_bytes", "step_time", "hidden_seconds", "overlap_collectives",
+           "encoded_size", "Cluster", "Setting",
            "Prediction", "candidates", "predict", "recommend", "table", "measure", "plan",
            "main"]
 
@@ -63,14 +71,19 @@ def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float
 def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
               t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
               encoded: Optional[float] = None, two_stage: bool = False,
-              overlap: int = 0, t_codec: float = 0.0) -> float:
+              overlap: int = 0, t_codec: float = 0.0,
+              t_global: Optional[float] = None, collectives: int = 0) -> float:
     """The model's seconds per step (see the module doc; ``encoded``: the global level's
     encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
     through the node, which adds a local averaging and a local gather of half its cost at
     each global reduction; ``overlap``: D steps whose computation the global reduction's link
     time hides behind; Horovod runs one collective at a time, so it hides behind computation
     only, never behind the local averagings; ``t_codec``: the seconds of a compressed
-    reduction's encoding and decoding on the training thread, which nothing hides)."""
+    reduction's encoding and decoding on the training thread, which nothing hides;
+    ``t_global``: the measured seconds of the global reduction after the node's averaging
+    (its collectives, gather and codec passes; ``Cluster.t_global``), which then replaces
+    latency, link, gather and codec terms, and of which all but ``t_codec`` can hide;
+    ``collectives``: those of one rank's overlapped reduction, for ``hidden_seconds``)."""
     t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
     if method == "compute":
         return t_compute
@@ -83,9 +96,42 @@ def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
     if staged or overlap:  # the node's averaging at the global step; two stages: the gather
         locals_ += 1 if method != "kavg" else 0
         extra += 0.5 * t_local if staged else 0.0
-    hidden = min(t_link, overlap * t_compute)
-    return (period * t_compute + locals_ * t_local + extra + latency + t_codec + t_link
-            - hidden) / period
+    if t_global is not None:  # measured as a whole: the gather and codec passes are in it
+        comm, hideable = t_global, max(0.0, t_global - t_codec)
+        extra = 0.0
+    else:
+        comm, hideable = latency + t_codec + t_link, t_link
+    return (period * t_compute + locals_ * t_local + extra + comm
+            - hidden_seconds(hideable, overlap, t_compute, collectives)) / period
+
+
+def hidden_seconds(busy: float, overlap: int, t_compute: float, collectives: int = 0) -> float:
+    """How much of ``busy`` seconds of an overlapped reduction's collectives hides behind the
+    computation of ``overlap`` steps. Horovod runs one collective at a time, and the pieces
+    are submitted at step boundaries only: a collective still running when a step ends
+    delays that step's local averaging, on average by half a collective (``busy`` /
+    ``collectives``) at each step boundary the reduction keeps busy. What shows is the larger
+    of that and what the computation cannot hold."""
+    if not overlap:
+        return 0.0
+    shown = max(0.0, busy - overlap * t_compute)
+    if collectives:
+        boundaries = overlap if t_compute <= 0 else min(overlap, math.ceil(busy / t_compute))
+        shown = max(shown, boundaries * busy / collectives / 2)
+    return max(0.0, busy - min(busy, shown))
+
+
+def overlap_collectives(size_bytes: float, l: int, encoded: Optional[float] = None,
+                        two_stage: bool = False) -> int:
+    """The collectives one rank runs in an overlapped reduction: its pieces of about
+    ``hvd_hier.pieces.CHUNK_BYTES`` (every l-th in two stages), one allreduce each, or for a
+    compressed one an alltoall and an allgather each."""
+    from .pieces import CHUNK_BYTES
+
+    pieces = max(1, math.ceil((encoded if encoded is not None else size_bytes) / CHUNK_BYTES))
+    if two_stage and l >= 2:
+        pieces = math.ceil(pieces / l)
+    return pieces * (2 if encoded is not None else 1)
 
 
 def encoded_size(size_bytes: float, codec: Optional[str], element_size: int = 4) -> float:
@@ -111,6 +157,10 @@ class Cluster:
     #: per codec: seconds of a compressed global reduction's encoding (this rank's share)
     #: and decoding (the whole model) on this machine
     t_codec: Dict[str, float] = field(default_factory=dict)
+    #: per codec: seconds of a whole compressed global reduction after the node's averaging,
+    #: as the optimizer runs it (encoding, the collectives of each bucket, the node's gather,
+    #: decoding): what per-collective latency and the codec passes cost under contention
+    t_global: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,7 +223,9 @@ def predict(cluster: Cluster, size_bytes: float, settings: Sequence[Setting],
         t = step_time("hier", s.k1, s.k2, size_bytes, cluster.p, cluster.l, cluster.t_compute,
                       cluster.b_inter, cluster.t_local, cluster.latency, encoded=encoded,
                       two_stage=two_stage, overlap=s.overlap,
-                      t_codec=cluster.t_codec.get(s.compression, 0.0) if s.compression else 0.0)
+                      t_codec=cluster.t_codec.get(s.compression, 0.0) if s.compression else 0.0,
+                      t_global=cluster.t_global.get(s.compression) if s.compression else None,
+                      collectives=overlap_collectives(size_bytes, cluster.l, encoded, two_stage))
         out.append(Prediction(s, t, 1.0 - cluster.t_compute / t if t > 0 else 0.0))
     return out
 
@@ -194,7 +246,9 @@ def table(cluster: Cluster, size_bytes: float, predictions: Sequence[Prediction]
     one), and the recommendation."""
     lines = [f"{cluster.p} ranks, {cluster.l} per node; model {size_bytes / 1e6:.1f} MB; "
              f"computation {1e3 * cluster.t_compute:.1f} ms per step; a local averaging "
-             f"{1e3 * cluster.t_local:.1f} ms; a node's uplink {cluster.b_inter / 1e6:.1f} MB/s",
+             f"{1e3 * cluster.t_local:.1f} ms; a node's uplink {cluster.b_inter / 1e6:.1f} MB/s"
+             + "".join(f"; a global reduction with {codec} {1e3 * t:.1f} ms"
+                       for codec, t in sorted(cluster.t_global.items())),
              "", "| setting | predicted step | communication share |", "|---|---:|---:|"]
     ranked = sorted(predictions, key=lambda p: p.step)
     shown = ranked[:rows] + ([chosen] if chosen is not None and chosen not in ranked[:rows]
@@ -235,7 +289,8 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
       once, as bytes per second over 2(N − 1)/N of the model;
     * the latency of one small collective over all ranks;
     * for each of ``codecs``, the fused kernels' encoding of a rank's share of the model and
-      decoding of the whole (``Cluster.t_codec``).
+      decoding of the whole (``Cluster.t_codec``), and a whole compressed global reduction
+      as the optimizer runs it (``Cluster.t_global``; with two or more nodes).
 
     The ranks of a node are those with the same Horovod host name; every node must hold the
     same number."""
@@ -295,7 +350,16 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
                                                      name="hvd_hier.plan.latency"), repeats)
     t_codec = {codec: _codec_seconds(codec, buffer, l if cross is not None else 1, repeats)
                for codec in codecs}
-    return Cluster(p, l, compute_s, t_local, b_inter, latency, t_codec)
+    t_global = {}
+    if len(nodes) > 1:
+        for codec in codecs:
+            seconds = _compressed_seconds(codec, numel, groups[group], sets[group],
+                                          local_sets[mine] if cross else None, l if cross else 1,
+                                          repeats)
+            t_global[codec] = float(hvd.allreduce(
+                torch.tensor([seconds], dtype=torch.float64), op=hvd.Max,
+                name=f"hvd_hier.plan.{codec}_time").item())
+    return Cluster(p, l, compute_s, t_local, b_inter, latency, t_codec, t_global)
 
 
 def _codec_seconds(codec: str, x, shares: int, repeats: int) -> float:
@@ -318,6 +382,59 @@ def _codec_seconds(codec: str, x, shares: int, repeats: int) -> float:
         ext.apply_delta(whole, [target], [target_anchor], codec)
 
     return _median_seconds(run, repeats)
+
+
+def _compressed_seconds(codec: str, numel: int, members: List[int], process_set, node_set,
+                        shares: int, repeats: int) -> float:
+    """The median seconds of one compressed global reduction of ``numel`` float32 values as
+    the optimizer runs it after the node's averaging: this rank encodes its 1/``shares`` of
+    the model (the optimizer's default 25 MB buckets), every bucket's alltoall and allgather
+    run over ``members`` at once, the node (``node_set``; None: one stage) gathers the
+    encoded means, and the whole model is decoded. Each repetition starts from the same
+    random delta."""
+    import torch
+
+    import horovod.torch as hvd
+
+    from .compressed import DeltaReducer
+
+    part = max(1, numel // shares)
+    source = torch.randn(part, generator=torch.Generator().manual_seed(hvd.rank()))
+    x, anchor = torch.empty(part), torch.zeros(part)
+    reducer = DeltaReducer(codec, [x], [anchor], 25 << 20)
+    rank, tag = hvd.rank(), f"plan.{codec}"
+    target = torch.zeros(part)
+
+    def once():
+        n = len(reducer.buckets)
+        started = [reducer.start_exchange(i, reducer.encode(i), process_set, members, tag)
+                   for i in range(n)]
+        means = [reducer.end_exchange(i, started[i], process_set, members, rank,
+                                      len(members), tag) for i in range(n)]
+        tables = [(means, [x])]
+        if node_set is not None:  # the node's other shares, decoded here too
+            got = hvd.allgather(torch.cat(means), name=f"hvd_hier.plan.{codec}.shares",
+                                process_set=node_set)
+            sizes = [m.numel() for m in means]
+            for j in range(1, shares):
+                tables.append((list(got[j * sum(sizes):(j + 1) * sum(sizes)].split(sizes)),
+                               [target]))
+        for encoded, table in tables:
+            for i, mean in enumerate(encoded):
+                reducer.finish(i, mean, table)
+
+    times = []
+    for r in range(repeats + 1):  # the first untimed
+        with torch.no_grad():
+            x.copy_(source)
+            anchor.zero_()
+            if reducer.residuals:
+                reducer.residuals[0].zero_()
+        start = time.perf_counter()
+        once()
+        if r:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def plan(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,

@@ -11,7 +11,8 @@ K=K1*K2) and as Hier-AVG (S = ranks per node) for each ``--schedules`` K1xK2, an
 ``HierarchicalModelAverager`` + ``PostLocalSGDOptimizer`` for the same schedules.
 
 Writes to ``--out-dir``: ``runs/*.json`` (each run's raw figures), ``results.json``,
-``table.md`` (step time, ratio to synchronous Horovod, link bytes against the analytic value,
+``table.md`` (the targets of ``targets.py``, met or missed, with their figures; step time,
+ratio to synchronous Horovod, link bytes against the analytic value,
 share of time in local and global averaging; the cost model's prediction next to the measured
 step time, and its prediction for a real cluster) and ``step_time_vs_bandwidth.png``.
 """
@@ -24,15 +25,16 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from costmodel import (Fit, global_link_bytes, predict_step, real_cluster_table, ring,  # noqa: E402
-                       two_stage)
+                       run_compute, two_stage)
 from launch import launch  # noqa: E402
 from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
+import targets  # noqa: E402
 
 
 def parse_schedules(text: str):
@@ -158,20 +160,22 @@ def table(results: List[Dict], rates: List[str], fit_by_rate: Dict[str, Fit]) ->
         lines += [f"### {rate}", "",
                   "| method | step mean | median (p10-p90) | per 100 steps | vs sync | "
                   "link bytes / node | analytic | measured/analytic | local / global share | "
-                  "cost model |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "computation | cost model |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             s = r["summary"]
             ratio = (f"{sync['summary']['mean_step'] / s['mean_step']:.2f}x"
                      if sync and r["name"] != "sync" else "1" if r["name"] == "sync" else "")
             link_ratio = f"{s['link_ratio']:.3f}" if s["link_ratio"] else "-"
             model = predict_step(r, fit_by_rate[rate]) if rate in fit_by_rate else None
+            own = run_compute(r)
             lines.append(
                 f"| {label(r['name'])} | {1e3 * s['mean_step']:.0f} ms | "
                 f"{1e3 * s['median_step']:.0f} ({1e3 * s['p10']:.0f}-{1e3 * s['p90']:.0f}) ms | "
                 f"{s['per_100_steps']:.1f} s | {ratio} | {fmt_bytes(s['link_bytes'])} | "
                 f"{fmt_bytes(s['analytic_bytes'])} | {link_ratio} | "
                 f"{100 * s['share_local']:.0f}% / {100 * s['share_global']:.0f}% | "
+                f"{'' if own is None else f'{1e3 * own:.0f} ms'} | "
                 f"{'' if model is None else f'{1e3 * model:.0f} ms'} |")
         lines.append("")
         raw = [r for r in results if r["rate"] == rate and r["method"].startswith("raw_")]
@@ -314,32 +318,55 @@ def run_planner(args, cluster, rate, plan, results, path, link_bw, out) -> Dict:
     return run
 
 
+def planner_prediction(results: List[Dict], run: Dict, own_compute: bool = True
+                       ) -> Optional[float]:
+    """The planner's step time for an hvd_hier run, from the figures ``python -m hvd_hier.plan``
+    measured at its rate: as it printed them (given the compute-only run's median step), or
+    (``own_compute``) given the run's own computation per step instead."""
+    from hvd_hier import plan as planner
+
+    planned = next((r for r in results if r["rate"] == run["rate"] and r["method"] == "plan"),
+                   None)
+    if planned is None or run["method"] != "hier":
+        return None
+    figures = dict(planned["cluster"])
+    if own_compute:
+        figures["t_compute"] = run_compute(run) or figures["t_compute"]
+    cluster = planner.Cluster(**figures)
+    setting = planner.Setting(run["k1"], run["k2"], run.get("compression"),
+                              run.get("overlap_steps", 0))
+    (p,) = planner.predict(cluster, planned["size_bytes"], [setting],
+                           two_stage=cluster.l > 1 and cluster.p // cluster.l > 1)
+    return p.step
+
+
 def planner_table(results: List[Dict], rates: List[str]) -> str:
-    """Markdown: each hvd_hier run's step time beside the planner's prediction for it."""
+    """Markdown: each hvd_hier run's step time beside the planner's prediction for it, as the
+    planner printed it and given the run's own computation."""
     lines = []
     for rate in rates:
-        planned = next((r for r in results if r["rate"] == rate and r["method"] == "plan"), None)
-        if planned is None:
-            continue
-        if not lines:
-            lines = ["## The planner's predictions", "",
-                     "`python -m hvd_hier.plan` run on the cluster before the training runs, "
-                     "given the compute-only run's median step; it measures a local averaging, "
-                     "the uplink and the latency itself.", "",
-                     "| rate | setting | predicted | measured | measured / predicted |",
-                     "|---|---|---:|---:|---:|"]
-        by_setting = {(p["k1"], p["k2"], p["compression"], p["overlap"]): p["step"]
-                      for p in planned["predictions"]}
         for r in results:
-            if r["rate"] != rate or r["method"] != "hier":
+            if r["rate"] != rate or r["method"] != "hier" or "summary" not in r:
                 continue
-            key = (r["k1"], r["k2"], r.get("compression"), r.get("overlap_steps", 0))
-            if key not in by_setting:
+            printed = planner_prediction(results, r, own_compute=False)
+            if printed is None:
                 continue
+            if not lines:
+                lines = ["## The planner's predictions", "",
+                         "`python -m hvd_hier.plan` run on the cluster before the training runs, "
+                         "given the compute-only run's median step; it measures a local "
+                         "averaging, the uplink, the latency and a compressed global reduction "
+                         "itself. Beside it, the same figures given each run's own computation "
+                         "per step (the cores' speed drifts between runs).", "",
+                         "| rate | setting | predicted | measured | measured / predicted | "
+                         "own computation | predicted with it | measured / predicted |",
+                         "|---|---|---:|---:|---:|---:|---:|---:|"]
             measured = r["summary"]["mean_step"]
+            own = planner_prediction(results, r)
             lines.append(f"| {rate} | {label(r['name'])[len('hvd_hier Hier-AVG '):]} | "
-                         f"{1e3 * by_setting[key]:.0f} ms | {1e3 * measured:.0f} ms | "
-                         f"{measured / by_setting[key]:.2f} |")
+                         f"{1e3 * printed:.0f} ms | {1e3 * measured:.0f} ms | "
+                         f"{measured / printed:.2f} | {1e3 * run_compute(r):.0f} ms | "
+                         f"{1e3 * own:.0f} ms | {measured / own:.2f} |")
     return "\n".join(lines + [""]) if lines else ""
 
 
@@ -403,13 +430,17 @@ def report(args, rates, results: List[Dict], out: Path) -> None:
     fits = {rate: Fit.from_runs([r for r in results if r["rate"] == rate]) for rate in rates}
     fits = {k: v for k, v in fits.items() if v is not None}
     first = next(r for r in results if "params_bytes" in r)
+    checked = targets.check(results, lambda r: predict_step(r, fits[r["rate"]])
+                            if r["rate"] in fits else None,
+                            lambda r: planner_prediction(results, r, own_compute=False))
     text = ("# Network benchmark\n\n"
             f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, model {first['model']} "
             f"({first['params_bytes'] / 1e6:.1f} MB of parameters), batch "
             f"{first['batch_size']} of {first['image_size']}x{first['image_size']} synthetic "
             f"images, {first['steps']} timed steps per run; hvd_hier with "
             f"{'packed buckets' if args.packed else 'flat_storage=True'}.\n\n"
-            + table(results, rates, fits) + "\n" + planner_table(results, rates) + "\n"
+            + targets.markdown(checked) + "\n" + table(results, rates, fits) + "\n"
+            + planner_table(results, rates) + "\n"
             + real_cluster_table(results, fits))
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(

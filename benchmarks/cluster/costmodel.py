@@ -1,32 +1,32 @@
 """A small cost model of one training step under each method, and what it predicts.
 
-Per step, averaged over a period of K1*K2 steps:
+The model is ``hvd_hier.plan``'s (its module doc has the formula), per step averaged over a
+period of K1*K2 steps: the computation, the local averagings, and the global reduction's link
+time (2(P-1)/P of the bytes on a node's uplink for a ring over P ranks placed node by node;
+2(N-1)/N for hvd_hier's two stages through N nodes; compressed: of the encoded bytes). K-AVG
+is the case without local averagings, synchronous SGD the case K1 = K2 = 1 with gradients (no
+overlap of communication with the backward pass is assumed, which makes it an upper bound
+for Horovod, which overlaps).
 
-    T = t_c + (K2 - 1) / (K1 K2) * T_local + 1 / (K1 K2) * T_global      (Hier-AVG)
-    T_global = a + 2 (P - 1) / P * S / B_inter                           (ring over P ranks)
-    T_global = a + (L (P - L) + P - 1) / P * E / B_inter     (compressed: E encoded bytes)
-    T_local  = a + 2 (L - 1) / L * S / B_intra                           (ring over L ranks)
-
-with t_c the compute time of a step, S the bytes averaged, P the ranks, L the ranks per node
-and B_inter the bandwidth of one node's uplink (in a ring placed node by node exactly one
-edge leaves each node, so that uplink carries 2(P-1)/P*S). K-AVG is the case without local
-averagings, synchronous SGD the case K1 = K2 = 1 with gradients (no overlap of communication
-with the backward pass is assumed, which makes it an upper bound for Horovod, which overlaps).
-
-On the simulated cluster the inputs are measured in the same run: t_c from the compute-only
-method (its median step), B_inter from one TCP stream between two nodes, and T_local from the local averagings
-of the Hier-AVG (or PyTorch) runs themselves (on shared CPU cores it is the CPU, not a link,
-that sets it).
+On the simulated cluster the inputs are measured in the same run: t_c from each run's own
+time outside its averagings (``run_compute``; else the compute-only method's median step),
+B_inter from one TCP stream between two nodes, T_local from the
+local averagings of the Hier-AVG (or PyTorch) runs without overlap (on shared CPU cores it is
+the CPU, not a link, that sets it), and, where ``python -m hvd_hier.plan`` ran on the
+cluster, its latency per collective and its whole compressed global reduction per codec
+(``hvd_hier.plan``'s T_global: on these cores the compressed reduction's per-bucket
+collectives and codec passes cost more than its bytes). With overlap, all but the codec
+passes of the global reduction can hide behind the computation of the D steps.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from hvd_hier.plan import (INT8_BYTES_PER_ELEMENT, global_link_bytes, ring,  # noqa: F401
-                           step_time)
+from hvd_hier.plan import (INT8_BYTES_PER_ELEMENT, global_link_bytes,  # noqa: F401
+                           overlap_collectives, ring, step_time)
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Fit:
     t_compute: float                 # s per step without communication
     b_inter: float                   # bytes/s of one node's uplink
     t_local: Dict[str, float]        # s per local averaging, by method ("hier", "torch")
+    latency: float = 0.0             # s per collective (the planner's, if it ran)
+    t_codec: Dict[str, float] = field(default_factory=dict)   # the planner's, by codec
+    t_global: Dict[str, float] = field(default_factory=dict)  # the planner's, by codec
 
     @classmethod
     def from_runs(cls, runs: List[Dict]) -> Optional["Fit"]:
@@ -42,28 +45,61 @@ class Fit:
             return None
         t_local = {}
         for method in ("hier", "torch"):
-            done = [(r["seconds_local"], r["local_averages"]) for r in runs
-                    if r["method"] == method and r["local_averages"]]
+            # without overlap: an overlapped run's local averagings also wait for the pieces
+            # of the global reduction ahead of them, which the model counts apart
+            done = [(averaging_seconds(r, "local"), r["local_averages"]) for r in runs
+                    if r["method"] == method and r["local_averages"]
+                    and not r.get("overlap_steps")]
             if done:
                 t_local[method] = sum(s for s, _ in done) / sum(n for _, n in done)
         # the median step: a few slow steps (the scheduler of shared cores) would weigh on
         # every prediction through the mean
         t_c = (statistics.median(compute["step_seconds"]) if compute.get("step_seconds")
                else compute["total_seconds"] / compute["steps"])
-        return cls(t_c, runs[0]["link_throughput"], t_local)
+        # the planner's own measurements on the cluster: latency, the codecs' kernel time
+        # and a whole compressed global reduction
+        planned = next((r["cluster"] for r in runs if r["method"] == "plan"), {})
+        return cls(t_c, runs[0]["link_throughput"], t_local, planned.get("latency", 0.0),
+                   dict(planned.get("t_codec", {})), dict(planned.get("t_global", {})))
 
 
-def predict_step(run: Dict, fit: Fit) -> Optional[float]:
-    """The model's step time for a benchmark run, from the measured inputs of its rate."""
+def averaging_seconds(run: Dict, kind: str) -> float:
+    """A run's seconds in its ``kind`` ("local", "global") averagings on the rank that waited
+    least in them (the slowest rank, which sets the pace: the others' averagings also hold
+    their wait for it); runs from before that was recorded: the most of any rank."""
+    return run.get(f"seconds_{kind}_min", run[f"seconds_{kind}"])
+
+
+def run_compute(run: Dict) -> Optional[float]:
+    """A run's own computation per step: its wall time less the slowest rank's time in its
+    averagings, per step (hvd_hier and PyTorch's averager count that time; synchronous
+    Horovod's allreduces run inside the backward pass and are not counted: None). The cores
+    of this machine run at a speed that drifts by up to 2x from one minute to the next, so a
+    compute-only run minutes apart is a poor stand-in for the computation of another run."""
+    if run["method"] not in ("hier", "kavg", "torch") or not run.get("steps"):
+        return None
+    return max(0.0, (run["total_seconds"] - averaging_seconds(run, "local")
+                     - averaging_seconds(run, "global")) / run["steps"])
+
+
+def predict_step(run: Dict, fit: Fit, own_compute: bool = True) -> Optional[float]:
+    """The model's step time for a benchmark run, from the measured inputs of its rate, and
+    (``own_compute``) the run's own computation per step where it is known."""
     method = run["method"]
+    t_compute = (run_compute(run) if own_compute else None) or fit.t_compute
     size = run["params_bytes"] if method in ("sync", "torch") else run["payload_bytes"]
     t_local = fit.t_local.get(method, 0.0)
     if method in ("hier", "torch") and run["k2"] > 1 and method not in fit.t_local:
         return None
-    encoded = run.get("encoded_bytes") if run.get("compression") else None
+    codec = run.get("compression")
+    encoded = run.get("encoded_bytes") if codec else None
     return step_time(method, run["k1"], run["k2"], size, run["size"], run["ranks_per_node"],
-                     fit.t_compute, fit.b_inter, t_local, encoded=encoded,
-                     two_stage=two_stage(run), overlap=run.get("overlap_steps", 0))
+                     t_compute, fit.b_inter, t_local, fit.latency, encoded=encoded,
+                     two_stage=two_stage(run), overlap=run.get("overlap_steps", 0),
+                     t_codec=fit.t_codec.get(codec, 0.0) if codec else 0.0,
+                     t_global=fit.t_global.get(codec) if codec else None,
+                     collectives=overlap_collectives(size, run["ranks_per_node"], encoded,
+                                                     two_stage(run)))
 
 
 def two_stage(run: Dict) -> bool:

@@ -273,6 +273,10 @@ def main():
             "step_seconds": times, "step_kinds": kinds,
             "seconds_local": max(r["seconds_local"] for r in everyone),
             "seconds_global": max(r["seconds_global"] for r in everyone),
+            # the rank that waited least in its averagings: the slowest one, which sets the
+            # pace (the others' averagings also hold their wait for it)
+            "seconds_local_min": min(r["seconds_local"] for r in everyone),
+            "seconds_global_min": min(r["seconds_global"] for r in everyone),
             "local_averages": after["local"] - before["local"],
             "global_averages": after["global"] - before["global"],
             "node_bytes": {str(n): v for n, v in sorted(nodes.items())},

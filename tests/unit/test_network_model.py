@@ -152,5 +152,85 @@ def test_fit_and_prediction_from_runs():
     # PyTorch's runs need their own measured local averaging
     assert costmodel.predict_step({**runs[1], "method": "torch"}, fit) is None
     assert costmodel.Fit.from_runs(runs[1:]) is None  # no compute-only run: no fit
+    # the slowest rank's averagings (the least waiting) where the run has them
+    timed = {**runs[1], "steps": 16, "total_seconds": 8.0, "seconds_global": 3.0,
+             "seconds_local_min": 2.4, "seconds_global_min": 2.0}
+    assert costmodel.averaging_seconds(timed, "local") == 2.4
+    assert costmodel.averaging_seconds(runs[1], "local") == 5.6
+    assert costmodel.run_compute(timed) == pytest.approx((8.0 - 2.4 - 2.0) / 16)
+    assert costmodel.run_compute({**timed, "method": "sync"}) is None
+    # an overlapped run's local averagings are not the fit's; the planner's figures are
+    overlapped = {**runs[1], "seconds_local": 50.0, "overlap_steps": 7}
+    planned = {"method": "plan", "cluster": {"latency": 0.01, "t_codec": {"int8": 0.1},
+                                             "t_global": {"int8": 1.5}}}
+    fit = costmodel.Fit.from_runs(runs + [overlapped, planned])
+    assert fit.t_local == {"hier": pytest.approx(0.2)}
+    assert (fit.latency, fit.t_codec, fit.t_global) == (0.01, {"int8": 0.1}, {"int8": 1.5})
+    coded = {**runs[1], "compression": "int8", "encoded_bytes": 11.3e6}
+    assert costmodel.predict_step(coded, fit) == pytest.approx((8 * 0.1 + 8 * 0.2 + 1.5) / 8)
+    # overlapped: 1.4 s outside the kernels in 6 collectives, busy at 7 boundaries
+    assert costmodel.predict_step({**coded, "overlap_steps": 7}, fit) == pytest.approx(
+        (8 * 0.1 + 8 * 0.2 + 1.5 - (1.4 - 7 * 1.4 / 12)) / 8)
+    assert costmodel.predict_step(runs[1], fit) == pytest.approx(
+        (8 * 0.1 + 8 * 0.2 + 0.1 + 0.01 + 3.6) / 8)  # uncompressed: the latency adds
     text = costmodel.real_cluster_table(runs, {})
     assert "| ResNet-50, 150 ms | 100 Gbit/s |" in text and "Hier-AVG 1x8" in text
+
+
+def _run(name, method, rate, mean, k1=1, k2=8, **extra):
+    bits = {"100mbit": 10**8, "1gbit": 10**9}[rate]
+    return {"name": name, "method": method, "rate": rate, "rate_bits": bits, "k1": k1, "k2": k2,
+            "steps": 16, "summary": {"mean_step": mean}, **extra}
+
+
+def test_targets_are_checked_on_the_runs():
+    import targets
+
+    hier = dict(seconds_local=2.8, local_averages=14, seconds_global=8.0, global_averages=2)
+    runs = [
+        _run("compute", "compute", "100mbit", 0.2, step_seconds=[0.1, 0.2, 0.3]),
+        _run("sync", "sync", "100mbit", 6.0),
+        _run("hier_1x8", "hier", "100mbit", 0.85, **hier),
+        _run("hier_1x8_int8", "hier", "100mbit", 0.57, compression="int8",
+             **dict(hier, seconds_global=6.4)),
+        # its own computation (7.36 s less 4.16 s of averagings) / 16 = 0.2 s per step; the
+        # bound, with the run without overlap: max(0.2 + 0.2 * 16 / 16, 3.2 / 8) = 0.4 s
+        _run("hier_1x8_int8_ov7", "hier", "100mbit", 0.46, compression="int8",
+             overlap_steps=7, local_averages=16, total_seconds=7.36, seconds_local=3.2,
+             seconds_global=0.96),
+        _run("torch_1x8", "torch", "100mbit", 0.96),
+        _run("hier_1x8", "hier", "1gbit", 0.43, **hier),
+        _run("torch_1x8", "torch", "1gbit", 0.31),
+    ]
+    models = {"sync": 6.5, "hier_1x8": 0.9, "torch_1x8": 1.0, "hier_1x8_int8": 0.5}
+    planned = {"hier_1x8": 0.80, "hier_1x8_int8_ov7": 0.38}
+    got = targets.check(runs, lambda r: models.get(r["name"]) if r["rate"] == "100mbit"
+                        else None, lambda r: planned.get(r["name"]) if r["rate"] == "100mbit"
+                        else None)
+    assert [(t.number, t.status()) for t in got] == [
+        (1, "met"), (1, "missed"), (2, "met"), (3, "met"), (3, "met"), (4, "missed")]
+    assert got[0].what == ("identical work at 100mbit, K1=1 K2=8: hvd_hier <= PyTorch's "
+                           "averager")
+    assert got[0].figures == "850 against 960 ms (1.13x)"
+    assert got[1].figures == "430 against 310 ms (0.72x)"
+    assert got[2].figures == ("K1=1 K2=8 + int8 + overlap 7: 460 ms against 960 ms (2.09x) "
+                              "and 6000 ms (13.0x)")
+    assert got[3].figures == ("460 ms against a bound of 400 ms (1.15x; compute 200 + local "
+                              "200 ms per step, global 3200 ms / 8)")
+    assert got[4].figures == ("measured / predicted 0.92-1.14 over 4 runs (worst "
+                              "hier_1x8_int8 1.14)")
+    assert got[5].figures == ("measured / predicted 1.06-1.21 over 2 runs (worst "
+                              "hier_1x8_int8_ov7 1.21); outside: hier_1x8_int8_ov7 1.21")
+    text = targets.markdown(got)
+    assert ("| 1 | identical work at 100mbit, K1=1 K2=8: hvd_hier <= PyTorch's averager | "
+            "**met** | 850 against 960 ms (1.13x) |") in text
+    assert "| 4 | planner within 15% of every hvd_hier run at 100mbit | missed |" in text
+    # a run missing: not measured, never met
+    partial = targets.check([r for r in runs if r["name"] != "sync"], lambda r: None,
+                            lambda r: None)
+    assert [(t.number, t.status()) for t in partial] == [
+        (1, "met"), (1, "missed"), (2, "not measured"), (3, "met"), (3, "not measured"),
+        (4, "not measured")]
+    assert partial[2].figures == "a run is missing" and partial[4].figures == "no prediction"
+    assert partial[5].figures == "no planner run"
+    assert targets.check([], None, None) == [] and targets.markdown([]) == ""

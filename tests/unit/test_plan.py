@@ -26,14 +26,45 @@ def test_predictions_in_closed_form():
     assert p.step == pytest.approx(step)
     assert p.share == pytest.approx(1 - 0.1 / step)
     (q,) = plan.predict(CLUSTER, 45e6, [plan.Setting(1, 8, "int8", 7)])
-    link = 45e6 / 4 * 2064 / 2048 / 12.5e6  # 0.907 s, 0.7 s of it behind the computation
-    assert q.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + link - 0.7) / 8)
+    # 0.907 s on the link in 6 collectives (3 pieces of 2 MiB encoded, alltoall + allgather),
+    # busy at all 7 boundaries: half a collective shows at each (0.529 s), more than the
+    # 0.207 s the 0.7 s of computation cannot hold
+    link = 45e6 / 4 * 2064 / 2048 / 12.5e6
+    assert plan.overlap_collectives(45e6, 2, 45e6 / 4 * 2064 / 2048, two_stage=True) == 6
+    assert q.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + link - (link - 7 * link / 12))
+                                   / 8)
     # the kernels' own time, measured per codec, adds to the period: nothing hides it
     coded = plan.Cluster(**{**CLUSTER.__dict__, "t_codec": {"int8": 0.25}})
     (r,) = plan.predict(coded, 45e6, [plan.Setting(1, 8, "int8", 7)])
     assert r.step == pytest.approx(q.step + 0.25 / 8)
     (u,) = plan.predict(coded, 45e6, [s])  # not for an uncompressed setting
     assert u.step == pytest.approx(step)
+    # a compressed reduction measured whole (1.5 s: collectives, gather, codec passes) stands
+    # for the link, gather and codec terms; all but the codec passes hide
+    whole = plan.Cluster(**{**coded.__dict__, "t_global": {"int8": 1.5}})
+    (w,) = plan.predict(whole, 45e6, [plan.Setting(1, 8, "int8")])
+    assert w.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 1.5) / 8)
+    (v,) = plan.predict(whole, 45e6, [plan.Setting(1, 8, "int8", 7)])
+    assert v.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 1.5 - (1.25 - 7 * 1.25 / 12)) / 8)
+    # 1 s steps: 2 boundaries busy, 1.25 / 12 s shows at each, the codec passes' 0.25 s too
+    slow = plan.Cluster(**{**whole.__dict__, "t_compute": 1.0})
+    (y,) = plan.predict(slow, 45e6, [plan.Setting(1, 8, "int8", 7)])
+    assert y.step == pytest.approx((8 * 1.0 + 8 * 0.2 + 0.25 + 2 * 1.25 / 12) / 8)
+    assert "; a global reduction with int8 1500.0 ms" in plan.table(whole, 45e6, [w])
+
+
+def test_what_an_overlapped_reduction_hides():
+    assert plan.hidden_seconds(1.0, 0, 0.5, 4) == 0.0  # not overlapped
+    assert plan.hidden_seconds(1.0, 4, 0.5) == 1.0  # no granularity: all of it, in 2 s
+    assert plan.hidden_seconds(1.0, 4, 0.1) == pytest.approx(0.4)  # 0.4 s of computation
+    # 4 collectives of 0.25 s over the 2 boundaries it keeps busy: 0.125 s shows at each
+    assert plan.hidden_seconds(1.0, 4, 0.5, 4) == pytest.approx(0.75)
+    # 10 of 0.1 s: 0.05 s at each of 4 boundaries, less than the 0.6 s that does not fit
+    assert plan.hidden_seconds(1.0, 4, 0.1, 10) == pytest.approx(0.4)
+    assert plan.hidden_seconds(1.0, 8, 0.0, 1) == 0.0  # nothing to hide behind
+    assert plan.overlap_collectives(45e6, 2, two_stage=True) == 11  # 22 pieces of 2 MiB
+    assert plan.overlap_collectives(45e6, 2) == 22
+    assert plan.overlap_collectives(1.0, 8, 1.0, two_stage=True) == 2
 
 
 def test_the_grid_and_the_recommendation():
