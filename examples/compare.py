@@ -2,6 +2,8 @@
 
     python examples/compare.py --preset demo --out-dir demo_results
     python examples/compare.py --preset paper --out-dir results/mnist5k
+    python examples/compare.py --preset outer --out-dir docs/results/outer      # outer, codecs
+    python examples/compare.py --preset overlap --out-dir docs/results/overlap  # overlap_steps
 
 Every configuration runs under one ``horovodrun -np P ... examples/train.py --seed 0,1,2``
 (one run per seed, one start-up), each run writing ``runs/<name>_seed<k>.json``; seeds whose

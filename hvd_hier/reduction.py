@@ -27,14 +27,26 @@ def level_name(config, level: int) -> str:
     return f"level {level}"
 
 
+def all_finite(tensors) -> bool:
+    """Whether every value of ``tensors`` is finite. One sum per tensor: an inf or a NaN makes
+    any sum it enters non-finite, and a sum runs vectorised where a max-abs pass does not
+    (on the CPU, 5 against 65 ms for ResNet-18's 52 MB). A non-finite sum may also come from
+    finite values too large to add up; then the max-abs pass decides."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    # (each in its own dtype: a float64 value past float32's range is finite)
+    if bool(torch.stack([torch.isfinite(t.sum()) for t in tensors]).all()):
+        return True
+    peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
+    return bool(torch.stack([torch.isfinite(x) for x in peaks]).all())
+
+
 def nonfinite_ranks(tensors, process_set, members: List[int], tag: str,
                     deadline: Optional[float]) -> List[int]:
     """The ranks of ``members`` whose ``tensors`` hold inf or NaN (every rank of the set gets
-    the same answer): a max-abs pass here, then one allreduce of a flag per rank."""
-    finite = True
-    if tensors:
-        peaks = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
-        finite = bool(torch.isfinite(torch.stack([x.float() for x in peaks])).all())
+    the same answer): ``all_finite`` here, then one allreduce of a flag per rank."""
+    finite = all_finite(tensors)
     flags = torch.zeros(len(members), dtype=torch.float32)
     flags[members.index(hvd.rank())] = 0.0 if finite else 1.0
     handle = hvd.allreduce_async(flags, op=hvd.Sum, name=f"hvd_hier.{tag}.nonfinite",
