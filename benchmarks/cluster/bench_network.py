@@ -195,35 +195,69 @@ def table(results: List[Dict], rates: List[str], fit_by_rate: Dict[str, Fit]) ->
     return "\n".join(lines)
 
 
+# plot styles: (color, line style, marker) by method family; overlapped runs: dash-dot
+_STYLE = {"compute": ("0.5", ":", "."), "sync": ("black", "-", "o"), "kavg": ("tab:brown", "-", "v"),
+          "torch": ("tab:red", "--", "D"), "hier": ("tab:blue", "-", "o"),
+          "bf16": ("tab:green", "-", "o"), "int8": ("tab:purple", "-", "o")}
+
+
+def _family(name: str) -> str:
+    if name in ("compute", "sync") or name.split("_")[0] in ("kavg", "torch"):
+        return name.split("_")[0]
+    return next((c for c in ("bf16", "int8") if f"_{c}" in name), "hier")
+
+
 def plot(results: List[Dict], rates: List[str], path: Path) -> None:
+    """One panel per K1xK2 schedule: compute only, synchronous Horovod and K-AVG (same K1*K2)
+    in every panel, then the schedule's hvd_hier variants and PyTorch's averager."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     bits = {r: parse_rate(r) for r in rates}
     names = []
     for r in results:
-        if r["name"] not in names:
+        if r["name"] not in names and r["name"] != "plan" and not r["name"].startswith("raw_"):
             names.append(r["name"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name in names:
-        if name.startswith("raw_") or name == "plan":
-            continue
-        key = "median_step" if name == "compute" else "mean_step"  # the floor: its median
-        pts = sorted((bits[r["rate"]] / 1e6, 1e3 * r["summary"][key])
-                     for r in results if r["name"] == name and bits[r["rate"]])
-        if not pts:
-            continue
-        style = "--" if name.startswith("torch") else ":" if name == "compute" else "-"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label(name))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("inter-node link (Mbit/s per node, each direction)")
-    ax.set_ylabel("wall time per step (ms, mean)")
+    schedules = []
+    for r in results:
+        if r["method"] in ("hier", "torch") and (r["k1"], r["k2"]) not in schedules:
+            schedules.append((r["k1"], r["k2"]))
+    schedules = schedules or [None]
+    fig, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 5.2), sharey=True,
+                             squeeze=False)
+    for ax, schedule in zip(axes[0], schedules):
+        for name in names:
+            run = next(r for r in results if r["name"] == name)
+            if schedule is not None and run["method"] in ("hier", "torch") and \
+                    (run["k1"], run["k2"]) != schedule:
+                continue
+            if schedule is not None and run["method"] == "kavg" and \
+                    run["k1"] * run["k2"] != schedule[0] * schedule[1]:
+                continue
+            key = "median_step" if name == "compute" else "mean_step"  # the floor: its median
+            pts = sorted((bits[r["rate"]] / 1e6, 1e3 * r["summary"][key])
+                         for r in results if r["name"] == name and bits[r["rate"]])
+            if not pts:
+                continue
+            color, style, marker = _STYLE[_family(name)]
+            if "_ov" in name:
+                style, marker = "-.", "s"
+            text = label(name)
+            if schedule is not None and run["method"] in ("hier", "torch"):
+                text = text.replace(f" K1={schedule[0]} K2={schedule[1]}", "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker=marker,
+                    color=color, label=text)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("inter-node link (Mbit/s per node, each direction)")
+        if schedule is not None:
+            ax.set_title(f"K1={schedule[0]} K2={schedule[1]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel("wall time per step (ms, mean)")
     first = next(r for r in results if "params_bytes" in r)
-    ax.set_title(f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, {first['model']} "
+    fig.suptitle(f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, {first['model']} "
                  f"({first['params_bytes'] / 1e6:.1f} MB of parameters)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -304,7 +338,7 @@ def run_planner(args, cluster, rate, plan, results, path, link_bw, out) -> Dict:
     periods = sorted({k1 * k2 for _, m, k1, k2, _, _ in plan if m == "hier"}) or [8]
     cmd = [sys.executable, "-m", "hvd_hier.plan", "--model-mb", f"{payload / 1e6:.6f}",
            "--compute-ms", f"{1e3 * t_c:.3f}", "--periods", ",".join(map(str, periods)),
-           "--repeats", "3", "--rows", "0", "--json", str(path)]
+           "--repeats", "5", "--rows", "0", "--json", str(path)]
     launch(cluster, args.ranks_per_node, cmd, backend="horovod", env={"OMP_NUM_THREADS": "1"},
            timeout=args.timeout, log_dir=str(out / "logs" / f"{rate}_plan"))
     run = json.loads(path.read_text())

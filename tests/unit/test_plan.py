@@ -67,6 +67,23 @@ def test_what_an_overlapped_reduction_hides():
     assert plan.overlap_collectives(1.0, 8, 1.0, two_stage=True) == 2
 
 
+def test_the_shortest_overlap_that_hides_as_much():
+    # 3.6 s on the link, 11 collectives of plain pieces; 1 s of computation per step: D = 4
+    # hides all but what the busy boundaries show, D = 7 no more (within 1%)
+    slow = plan.Cluster(**{**CLUSTER.__dict__, "t_compute": 1.0})
+    preds = plan.predict(slow, 45e6, [plan.Setting(1, 8, None, 7), plan.Setting(1, 8)])
+    short = plan.shortest_overlap(slow, 45e6, preds)
+    assert short[1] is preds[1]  # not overlapped: as it was
+    d = short[0].setting.overlap
+    assert short[0].setting == plan.Setting(1, 8, None, d) and 1 <= d < 7
+    assert short[0].step <= 1.01 * preds[0].step
+    (shorter,) = plan.predict(slow, 45e6, [plan.Setting(1, 8, None, d - 1)])
+    assert shorter.step > 1.01 * preds[0].step  # the smallest such D
+    # computation too short to hide it all: every step of the period is needed
+    fast = plan.predict(CLUSTER, 45e6, [plan.Setting(1, 8, None, 7)])
+    assert plan.shortest_overlap(CLUSTER, 45e6, fast)[0].setting.overlap == 7
+
+
 def test_the_grid_and_the_recommendation():
     grid = plan.candidates(periods=(4, 8), k1s=(1, 4), codecs=(None, "int8"))
     assert plan.Setting(1, 4, None, 0) in grid and plan.Setting(4, 2, "int8", 7) in grid
