@@ -370,7 +370,7 @@ def planner_prediction(results: List[Dict], run: Dict, own_compute: bool = True
     setting = planner.Setting(run["k1"], run["k2"], run.get("compression"),
                               run.get("overlap_steps", 0))
     (p,) = planner.predict(cluster, planned["size_bytes"], [setting],
-                           two_stage=cluster.l > 1 and cluster.p // cluster.l > 1)
+                           two_stage=cluster.two_stage)
     return p.step
 
 

@@ -9,6 +9,9 @@ CLUSTER = plan.Cluster(p=4, l=2, t_compute=0.1, t_local=0.2, b_inter=12.5e6)
 
 
 def test_link_bytes_of_one_and_two_stages():
+    assert CLUSTER.two_stage  # 2 nodes of 2 ranks
+    assert not plan.Cluster(p=4, l=1, t_compute=0.1, t_local=0.0, b_inter=1.0).two_stage
+    assert not plan.Cluster(p=4, l=4, t_compute=0.1, t_local=0.0, b_inter=1.0).two_stage
     assert plan.ring(4) == 1.5 and plan.ring(1) == 0.0
     assert plan.global_link_bytes(100, 4, 2) == 150  # one ring over 4 ranks
     assert plan.global_link_bytes(100, 4, 2, two_stage=True) == 100  # a ring over 2 nodes
