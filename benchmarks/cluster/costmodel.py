@@ -82,11 +82,11 @@ def run_compute(run: Dict) -> Optional[float]:
                      - averaging_seconds(run, "global")) / run["steps"])
 
 
-def predict_step(run: Dict, fit: Fit, own_compute: bool = True) -> Optional[float]:
-    """The model's step time for a benchmark run, from the measured inputs of its rate, and
-    (``own_compute``) the run's own computation per step where it is known."""
+def predict_step(run: Dict, fit: Fit) -> Optional[float]:
+    """The model's step time for a benchmark run, from the measured inputs of its rate and the
+    run's own computation per step where it is known."""
     method = run["method"]
-    t_compute = (run_compute(run) if own_compute else None) or fit.t_compute
+    t_compute = run_compute(run) or fit.t_compute
     size = run["params_bytes"] if method in ("sync", "torch") else run["payload_bytes"]
     t_local = fit.t_local.get(method, 0.0)
     if method in ("hier", "torch") and run["k2"] > 1 and method not in fit.t_local:
