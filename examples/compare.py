@@ -21,12 +21,15 @@ JSON already exists are skipped, so an interrupted sweep resumes where it stoppe
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,44 +40,53 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Config:
-    algo: str
+    algo: str  # sync, kavg, hier, or torch (PyTorch's averager at the schedule of hier)
     k1: int = 1
     k2: int = 1
     s: int = 1
     outer: Optional[Tuple[float, float]] = None  # (lr, momentum): Nesterov SGD at the global level
     compression: Optional[str] = None  # the global level's codec
     overlap: int = 0  # the global level's overlap_steps
+    lr: Optional[float] = None  # the inner learning rate, where it is not the preset's
 
     @property
     def name(self) -> str:
         if self.algo == "sync":
-            return "sync"
-        base = (f"kavg_K{self.k1 * self.k2}" if self.algo == "kavg"
-                else f"hier_S{self.s}_K1{self.k1}_K2{self.k2}")
+            base = "sync"
+        elif self.algo == "kavg":
+            base = f"kavg_K{self.k1 * self.k2}"
+        else:
+            base = f"{self.algo}_S{self.s}_K1{self.k1}_K2{self.k2}"
         return (base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
                 + (f"_{self.compression}" if self.compression else "")
-                + (f"_ov{self.overlap}" if self.overlap else ""))
+                + (f"_ov{self.overlap}" if self.overlap else "")
+                + (f"_lr{self.lr:g}" if self.lr is not None else ""))
 
     @property
     def label(self) -> str:
         if self.algo == "sync":
-            return "sync SGD"
-        base = (f"K-AVG K={self.k1 * self.k2}" if self.algo == "kavg"
-                else f"Hier-AVG S={self.s} K1={self.k1} K2={self.k2}")
+            base = "sync SGD"
+        elif self.algo == "kavg":
+            base = f"K-AVG K={self.k1 * self.k2}"
+        else:
+            base = (f"{'PyTorch averager' if self.algo == 'torch' else 'Hier-AVG'} S={self.s} "
+                    f"K1={self.k1} K2={self.k2}")
         return (base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
                 + (f" + {self.compression}" if self.compression else "")
-                + (f" + overlap {self.overlap}" if self.overlap else ""))
+                + (f" + overlap {self.overlap}" if self.overlap else "")
+                + (f", lr {self.lr:g}" if self.lr is not None else ""))
 
     def train_args(self):
+        lr = ["--lr", f"{self.lr:g}"] if self.lr is not None else []
         if self.algo == "sync":
-            return ["--algo", "sync"]
+            return ["--algo", "sync", *lr]
         outer = (["--outer-lr", str(self.outer[0]), "--outer-momentum", str(self.outer[1])]
                  if self.outer else [])
         codec = ["--global-compression", self.compression] if self.compression else []
         overlap = ["--overlap-steps", str(self.overlap)] if self.overlap else []
         return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
-                str(self.k2), *(["--group-size", str(self.s)] if self.algo == "hier" else []),
-                *outer, *codec, *overlap]
+                str(self.k2), *(["--group-size", str(self.s)] if self.algo != "kavg" else []),
+                *outer, *codec, *overlap, *lr]
 
 
 # Each preset: the training arguments shared by every run, and the configurations. The
@@ -148,34 +160,66 @@ PRESETS["overlap"] = {
 }
 
 
-def run_sweep(preset, out_dir: Path, seeds, np_, extra, timeout, python, quiet):
-    """One horovodrun launch per configuration, for all of its seeds that have no result yet
-    (train.py runs the seeds one after the other: the start-up is paid once)."""
-    runs = out_dir / "runs"
+def run_configs(configs, runs: Path, seeds, command, timeout, quiet=False, on_line=None):
+    """For each configuration, one launch for all of its seeds that have no result yet in
+    ``runs`` (the script runs the seeds one after the other: the start-up is paid once).
+    ``command(config, seeds, pattern)`` is the launch's argv; the script writes each seed's
+    JSON to ``pattern`` with {seed} filled in, and a finished launch's files are renamed to
+    ``<config.name>_seed<k>.json``: an interrupted sweep resumes where it stopped. The
+    launch's output is echoed (not with ``quiet``) and handed line by line to ``on_line``."""
     runs.mkdir(parents=True, exist_ok=True)
-    horovodrun = str(Path(python).parent / "horovodrun")
-    configs = preset["configs"]
     for i, config in enumerate(configs, 1):
         missing = [s for s in range(seeds) if not (runs / f"{config.name}_seed{s}.json").exists()]
         if not missing:
             print(f"[{i}/{len(configs)}] {config.label}: {seeds} seeds done before, skipped", flush=True)
             continue
         pattern = str(runs / f"{config.name}_seed{{seed}}.json.part")
-        cmd = [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", python,
-               str(HERE / "train.py"), *preset["train"], *config.train_args(),
-               "--seed", ",".join(map(str, missing)), "--no-progress", *extra, "--out", pattern]
-        print(f"[{i}/{len(configs)}] {config.label}, seeds {missing}: {shlex.join(cmd[1:])}",
+        cmd = command(config, missing, pattern)
+        print(f"[{i}/{len(configs)}] {config.label}, seeds {missing}: {shlex.join(cmd)}",
               flush=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE if quiet else None,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            tail = (proc.stdout or "")[-4000:]
-            raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+        code, tail = _run(cmd, env, timeout, quiet, on_line)
+        if code != 0:
+            raise SystemExit(f"run failed ({code}): {shlex.join(cmd)}\n{tail}")
         for s in missing:  # complete runs only: a killed sweep resumes cleanly
             os.replace(pattern.format(seed=s), runs / f"{config.name}_seed{s}.json")
         print(f"    {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _run(cmd, env, timeout, quiet, on_line):
+    """Run ``cmd`` in its own session, its output read line by line; killed (with its
+    children) after ``timeout`` seconds. Returns the exit code and the output's end."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    tail = collections.deque(maxlen=60)
+    try:
+        for line in proc.stdout:
+            tail.append(line)
+            if not quiet:
+                sys.stdout.write(line)
+            if on_line is not None:
+                on_line(line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if code == -signal.SIGKILL:
+        tail.append(f"(killed after the timeout of {timeout} s)\n")
+    return code, "".join(tail)
+
+
+def run_sweep(preset, out_dir: Path, seeds, np_, extra, timeout, python, quiet):
+    """Every configuration of the preset through train.py under horovodrun on this host."""
+    horovodrun = str(Path(python).parent / "horovodrun")
+
+    def command(config, missing, pattern):
+        return [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", python,
+                str(HERE / "train.py"), *preset["train"], *config.train_args(),
+                "--seed", ",".join(map(str, missing)), "--no-progress", *extra, "--out", pattern]
+
+    run_configs(preset["configs"], out_dir / "runs", seeds, command, timeout, quiet)
 
 
 def load_runs(preset, out_dir: Path, seeds):

@@ -22,7 +22,6 @@ in the schedule each measurement fell.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data as datasets  # noqa: E402
+import methods  # noqa: E402
 from models import DEFAULT_MODEL, MODELS, make_model  # noqa: E402
 
 import hvd_hier  # noqa: E402  (before hvd.init(): enables the process sets of the local groups)
@@ -42,22 +42,12 @@ import horovod.torch as hvd  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", choices=["sync", "kavg", "hier"], default="hier",
-                   help="sync: hvd.DistributedOptimizer; kavg: hvd_hier with group size 1 "
-                        "(K = K1*K2); hier: hvd_hier with --group-size")
-    p.add_argument("--local-steps", "--k1", type=int, default=2, help="K1")
-    p.add_argument("--local-rounds", "--k2", type=int, default=4, help="K2")
-    p.add_argument("--group-size", default="local",
-                   help="S: an integer, or 'local' (the ranks of each host)")
-    p.add_argument("--warmup-steps", type=int, default=0)
+    methods.add_method_args(p)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=16, help="per learner")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", default="0",
-                   help="an integer, or a comma-separated list: one run per seed in this launch "
-                        "(then --out must contain {seed})")
     p.add_argument("--dataset", choices=datasets.DATASETS, default="digits")
     p.add_argument("--data-dir", default=None, help="for cifar10: the folder of the batches")
     p.add_argument("--model", choices=MODELS, default=None,
@@ -68,48 +58,21 @@ def parse_args(argv=None):
     p.add_argument("--data-group-size", default=None,
                    help="the groups the non-IID split is made for (default: --group-size); "
                         "fix it to compare group sizes on the same data")
-    p.add_argument("--outer-lr", type=float, default=None,
-                   help="hier/kavg: an outer optimizer at the global level, SGD at this "
-                        "learning rate on the anchor (default: plain averaging)")
-    p.add_argument("--outer-momentum", type=float, default=0.9,
-                   help="the outer optimizer's momentum (Nesterov when > 0)")
-    p.add_argument("--global-compression", choices=["fp16", "bf16", "int8"], default=None,
-                   help="hier/kavg: reduce the global level's deltas in this encoding")
-    p.add_argument("--overlap-steps", type=int, default=None,
-                   help="hier/kavg: the global reduction runs behind this many steps "
-                        "(1 <= D < K1*K2)")
-    p.add_argument("--flat-storage", action="store_true",
-                   help="hvd_hier's persistent flat storage (no copies when averaging)")
-    p.add_argument("--out", default=None, help="write the per-epoch results as JSON here")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="after every epoch, each rank saves its checkpoint in DIR")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoints in DIR (every rank its own)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.data_group_size is None:
         args.data_group_size = args.group_size
-    for name in ("group_size", "data_group_size"):
-        value = getattr(args, name)
-        if value != "local":
-            try:
-                setattr(args, name, int(value))
-            except ValueError:
-                p.error(f"--{name.replace('_', '-')} must be an integer or 'local', got {value!r}")
-    for name in ("local_steps", "local_rounds", "batch_size", "epochs"):
+    methods.check_method_args(p, args)
+    for name in ("batch_size", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.non_iid <= 1.0:
         p.error(f"--non-iid must be in [0, 1], got {args.non_iid}")
-    try:
-        args.seeds = [int(v) for v in str(args.seed).split(",")]
-    except ValueError:
-        p.error(f"--seed must be an integer or a comma-separated list of integers, got {args.seed!r}")
-    if len(args.seeds) > 1 and args.out and "{seed}" not in args.out:
-        p.error("with several seeds, --out must contain {seed}")
     if len(args.seeds) > 1 and (args.save or args.resume):
         p.error("--save and --resume take one seed")
-    args.seed = args.seeds[0]
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset]
     return args
@@ -142,14 +105,6 @@ def averaged_eval(model, x, y, batch=1000):
             correct += (out.argmax(1) == y[i:i + batch]).sum().item()
     model.train(was_training)
     return loss / len(y), correct / len(y)
-
-
-def schedule_position(args, steps):
-    """Where `steps` steps leave the schedule: steps since the last global averaging."""
-    if args.algo == "sync" or steps <= args.warmup_steps:
-        return 0
-    u = steps - args.warmup_steps
-    return u % (args.local_steps * args.local_rounds)
 
 
 def checkpoint_path(folder, rank):
@@ -194,18 +149,7 @@ def train(args):
     else:
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
-    if args.algo == "sync":
-        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
-    else:
-        opt = hvd_hier.DistributedOptimizer(
-            opt, named_parameters=model.named_parameters(), local_steps=args.local_steps,
-            local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
-            group_size=1 if args.algo == "kavg" else args.group_size,
-            buffers=model.buffers(), flat_storage=args.flat_storage,
-            global_compression=args.global_compression, overlap_steps=args.overlap_steps,
-            outer=None if args.outer_lr is None else functools.partial(
-                torch.optim.SGD, lr=args.outer_lr, momentum=args.outer_momentum,
-                nesterov=args.outer_momentum > 0))
+    opt = methods.make_optimizer(args, opt, model)
     if args.resume:
         opt.load_state_dict(ckpt["optimizer"])
     else:
@@ -217,12 +161,9 @@ def train(args):
                          f"{args.batch_size}")
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if rank == 0:
-        desc = args.algo if args.algo == "sync" else (
-            f"{args.algo} K1={args.local_steps} K2={args.local_rounds} "
-            f"S={'1' if args.algo == 'kavg' else args.group_size}")
         print(f"{args.dataset} ({args.model}, {param_bytes / 1e6:.2f} MB of parameters): "
               f"{len(data.y_train)} train / {len(data.y_test)} test, {size} learners, "
-              f"{steps_per_epoch} steps per epoch; {desc}"
+              f"{steps_per_epoch} steps per epoch; {methods.describe(args)}"
               + (f"; non-IID skew {args.non_iid}" if args.non_iid else ""), flush=True)
 
     progress = None
@@ -253,16 +194,11 @@ def train(args):
         train_loss = hvd.allreduce(torch.tensor(total_loss / steps_per_epoch), name="eval.loss").item()
         test_loss, acc = averaged_eval(model, data.x_test, data.y_test)
         steps = steps_per_epoch * epoch
-        if args.algo == "sync":  # one gradient allreduce over all ranks per step
-            stats = {"local_averages": 0, "global_averages": steps, "bytes_local": 0,
-                     "bytes_global": steps * param_bytes}
-        else:
-            stats = opt.averaging_stats()
+        stats = methods.averaging_counters(args, opt, steps, param_bytes)
         row = {"epoch": epoch, "steps": steps, "train_loss": train_loss, "test_loss": test_loss,
                "test_accuracy": acc, "seconds": elapsed,
-               "steps_since_global": schedule_position(args, steps),
-               **{k: stats[k] for k in ("local_averages", "global_averages", "bytes_local",
-                                        "bytes_global")}}
+               "steps_since_global": methods.schedule_position(args, steps),
+               **stats}
         results.append(row)
         if rank == 0:
             line = (f"epoch {epoch:3d}  loss {train_loss:.4f}  test acc {acc:.4f}  "

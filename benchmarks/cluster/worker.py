@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
+from methods import Comm, torch_averaging_optimizer  # noqa: E402
 from models import ResNet18  # noqa: E402
 
 METHODS = ("compute", "sync", "kavg", "hier", "torch", "raw_horovod", "raw_torch")
@@ -53,46 +53,6 @@ def iface_bytes():
     """(tx, rx) bytes of this node's uplink so far (inside its namespace)."""
     base = Path("/sys/class/net") / os.environ["HVDH_IFACE"] / "statistics"
     return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
-
-
-class Comm:
-    """The few collectives the harness needs, over Horovod or torch.distributed."""
-
-    def __init__(self, backend: str):
-        self.backend = backend
-        if backend == "horovod":
-            import hvd_hier  # noqa: F401  (before hvd.init: dynamic process sets)
-            import horovod.torch as hvd
-            hvd.init()
-            self.hvd = hvd
-            self.rank, self.size = hvd.rank(), hvd.size()
-            self.local_size = hvd.local_size()
-        else:
-            import torch.distributed as dist
-            dist.init_process_group("gloo")
-            self.dist = dist
-            self.rank, self.size = dist.get_rank(), dist.get_world_size()
-            self.local_size = int(os.environ["LOCAL_WORLD_SIZE"])
-
-    def barrier(self):
-        if self.backend == "horovod":
-            self.hvd.barrier()
-        else:
-            self.dist.barrier()
-
-    def gather(self, obj):
-        if self.backend == "horovod":
-            return self.hvd.allgather_object(obj)
-        out = [None] * self.size
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def close(self):
-        self.barrier()  # nobody leaves while another still needs it
-        if self.backend == "horovod":
-            self.hvd.shutdown()
-        else:
-            self.dist.destroy_process_group()
 
 
 def build(args, comm, model):
@@ -122,29 +82,8 @@ def build(args, comm, model):
                     "seconds_global": s["seconds_global"], "bytes_global": s["bytes_global"]}
         return opt, read
     # torch: PostLocalSGDOptimizer + HierarchicalModelAverager, the same groups and periods
-    from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import (
-        HierarchicalModelAverager)
-    from torch.distributed.optim import PostLocalSGDOptimizer
-    periods = OrderedDict()
-    if comm.local_size > 1 and args.k2 > 1:
-        periods[args.k1] = comm.local_size
-    periods[args.k1 * args.k2] = comm.size
-    averager = HierarchicalModelAverager(periods, warmup_steps=0)
-    average = averager.average_parameters
-
-    def timed_average(params):
-        step = averager.step  # which group it will use: the largest period dividing the step
-        period = next((p for p in reversed(averager._periods) if step % p == 0), None)
-        if period is None:
-            return average(params)
-        kind = "global" if periods[period] == comm.size else "local"
-        start = time.perf_counter()
-        average(params)
-        counters[kind] += 1
-        counters["seconds_" + kind] += time.perf_counter() - start
-
-    averager.average_parameters = timed_average
-    return PostLocalSGDOptimizer(base, averager), lambda opt: dict(counters)
+    opt, averaged = torch_averaging_optimizer(base, args.k1, args.k2, comm.local_size, comm.size)
+    return opt, lambda opt: dict(counters, **averaged)
 
 
 def raw_collectives(args, comm, model):
