@@ -1,4 +1,4 @@
-# hvd_hier: make install | make test | make demo | make results | make bench | make bench-network | make gpu-check | make clean
+# hvd_hier: make install | make test | make demo | make results | make lm-tune | make lm-quality | make bench | make bench-network | make gpu-check | make clean
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo results bench bench-e2e bench-network soak cuda-check gpu-check clean
+.PHONY: install test unit demo results lm-tune lm-quality bench bench-e2e bench-network soak cuda-check gpu-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,15 @@ demo: install  ## sync SGD vs K-AVG vs Hier-AVG on digits, 3 seeds: table + plot
 
 results: install  ## the paper's comparison on mnist5k (8 ranks, 3 seeds): docs/results/mnist5k/
 	$(PY) examples/compare.py --preset paper --out-dir docs/results/mnist5k
+
+LM_TUNED ?= docs/results/lm_tune/chosen.json
+LM_PLAN ?= docs/results/lm/plan_100mbit.json
+lm-tune: install  ## the LM benchmark's learning rates on the validation split (docs/LM.md)
+	$(PY) examples/lm/sweep.py --preset tune --out-dir docs/results/lm_tune
+
+lm-quality: install  ## the LM comparison at equal tokens, 8 ranks, 3 seeds: docs/results/lm/
+	$(PY) examples/lm/sweep.py --preset quality --out-dir docs/results/lm \
+	  $$([ -f $(LM_TUNED) ] && echo --tuned $(LM_TUNED)) $$([ -f $(LM_PLAN) ] && echo --plan $(LM_PLAN))
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json

@@ -1,0 +1,164 @@
+"""The language-model sweep's figures, table and targets, from the runs' JSON. Pure: no
+training, no collectives (the sweep and the tests call it).
+
+A run is train_lm.py's JSON. Its methods are named by ``compare.Config`` (``sync``,
+``torch_S4_K11_K28``, ``kavg_K8``, ``hier_S4_K11_K28_outer0.7m0.9_int8_ov2`` ...).
+
+Bytes between nodes are the formula of ``hvd_hier.stepmodel.global_link_bytes`` applied to
+each global reduction a run made: what one node's uplink sends (a ring allreduce over all
+ranks for synchronous SGD's gradients and PyTorch's averager; hvd_hier's two stages through
+the node for Hier-AVG; an alltoall and allgather of the encoding for compressed deltas). On
+the simulated cluster the runs also carry the uplink's measured counters.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from hvd_hier.stepmodel import global_link_bytes, ring
+
+#: the quality targets' margins (relative to the baseline's test loss)
+OUTER_WITHIN = 0.02
+INT8_WITHIN = 0.005
+
+
+def ranks_per_node(run: Dict) -> int:
+    """The ranks of one node: the run's --group-size where it is a number, else the ranks per
+    host Horovod saw."""
+    s = run["args"].get("group_size")
+    return s if isinstance(s, int) else run["local_size"]
+
+
+def link_bytes_per_global(run: Dict, row: Dict) -> float:
+    """Bytes one node's uplink sends per global reduction of ``run`` (at eval ``row``)."""
+    args, p, l = run["args"], run["size"], ranks_per_node(run)
+    size = run["parameter_bytes"]
+    if args["algo"] in ("sync", "torch"):
+        return ring(p) * size
+    encoded = None
+    if args.get("global_compression") and row["global_averages"]:
+        encoded = row["bytes_global"] / row["global_averages"]
+    return global_link_bytes(size, p, l, encoded, two_stage=args["algo"] == "hier")
+
+
+def link_bytes(run: Dict, row: Dict) -> float:
+    """Bytes one node's uplink sent up to eval ``row`` (the formula)."""
+    return row["global_averages"] * link_bytes_per_global(run, row)
+
+
+def mean_std(values) -> Tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def by_seed(runs: Sequence[Dict], key: str = "test_bpb") -> Dict[int, float]:
+    return {r["args"]["seed"]: r[key] for r in runs}
+
+
+def paired(base: Sequence[Dict], other: Sequence[Dict], relative: bool = True):
+    """Other's test loss less base's, seed by seed over the seeds both have (relative: as a
+    fraction of base's). Returns (mean, std, per-seed differences)."""
+    a, b = by_seed(base), by_seed(other)
+    seeds = sorted(set(a) & set(b))
+    diffs = [(b[s] - a[s]) / a[s] if relative else b[s] - a[s] for s in seeds]
+    if not diffs:
+        return None, None, []
+    m, sd = mean_std(diffs)
+    return m, sd, diffs
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    met: Optional[bool]  # None: not measured
+    figures: str
+
+    def status(self) -> str:
+        return "not measured" if self.met is None else "met" if self.met else "missed"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.2f}%"
+
+
+def quality_targets(results: Dict[str, List[Dict]], names: Dict[str, str]) -> List[Target]:
+    """The issue's quality targets on the runs by method name. ``names`` maps the roles
+    (sync, kavg, hier, outer8, int8, int8_base) to method names."""
+    out = []
+
+    def have(*roles):
+        return all(names.get(r) in results for r in roles)
+
+    def g(role):
+        return results[names[role]][0]["evals"][-1]["global_averages"]
+
+    what = (f"With an outer optimizer, hvd_hier at 8x fewer global reductions than sync ends "
+            f"within {100 * OUTER_WITHIN:g}% of sync's test loss")
+    if have("sync", "outer8"):
+        m, sd, d = paired(results[names["sync"]], results[names["outer8"]])
+        out.append(Target(what, m <= OUTER_WITHIN, (
+            f"{names['outer8']}: {_pct(m)} ± {100 * sd:.2f} against sync over {len(d)} seeds "
+            f"({g('sync')} against {g('outer8')} global reductions, "
+            f"{g('sync') / max(1, g('outer8')):.1f}x fewer)")))
+    else:
+        out.append(Target(what, None, "no runs of sync or of the outer optimizer at 8x"))
+
+    what = "Hier-AVG beats K-AVG at the same number of global reductions, paired over the seeds"
+    if have("kavg", "hier"):
+        m, sd, d = paired(results[names["kavg"]], results[names["hier"]], relative=False)
+        wins = sum(x < 0 for x in d)
+        out.append(Target(what, wins == len(d) and len(d) > 0, (
+            f"{names['hier']} minus {names['kavg']}: {m:+.4f} ± {sd:.4f} bits/byte; lower on "
+            f"{wins} of {len(d)} seeds ({g('hier')} and {g('kavg')} global reductions)")))
+    else:
+        out.append(Target(what, None, "no runs of Hier-AVG or K-AVG"))
+
+    what = (f"int8 ends within {100 * INT8_WITHIN:g}% of uncompressed at the same schedule")
+    if have("int8", "int8_base"):
+        m, sd, d = paired(results[names["int8_base"]], results[names["int8"]])
+        out.append(Target(what, m <= INT8_WITHIN, (
+            f"{names['int8']}: {_pct(m)} ± {100 * sd:.2f} against {names['int8_base']} over "
+            f"{len(d)} seeds")))
+    else:
+        out.append(Target(what, None, "no runs of int8 or its uncompressed twin"))
+    return out
+
+
+def targets_section(targets: List[Target]) -> str:
+    lines = ["## Targets", ""]
+    for t in targets:
+        lines.append(f"- **{t.status()}**: {t.what}. {t.figures}.")
+    return "\n".join(lines) + "\n"
+
+
+def table(results: Dict[str, List[Dict]], labels: Dict[str, str]) -> str:
+    """Markdown: per method, the final test and validation loss (mean ± std over seeds), the
+    global and local reductions, the bytes between nodes and the training time."""
+    lines = ["| method | test bits/byte | val bits/byte | global reductions | local reductions "
+             "| bytes between nodes | train time (s) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, runs in results.items():
+        last = [r["evals"][-1] for r in runs]
+        test, tsd = mean_std(r["test_bpb"] for r in runs)
+        val, vsd = mean_std(e["val_bpb"] for e in last)
+        secs, ssd = mean_std(r["seconds"] for r in runs)
+        link = link_bytes(runs[0], last[0])
+        lines.append(
+            f"| {labels.get(name, name)} | {test:.4f} ± {tsd:.4f} | {val:.4f} ± {vsd:.4f} | "
+            f"{last[0]['global_averages']} | {last[0]['local_averages']} | {link / 1e6:.1f} MB | "
+            f"{secs:.0f} ± {ssd:.0f} | {len(runs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def curve(runs: Sequence[Dict], y: str = "val_bpb", x: str = "steps"):
+    """(x, mean y, std y) per evaluation, over the runs (cut to the shortest)."""
+    n = min(len(r["evals"]) for r in runs)
+    out = []
+    for i in range(n):
+        rows = [r["evals"][i] for r in runs]
+        xs = [link_bytes(r, row) if x == "link_bytes" else row[x] for r, row in zip(runs, rows)]
+        m, sd = mean_std(row[y] for row in rows)
+        out.append((statistics.fmean(xs), m, sd))
+    return out

@@ -1,0 +1,64 @@
+"""The language-model comparison end to end, as a smoke run: the corpus, the GPT and every
+method for a few steps on 4 ranks (two "nodes" of 2, PyTorch's averager under torchrun),
+then the table, the targets and the plots; a second call reuses every run. It asserts the
+pipeline and the schedule's counts, not the losses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import ROOT
+
+pytestmark = pytest.mark.parallel
+
+METHODS = ["sync", "torch_S2_K11_K24", "kavg_K4", "hier_S2_K11_K24",
+           "hier_S2_K11_K22_outer0.7m0.9", "hier_S2_K11_K24_outer0.7m0.9",
+           "hier_S2_K11_K24_outer0.7m0.9_int8", "hier_S2_K11_K24_outer0.7m0.9_int8_ov1"]
+
+
+def test_lm_sweep_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "examples" / "lm" / "sweep.py"), "--preset", "smoke",
+           "--out-dir", str(tmp_path), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    runs = {m: json.loads((tmp_path / "runs" / f"{m}_seed0.json").read_text()) for m in METHODS}
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+        f"{m}_seed0.json" for m in METHODS)
+    # 8 steps, evaluated at 0, 4 and 8; a global reduction every 4 steps (every step for sync,
+    # PyTorch's averager after steps 1 and 5), a local one at the others (overlapped: also at
+    # the global steps, where the node averages before the reduction starts)
+    counts = {m: (r["evals"][-1]["global_averages"], r["evals"][-1]["local_averages"])
+              for m, r in runs.items()}
+    assert counts == {"sync": (8, 0), "torch_S2_K11_K24": (2, 6), "kavg_K4": (2, 0),
+                      "hier_S2_K11_K24": (2, 6), "hier_S2_K11_K22_outer0.7m0.9": (4, 4),
+                      "hier_S2_K11_K24_outer0.7m0.9": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_int8": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_int8_ov1": (2, 8)}, counts
+    for m, r in runs.items():
+        assert [e["steps"] for e in r["evals"]] == [0, 4, 8], m
+        assert r["evals"][0]["train_bpb"] is None and r["evals"][-1]["train_bpb"] > 0, m
+        assert r["size"] == 4 and r["parameters"] == 21_984 and r["tokens_per_step"] == 256, m
+        assert r["corpus"]["sha256"] == runs["sync"]["corpus"]["sha256"], m
+        assert 0 < r["test_bpb"] < 9 and r["args"]["non_iid"] == "learner", m
+    # the same seed: the same initial model for every method, so the same first evaluation
+    first = {round(r["evals"][0]["val_bpb"], 6) for r in runs.values()}
+    assert len(first) == 1, first
+    # int8 deltas: about a quarter of the float32 bytes per global reduction
+    plain = runs["hier_S2_K11_K24_outer0.7m0.9"]["evals"][-1]["bytes_global"]
+    int8 = runs["hier_S2_K11_K24_outer0.7m0.9_int8"]["evals"][-1]["bytes_global"]
+    assert plain == 2 * 21_984 * 4 and 0.25 < int8 / plain < 0.3, (plain, int8)
+
+    table = (tmp_path / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | test bits/byte |") and len(rows) == 2 + len(METHODS)
+    assert rows[2].startswith("| sync SGD |") and rows[3].startswith("| PyTorch averager S=2")
+    targets = table.split("## Targets\n\n", 1)[1].splitlines()
+    assert len(targets) == 3 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
+    for png in ("val_vs_steps.png", "val_vs_link_bytes.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("done before, skipped") == len(METHODS), again.stdout
