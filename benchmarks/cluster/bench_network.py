@@ -5,12 +5,16 @@
 
 Builds the cluster of ``netns.py`` (``--nodes`` namespaces of ``--ranks-per-node`` ranks, each
 node's uplink shaped to the rate), and for every rate in ``--rates`` runs every method of
-``worker.py`` on the same model, data, learning rate and network, one after the other:
+``worker.py`` on the same model, data, learning rate and network, one after the other,
+in ``--repeats`` rounds (A B C A B C ...; the machine's speed drifts, and a drift then falls
+on every method alike):
 compute only, synchronous Horovod (``hvd.DistributedOptimizer``), hvd_hier as K-AVG (S=1,
 K=K1*K2) and as Hier-AVG (S = ranks per node) for each ``--schedules`` K1xK2, and PyTorch's
 ``HierarchicalModelAverager`` + ``PostLocalSGDOptimizer`` for the same schedules.
 
-Writes to ``--out-dir``: ``runs/*.json`` (each run's raw figures), ``results.json``,
+Writes to ``--out-dir``: ``runs/*.json`` (each run's raw figures; round k > 0 as
+``<rate>_<name>_r<k>.json``), ``results.json`` (each method's run of median step time, with
+every round's mean step in ``repeat_steps``),
 ``table.md`` (the targets of ``targets.py``, met or missed, with their figures; step time,
 ratio to synchronous Horovod, link bytes against the analytic value,
 share of time in local and global averaging; the cost model's prediction next to the measured
@@ -89,6 +93,39 @@ def runs_for(schedules, methods):
     return unique
 
 
+def rounds(plan, repeats: int):
+    """(round, run) in the order they run at one rate: every method once per round, the rounds
+    one after the other (A B C A B C ...), so that a drift of the machine's speed falls on all
+    methods alike; the planner and the raw collectives only in the first round."""
+    for rnd in range(repeats):
+        for run in plan:
+            if rnd == 0 or run[1] not in ("plan", "raw_horovod", "raw_torch"):
+                yield rnd, run
+
+
+def run_path(out: Path, rate: str, name: str, rnd: int) -> Path:
+    return out / "runs" / (f"{rate}_{name}.json" if rnd == 0 else f"{rate}_{name}_r{rnd}.json")
+
+
+def combine(results: List[Dict]) -> List[Dict]:
+    """The repeats of each (rate, name) as one run: the repeat of median mean step (of the two
+    middle ones, the faster), with every repeat's mean step in ``repeat_steps`` (round order)
+    and their number in ``repeats``. Runs without a summary (planner, raw) pass as they are."""
+    groups: Dict = {}
+    for r in results:
+        groups.setdefault((r["rate"], r["name"]), []).append(r)
+    out = []
+    for runs in groups.values():
+        if "summary" not in runs[0]:
+            out += runs
+            continue
+        runs = sorted(runs, key=lambda r: r.get("repeat", 0))
+        steps = [r["summary"]["mean_step"] for r in runs]
+        middle = sorted(range(len(runs)), key=lambda i: steps[i])[(len(runs) - 1) // 2]
+        out.append(dict(runs[middle], repeat_steps=steps, repeats=len(runs)))
+    return out
+
+
 LABELS = {"compute": "compute only (no communication; plot: median)", "sync": "Horovod sync (DistributedOptimizer)",
           "raw_horovod": "hvd.allreduce_ (Horovod's engine)",
           "raw_torch": "torch.distributed.all_reduce (PyTorch's Gloo)"}
@@ -158,19 +195,22 @@ def table(results: List[Dict], rates: List[str], fit_by_rate: Dict[str, Fit]) ->
         rows = [r for r in results if r["rate"] == rate and "summary" in r]
         sync = next((r for r in rows if r["name"] == "sync"), None)
         lines += [f"### {rate}", "",
-                  "| method | step mean | median (p10-p90) | per 100 steps | vs sync | "
+                  "| method | step mean (repeats' range) | median (p10-p90) | per 100 steps | vs sync | "
                   "link bytes / node | analytic | measured/analytic | local / global share | "
                   "computation | cost model |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             s = r["summary"]
-            ratio = (f"{sync['summary']['mean_step'] / s['mean_step']:.2f}x"
-                     if sync and r["name"] != "sync" else "1" if r["name"] == "sync" else "")
+            ratio = (targets.ratio_text(sync, r) if sync and r["name"] != "sync"
+                     else "1" if r["name"] == "sync" else "")
+            steps = r.get("repeat_steps") or [s["mean_step"]]
+            spread = (f" ({1e3 * min(steps):.0f}-{1e3 * max(steps):.0f})" if len(steps) > 1
+                      else "")
             link_ratio = f"{s['link_ratio']:.3f}" if s["link_ratio"] else "-"
             model = predict_step(r, fit_by_rate[rate]) if rate in fit_by_rate else None
             own = run_compute(r)
             lines.append(
-                f"| {label(r['name'])} | {1e3 * s['mean_step']:.0f} ms | "
+                f"| {label(r['name'])} | {1e3 * s['mean_step']:.0f}{spread} ms | "
                 f"{1e3 * s['median_step']:.0f} ({1e3 * s['p10']:.0f}-{1e3 * s['p90']:.0f}) ms | "
                 f"{s['per_100_steps']:.1f} s | {ratio} | {fmt_bytes(s['link_bytes'])} | "
                 f"{fmt_bytes(s['analytic_bytes'])} | {link_ratio} | "
@@ -279,6 +319,10 @@ def main(argv=None):
     p.add_argument("--packed", action="store_true",
                    help="hvd_hier without flat storage (default: flat_storage=True)")
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of every method at each rate, alternated (A B C A B C ...): "
+                        "each method's run of median step time is reported, and ratios as "
+                        "the median of the ratios round by round, with their range")
     p.add_argument("--model", default="resnet18", choices=["resnet18", "tiny"])
     p.add_argument("--image-size", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8)
@@ -294,8 +338,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.steps, args.rates, args.schedules = "tiny", 8, "1gbit", "1x4"
+        args.repeats = 1
         args.methods = ("compute,plan,sync,raw,kavg,hier,hier_bf16,hier_int8,hier_int8_overlap,"
                         "torch")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     rates = args.rates.split(",")
     for r in rates:
         try:
@@ -313,16 +360,18 @@ def main(argv=None):
     if args.report_only:
         results = []
         for rate in rates:
-            for name, *_ in plan:
-                path = out / "runs" / f"{rate}_{name}.json"
-                if not path.exists():
+            for rnd, (name, *_) in rounds(plan, args.repeats):
+                path = run_path(out, rate, name, rnd)
+                if path.exists():
+                    results.append(json.loads(path.read_text()))
+                elif rnd == 0:  # a folder of fewer rounds reports the rounds it has
                     raise SystemExit(f"--report-only: {path} is missing")
-                results.append(json.loads(path.read_text()))
     else:
         results = measure(args, rates, plan, out)
     for run in results:
         if not run["method"].startswith("raw_") and run["method"] != "plan":
             run["summary"] = summarize(run)
+    results = combine(results)
     report(args, rates, results, out)
     return results
 
@@ -418,8 +467,8 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
             # one TCP stream node 0 -> node 1, about 2 s of traffic: the measured B_inter
             link_bw = cluster.throughput(0, 1, min(256 << 20, max(4 << 20, parse_rate(rate) // 4)))
             print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
-            for name, method, k1, k2, codec, overlap_steps in plan:
-                path = out / "runs" / f"{rate}_{name}.json"
+            for rnd, (name, method, k1, k2, codec, overlap_steps) in rounds(plan, args.repeats):
+                path = run_path(out, rate, name, rnd)
                 if method == "plan":
                     results.append(run_planner(args, cluster, rate, plan, results, path,
                                                link_bw, out))
@@ -443,7 +492,7 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
                        log_dir=str(out / "logs" / f"{rate}_{name}"))
                 run = json.loads(path.read_text())
                 run.update(name=name, rate=rate, rate_bits=parse_rate(rate),
-                           link_throughput=link_bw)
+                           link_throughput=link_bw, repeat=rnd)
                 path.write_text(json.dumps(run, indent=1))  # --report-only reads it back
                 results.append(run)
                 if method.startswith("raw_"):
@@ -471,7 +520,8 @@ def report(args, rates, results: List[Dict], out: Path) -> None:
             f"{first['nodes']} nodes x {first['ranks_per_node']} ranks, model {first['model']} "
             f"({first['params_bytes'] / 1e6:.1f} MB of parameters), batch "
             f"{first['batch_size']} of {first['image_size']}x{first['image_size']} synthetic "
-            f"images, {first['steps']} timed steps per run; hvd_hier with "
+            f"images, {first['steps']} timed steps per run, {args.repeats} round(s) of every "
+            f"method alternated; hvd_hier with "
             f"{'packed buckets' if args.packed else 'flat_storage=True'}.\n\n"
             + targets.markdown(checked) + "\n" + table(results, rates, fits) + "\n"
             + planner_table(results, rates) + "\n"

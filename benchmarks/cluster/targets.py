@@ -14,6 +14,9 @@ met, missed or not measured, with the figures that decide it.
 4. The planner (``python -m hvd_hier.plan`` on the cluster, given the compute-only run's
    median step as a user gives theirs) within 15% of every hvd_hier run at the slowest rate.
 
+With repeated runs (``--repeats``), each method's run is the one of median step time and the
+ratios of targets 1 and 2 are medians of the ratios repeat by repeat, shown with their range.
+
 Pure: it reads the runs' figures (``summary`` included) and the cost model's predictions.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from costmodel import averaging_seconds, run_compute
 
@@ -45,6 +48,23 @@ class Target:
 
 def _mean_ms(run: Dict) -> float:
     return 1e3 * run["summary"]["mean_step"]
+
+
+def paired_ratio(slow: Dict, fast: Dict) -> Tuple[float, float, float, int]:
+    """``slow``'s mean step over ``fast``'s, repeat by repeat over the rounds both ran (a
+    combined run lists its repeats' mean steps in ``repeat_steps``, in round order): the
+    median ratio, its range and the number of pairs."""
+    a = slow.get("repeat_steps") or [slow["summary"]["mean_step"]]
+    b = fast.get("repeat_steps") or [fast["summary"]["mean_step"]]
+    ratios = [x / y for x, y in zip(a, b)]
+    return statistics.median(ratios), min(ratios), max(ratios), len(ratios)
+
+
+def ratio_text(slow: Dict, fast: Dict, digits: int = 2) -> str:
+    """``1.13x``, or with repeats ``1.13x, median of 3 repeats, 1.02-1.20``."""
+    median, low, high, n = paired_ratio(slow, fast)
+    return (f"{median:.{digits}f}x"
+            + (f", median of {n} repeats, {low:.{digits}f}-{high:.{digits}f}" if n > 1 else ""))
 
 
 def _setting(run: Dict) -> str:
@@ -84,8 +104,8 @@ def check(results: List[Dict], predict: Callable[[Dict], Optional[float]],
                 out.append(Target(1, what, None, "a run is missing"))
                 continue
             a, b = _mean_ms(ours), _mean_ms(theirs)
-            out.append(Target(1, what, a <= AS_FAST * b,
-                              f"{a:.0f} against {b:.0f} ms ({b / a:.2f}x)"))
+            out.append(Target(1, what, paired_ratio(theirs, ours)[0] >= AS_FAST,
+                              f"{a:.0f} against {b:.0f} ms ({ratio_text(theirs, ours)})"))
 
     # 2. the best setting at the slowest rate
     if schedules:
@@ -100,9 +120,12 @@ def check(results: List[Dict], predict: Callable[[Dict], Optional[float]],
         else:
             best = min(mine, key=_mean_ms)
             t, a, s = _mean_ms(best), _mean_ms(torch_run), _mean_ms(sync)
-            out.append(Target(2, what, a / t >= BEST_OVER_TORCH and s / t >= BEST_OVER_SYNC,
+            over_torch, over_sync = paired_ratio(torch_run, best)[0], paired_ratio(sync, best)[0]
+            out.append(Target(2, what,
+                              over_torch >= BEST_OVER_TORCH and over_sync >= BEST_OVER_SYNC,
                               f"{_setting(best)}: {t:.0f} ms against {a:.0f} ms "
-                              f"({a / t:.2f}x) and {s:.0f} ms ({s / t:.1f}x)"))
+                              f"({ratio_text(torch_run, best)}) and {s:.0f} ms "
+                              f"({ratio_text(sync, best, digits=1)})"))
 
     # 3. overlap efficiency, against the same setting without overlap
     compute = {r["rate"]: r for r in runs if r["method"] == "compute"}

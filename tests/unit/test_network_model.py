@@ -234,3 +234,38 @@ def test_targets_are_checked_on_the_runs():
     assert partial[2].figures == "a run is missing" and partial[4].figures == "no prediction"
     assert partial[5].figures == "no planner run"
     assert targets.check([], None, None) == [] and targets.markdown([]) == ""
+
+
+def test_repeats_run_alternated_and_combine_to_the_median():
+    import targets
+
+    plan = [("compute", "compute", 1, 1, None, 0), ("plan", "plan", 1, 1, None, 0),
+            ("sync", "sync", 1, 1, None, 0), ("raw_horovod", "raw_horovod", 1, 1, None, 0),
+            ("hier_1x8", "hier", 1, 8, None, 0)]
+    order = [(rnd, run[0]) for rnd, run in bench_network.rounds(plan, 3)]
+    assert order == [(0, "compute"), (0, "plan"), (0, "sync"), (0, "raw_horovod"),
+                     (0, "hier_1x8"), (1, "compute"), (1, "sync"), (1, "hier_1x8"),
+                     (2, "compute"), (2, "sync"), (2, "hier_1x8")]
+    assert bench_network.run_path(Path("o"), "1gbit", "sync", 0) == Path("o/runs/1gbit_sync.json")
+    assert bench_network.run_path(Path("o"), "1gbit", "sync", 2) == Path(
+        "o/runs/1gbit_sync_r2.json")
+
+    def run(name, rnd, step):
+        return {"rate": "1gbit", "name": name, "repeat": rnd, "summary": {"mean_step": step}}
+
+    results = [run("sync", 0, 6.0), run("hier_1x8", 0, 0.5), {"rate": "1gbit", "name": "plan"},
+               run("sync", 1, 5.0), run("hier_1x8", 1, 0.4), run("sync", 2, 6.6),
+               run("hier_1x8", 2, 0.6)]
+    combined = {r["name"]: r for r in bench_network.combine(results)}
+    assert list(combined) == ["sync", "hier_1x8", "plan"]
+    # the run of median step time, every round's step in round order
+    assert combined["sync"]["repeat"] == 0 and combined["sync"]["repeat_steps"] == [6.0, 5.0, 6.6]
+    assert combined["hier_1x8"]["repeat"] == 0 and combined["hier_1x8"]["repeats"] == 3
+    # ratios round by round: 12, 12.5, 11 -> median 12, range 11-12.5
+    assert targets.paired_ratio(combined["sync"], combined["hier_1x8"]) == (
+        pytest.approx(12.0), pytest.approx(11.0), pytest.approx(12.5), 3)
+    assert targets.ratio_text(combined["sync"], combined["hier_1x8"]) == (
+        "12.00x, median of 3 repeats, 11.00-12.50")
+    # two rounds: the faster of the two middle ones
+    two = bench_network.combine([run("sync", 0, 6.0), run("sync", 1, 5.0)])
+    assert two[0]["repeat"] == 1 and two[0]["repeat_steps"] == [6.0, 5.0]
