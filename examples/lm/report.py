@@ -162,3 +162,90 @@ def curve(runs: Sequence[Dict], y: str = "val_bpb", x: str = "steps"):
         m, sd = mean_std(row[y] for row in rows)
         out.append((statistics.fmean(xs), m, sd))
     return out
+
+
+# --- wall-clock to a target loss (the simulated cluster) ----------------------------------
+
+#: at each rate: how many times sooner than sync and than PyTorch's averager the best hvd_hier
+#: setting reaches the target
+SOONER = {"100mbit": (5.0, 1.5), "1gbit": (2.0, 1.2)}
+#: identical work (Hier-AVG, no compression or overlap, against PyTorch's averager at the same
+#: schedule): its step no slower, at this rate
+IDENTICAL_WORK_RATE = "1gbit"
+
+
+def time_to_target(run: Dict, target: float) -> Optional[float]:
+    """Training seconds at the first evaluation at or below ``target`` (None: not reached)."""
+    return next((row["seconds"] for row in run["evals"] if row["val_bpb"] <= target), None)
+
+
+def steps_to_target(run: Dict, target: float) -> Optional[int]:
+    return next((row["steps"] for row in run["evals"] if row["val_bpb"] <= target), None)
+
+
+def step_seconds(run: Dict) -> float:
+    """Training seconds per step over the whole run."""
+    return run["seconds"] / max(1, run["steps"])
+
+
+def paired_ratios(slow: Sequence[Dict], fast: Sequence[Dict], figure) -> List[float]:
+    """figure(slow run) / figure(fast run), round by round (each run's ``round``), over the
+    rounds where both have a figure."""
+    a = {r["round"]: figure(r) for r in slow}
+    b = {r["round"]: figure(r) for r in fast}
+    return [a[k] / b[k] for k in sorted(set(a) & set(b)) if a[k] is not None and b[k]]
+
+
+def _median_range(values: Sequence[float]) -> str:
+    return (f"{statistics.median(values):.2f}x" + (
+        f" (median of {len(values)} rounds, {min(values):.2f}-{max(values):.2f})"
+        if len(values) > 1 else ""))
+
+
+def time_targets(by_rate: Dict[str, Dict[str, List[Dict]]], roles: Dict[str, str],
+                 target: float, candidates: Sequence[str]) -> List[Target]:
+    """The time targets on the cluster's runs (``by_rate[rate][method]``: the rounds' runs).
+    ``candidates``: the hvd_hier methods the best setting is chosen from (the one of least
+    median time to target)."""
+    out = []
+    for rate, (over_sync, over_torch) in SOONER.items():
+        what = (f"at {rate}, the best hvd_hier setting reaches the target at least "
+                f"{over_sync:g}x sooner than sync and {over_torch:g}x sooner than PyTorch's "
+                "averager")
+        runs = by_rate.get(rate, {})
+        sync, torch_runs = runs.get(roles["sync"]), runs.get(roles["torch"])
+        times = {m: [time_to_target(r, target) for r in runs[m]] for m in candidates if m in runs}
+        reached = {m: statistics.median(t) for m, t in times.items()
+                   if t and all(x is not None for x in t)}
+        if not sync or not torch_runs or not reached:
+            out.append(Target(what, None, "a run is missing, or no hvd_hier setting reached "
+                                          "the target in every round"))
+            continue
+        best = min(reached, key=reached.get)
+        figure = lambda r: time_to_target(r, target)  # noqa: E731
+        s = paired_ratios(sync, runs[best], figure)
+        t = paired_ratios(torch_runs, runs[best], figure)
+        if not s or not t:
+            out.append(Target(what, False, f"{best}: {reached[best]:.1f} s; sync or PyTorch's "
+                                           "averager did not reach the target"))
+            continue
+        met = statistics.median(s) >= over_sync and statistics.median(t) >= over_torch
+        out.append(Target(what, met, (
+            f"{best}: {reached[best]:.1f} s, {_median_range(s)} sooner than sync "
+            f"({statistics.median([figure(r) for r in sync]):.1f} s) and {_median_range(t)} "
+            f"sooner than PyTorch's averager "
+            f"({statistics.median([figure(r) for r in torch_runs]):.1f} s)")))
+    rate = IDENTICAL_WORK_RATE
+    what = (f"identical work at {rate}: Hier-AVG's step no slower than PyTorch's averager's "
+            "at the same schedule")
+    runs = by_rate.get(rate, {})
+    ours, theirs = runs.get(roles["hier"]), runs.get(roles["torch"])
+    if not ours or not theirs:
+        out.append(Target(what, None, "a run is missing"))
+    else:
+        r = paired_ratios(theirs, ours, step_seconds)
+        mine = statistics.median(step_seconds(x) for x in ours)
+        other = statistics.median(step_seconds(x) for x in theirs)
+        out.append(Target(what, statistics.median(r) >= 1.0, (
+            f"{1e3 * mine:.0f} against {1e3 * other:.0f} ms per step: {_median_range(r)}")))
+    return out

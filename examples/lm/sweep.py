@@ -3,6 +3,8 @@
     python examples/lm/sweep.py --preset tune --out-dir docs/results/lm_tune     # validation
     python examples/lm/sweep.py --preset quality --out-dir docs/results/lm       # 3 seeds
     python examples/lm/sweep.py --preset smoke --out-dir /tmp/lm_smoke           # make test
+    sudo .venv/bin/python examples/lm/sweep.py --preset cluster --tuned docs/results/lm_tune/chosen.json \
+        --out-dir docs/results/lm_cluster                                       # wall-clock
 
 8 ranks as two "nodes" of 4 (``horovodrun -H localhost:4,127.0.0.1:4``; PyTorch's averager
 under ``torchrun`` with groups of 4), the GPT ``1m`` of gpt.py on the standard-library corpus,
@@ -20,7 +22,10 @@ for every method.
   optimizer at 4x and 8x fewer, with int8 deltas, with int8 and overlap; with ``--plan``
   (the JSON of ``python -m hvd_hier.plan --json`` on the cluster) also its recommendation,
   with the tuned outer optimizer.
-* ``smoke`` drives the same pipeline for a few steps of a tiny model on 4 ranks.
+* ``cluster`` (root) trains the same GPT on the simulated two-node cluster (2 x 2 ranks) at
+  100 Mbit/s and 1 Gbit/s, 3 rounds per rate alternated, each run to the target loss
+  (cluster.py), and reports the time to target with its targets.
+* ``smoke`` and ``cluster-smoke`` drive the same pipelines for a few steps of a tiny model.
 
 Finished runs (``runs/<method>_seed<k>.json``) are reused; each launch shows a progress bar.
 Then it writes ``table.md`` (the table and the targets, met or missed with their figures) and
@@ -78,11 +83,33 @@ PRESETS = {
     "tune": {"np": 8, "node": 4, "k": 8, "seeds": 1, "overlap": 2,
              "train": ["--size", "1m", "--steps", "256", "--batch-size", "4",
                        "--eval-every", "32", "--non-iid", "none"]},
+    # wall-clock on the simulated cluster (2 nodes x 2 ranks; cluster.py): one rank-step of
+    # 128 tokens, so that sync's communication at 1 Gbit/s is 1-4x its computation (docs/LM.md)
+    "cluster": {"np": 4, "node": 2, "k": 8, "seeds": 1, "overlap": 2, "repeats": 3,
+                "rates": ["100mbit", "1gbit"], "lr": 2e-3,
+                "train": ["--size", "1m", "--steps", "512", "--batch-size", "1",
+                          "--eval-every", "16", "--eval-windows", "128", "--test-windows", "128",
+                          "--non-iid", "none"]},
+    "cluster-smoke": {"np": 4, "node": 2, "k": 4, "seeds": 1, "overlap": 1, "repeats": 2,
+                      "rates": ["1gbit"], "run_timeout": 120,
+                      "train": ["--size", "tiny", "--steps", "8", "--batch-size", "2",
+                                "--eval-every", "2", "--eval-windows", "8",
+                                "--test-windows", "8", "--lr-warmup", "2"]},
     "smoke": {"np": 4, "node": 2, "k": 4, "seeds": 1, "overlap": 1,
               "train": ["--size", "tiny", "--steps", "8", "--batch-size", "2",
                         "--eval-every", "4", "--eval-windows", "8", "--test-windows", "8",
                         "--non-iid", "learner", "--lr-warmup", "2"]},
 }
+
+
+# The order the quality sweep runs its methods in: the targets' first, so that a sweep cut
+# short has the most to say (the table keeps the reading order of quality_configs).
+RUN_FIRST = ("sync", "outer8", "hier", "kavg", "int8", "torch", "outer4", "int8_overlap")
+
+
+def run_order(configs, roles):
+    rank = {roles[r]: i for i, r in enumerate(RUN_FIRST)}
+    return sorted(configs, key=lambda c: rank.get(c.name, len(rank)))
 
 
 def plan_config(path: Optional[str], s: int, outer) -> Optional[Config]:
@@ -235,6 +262,46 @@ def plot(results, labels, out_dir: Path) -> List[str]:
     return written
 
 
+# The cluster's methods: those of the time targets (the ones of K-AVG and of the outer
+# optimizer at 4x are quality questions, answered on one host)
+CLUSTER_ROLES = ("sync", "torch", "hier", "outer8", "int8", "int8_overlap")
+HVD_ROLES = ("hier", "outer8", "int8", "int8_overlap")
+
+
+def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
+    """The cluster sweep (cluster.py): every round at every rate, then the table, the time
+    targets and the loss against wall-clock time."""
+    import cluster
+
+    keep = {roles[r] for r in CLUSTER_ROLES}
+    plan = [c for c in configs if c.name not in roles.values()]  # the planner's, if given
+    configs = [c for c in configs if c.name in keep] + plan
+    candidates = [roles[r] for r in HVD_ROLES] + [c.name for c in plan]
+    progress = Progress(int(preset["train"][preset["train"].index("--steps") + 1]))
+    sync = next(c for c in configs if c.algo == "sync")
+    if args.report_only:
+        target = json.loads((out_dir / "target.json").read_text())["target_bpb"]
+    else:
+        target = cluster.run(preset, out_dir, sync, configs, common, args.timeout, args.prefix,
+                             progress)
+    by_rate = cluster.load(out_dir, preset, configs)
+    if not by_rate:
+        raise SystemExit(f"no results in {out_dir / 'runs'}")
+    labels = {c.name: c.label for c in configs}
+    what = json.loads((out_dir / "target.json").read_text())["what"]
+    text = (f"# {args.preset}: wall-clock to a target loss on the simulated cluster\n\n"
+            f"Target: {target:.4f} bits per byte, {what}. Inner lr {lr:g}, outer lr "
+            f"{outer[0]:g} momentum {outer[1]:g}; {preset['repeats']} rounds per rate, "
+            "alternated; times are medians over the rounds (with their range).\n\n"
+            + cluster.table(by_rate, labels, target) + "\n"
+            + report.targets_section(report.time_targets(by_rate, roles, target, candidates)))
+    (out_dir / "table.md").write_text(text)
+    cluster.plot(by_rate, labels, target, out_dir / "loss_vs_time.png")
+    print("\n" + text)
+    print(f"wrote {out_dir / 'table.md'} and {out_dir / 'loss_vs_time.png'}")
+    return by_rate
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="quality")
@@ -248,6 +315,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=3600, help="seconds per launch")
     p.add_argument("--report-only", action="store_true", help="no runs: report what exists")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
+    p.add_argument("--prefix", default="hvdlm",
+                   help="cluster presets: the namespaces' names, <prefix>-n<i>")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     out_dir = Path(args.out_dir or f"lm_{args.preset}")
@@ -267,9 +336,12 @@ def main(argv=None):
                              f"{[c.name for c in configs]}")
         configs = [c for c in configs if c.name in wanted]
     seeds = args.seeds or preset["seeds"]
+    lr = preset.get("lr", lr)
     common = ["--lr", f"{lr:g}"]
+    if "rates" in preset:
+        return wall_clock(args, preset, out_dir, configs, roles, common, lr, outer)
     if not args.report_only:
-        run(configs, preset, out_dir, seeds, common, args.timeout, args.quiet)
+        run(run_order(configs, roles), preset, out_dir, seeds, common, args.timeout, args.quiet)
     results = load(configs, out_dir, seeds)
     if not results:
         raise SystemExit(f"no results in {out_dir / 'runs'}")

@@ -1,9 +1,11 @@
-"""The language-model comparison end to end, as a smoke run: the corpus, the GPT and every
+"""The language-model comparisons end to end, as smoke runs: the corpus, the GPT and every
 method for a few steps on 4 ranks (two "nodes" of 2, PyTorch's averager under torchrun),
-then the table, the targets and the plots; a second call reuses every run. It asserts the
-pipeline and the schedule's counts, not the losses."""
+then the table, the targets and the plots; a second call reuses every run. On one host, and
+(as root) on the simulated cluster. They assert the pipelines and the schedule's counts, not
+the losses."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,8 +54,8 @@ def test_lm_sweep_smoke(tmp_path):
 
     table = (tmp_path / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| method | test bits/byte |") and len(rows) == 2 + len(METHODS)
-    assert rows[2].startswith("| sync SGD |") and rows[3].startswith("| PyTorch averager S=2")
+    assert rows[0].startswith("| method | test bits/byte |") and len(rows) == 1 + len(METHODS)
+    assert rows[1].startswith("| sync SGD |") and rows[2].startswith("| PyTorch averager S=2")
     targets = table.split("## Targets\n\n", 1)[1].splitlines()
     assert len(targets) == 3 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
     for png in ("val_vs_steps.png", "val_vs_link_bytes.png"):
@@ -62,3 +64,56 @@ def test_lm_sweep_smoke(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == len(METHODS), again.stdout
+
+
+CLUSTER_METHODS = ["sync", "torch_S2_K11_K24", "hier_S2_K11_K24", "hier_S2_K11_K24_outer0.7m0.9",
+                   "hier_S2_K11_K24_outer0.7m0.9_int8", "hier_S2_K11_K24_outer0.7m0.9_int8_ov1"]
+
+
+def _no_cluster():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "cluster"))
+    from netns import can_create_namespaces
+
+    return can_create_namespaces()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the simulated cluster needs root (network "
+                                               "namespaces); CI runs as root")
+def test_lm_cluster_smoke(tmp_path):
+    """The wall-clock sweep end to end on the simulated cluster: the target from a run of
+    sync, two alternated rounds of every method at 1gbit, the table, the targets and the plot;
+    a second call reuses every run."""
+    why = _no_cluster()
+    assert why is None, why
+    cmd = [sys.executable, str(ROOT / "examples" / "lm" / "sweep.py"), "--preset",
+           "cluster-smoke", "--out-dir", str(tmp_path), "--quiet", "--prefix", "hvdlt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=840, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    target = json.loads((tmp_path / "target.json").read_text())
+    reference = json.loads((tmp_path / "runs" / "reference_sync.json").read_text())
+    # sync's validation loss at step 4 of 8
+    assert target["steps"] == 4 and target["target_bpb"] == next(
+        e["val_bpb"] for e in reference["evals"] if e["steps"] == 4)
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names == sorted(["reference_sync.json"] + [f"1gbit_{m}_r{k}.json"
+                                                      for m in CLUSTER_METHODS for k in (0, 1)])
+    for m in CLUSTER_METHODS:
+        run = json.loads((tmp_path / "runs" / f"1gbit_{m}_r0.json").read_text())
+        last = run["evals"][-1]
+        # stopped at the target or at the end; the node's uplink counted while training
+        assert last["val_bpb"] <= target["target_bpb"] or last["steps"] == 8, m
+        assert run["args"]["target_bpb"] == target["target_bpb"], m
+        assert last["node_tx"] > 0 and run["size"] == 4 and run["local_size"] == 2, m
+    sync = json.loads((tmp_path / "runs" / "1gbit_sync_r0.json").read_text())
+    assert sync["steps"] == 4  # the same training as the reference: the target at step 4
+    table = (tmp_path / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | time to target |") and len(rows) == 1 + 6
+    assert rows[1].startswith("| sync SGD |") and rows[1].endswith("| 2 |")
+    targets = table.split("## Targets\n\n", 1)[1].splitlines()
+    assert targets[0].startswith("- **not measured**: at 100mbit") and len(targets) == 3
+    assert targets[1].startswith(("- **met**: at 1gbit", "- **missed**: at 1gbit"))
+    assert (tmp_path / "loss_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert " round " not in again.stdout, again.stdout  # nothing ran again

@@ -365,3 +365,70 @@ def test_the_planners_recommendation_joins_the_comparison(tmp_path):
     configs, _ = sweep.quality_configs(4, 8, (0.7, 0.9), 2, plan)
     assert configs[-1].name == "hier_S4_K14_K24_outer0.7m0.9_ov1" and len(configs) == 9
     assert sweep.plan_config(None, 4, (0.7, 0.9)) is None
+
+
+def test_the_sweep_runs_the_targets_methods_first():
+    configs, roles = sweep.quality_configs(4, 8, (0.7, 0.9), 2, Config("hier", 4, 4, 4))
+    assert [c.name for c in sweep.run_order(configs, roles)] == [
+        "sync", "hier_S4_K11_K28_outer0.7m0.9", "hier_S4_K11_K28", "kavg_K8",
+        "hier_S4_K11_K28_outer0.7m0.9_int8", "torch_S4_K11_K28", "hier_S4_K11_K24_outer0.7m0.9",
+        "hier_S4_K11_K28_outer0.7m0.9_int8_ov2", "hier_S4_K14_K24"]
+
+
+# --- wall-clock to a target ---------------------------------------------------------------
+
+def _timed(algo, rnd, curve, steps=64, compression=None):
+    """A cluster run: curve is [(steps, seconds, val_bpb), ...]."""
+    rows = [{"steps": s, "seconds": t, "val_bpb": v, "global_averages": s // 8,
+             "local_averages": 0, "bytes_global": s // 8 * 1000} for s, t, v in curve]
+    return {"args": {"algo": algo, "seed": 0, "group_size": 2, "global_compression": compression,
+                     "steps": steps},
+            "size": 4, "local_size": 2, "parameter_bytes": 1000, "evals": rows,
+            "steps": curve[-1][0], "seconds": curve[-1][1], "round": rnd}
+
+
+TIME_ROLES = {"sync": "sync", "torch": "torch_S2_K11_K28", "hier": "hier_S2_K11_K28"}
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_it():
+    run = _timed("hier", 0, [(0, 0.0, 8.0), (16, 4.0, 3.5), (32, 8.5, 3.0), (48, 13.0, 2.9)])
+    assert report.time_to_target(run, 3.0) == 8.5 and report.steps_to_target(run, 3.0) == 32
+    assert report.time_to_target(run, 2.0) is None and report.steps_to_target(run, 2.0) is None
+    assert report.step_seconds(run) == pytest.approx(13.0 / 48)
+
+
+def test_time_targets_pair_the_rounds_and_take_the_best_setting():
+    def rounds(algo, times):
+        # reaches 3.0 at step 32 in every round, at the given training time
+        return [_timed(algo, k, [(0, 0.0, 8.0), (32, t, 3.0), (64, 2 * t, 2.8)])
+                for k, t in enumerate(times)]
+
+    slow = {"sync": rounds("sync", [60.0, 50.0, 70.0]),
+            "torch_S2_K11_K28": rounds("torch", [12.0, 10.0, 14.0]),
+            "hier_S2_K11_K28": rounds("hier", [11.0, 9.0, 12.0]),
+            "int8": rounds("hier", [8.0, 7.0, 9.0])}
+    fast = {"sync": rounds("sync", [20.0]), "torch_S2_K11_K28": rounds("torch", [9.0]),
+            "hier_S2_K11_K28": rounds("hier", [10.0])}
+    got = report.time_targets({"100mbit": slow, "1gbit": fast}, TIME_ROLES, 3.0,
+                              ["hier_S2_K11_K28", "int8"])
+    assert [t.status() for t in got] == ["met", "missed", "missed"]
+    # int8 is best; ratios round by round: sync 7.5, 7.14, 7.78 -> 7.50; torch 1.5, 1.43, 1.56
+    assert got[0].figures == (
+        "int8: 8.0 s, 7.50x (median of 3 rounds, 7.14-7.78) sooner than sync (60.0 s) and "
+        "1.50x (median of 3 rounds, 1.43-1.56) sooner than PyTorch's averager (12.0 s)")
+    assert got[1].figures.startswith("hier_S2_K11_K28: 10.0 s, 2.00x sooner than sync")
+    # identical work at 1gbit: 20 against 18 ms per step (64 steps in 2 x 10 s and 2 x 9 s)
+    assert got[2].figures == "312 against 281 ms per step: 0.90x"
+    none = report.time_targets({}, TIME_ROLES, 3.0, ["hier_S2_K11_K28"])
+    assert [t.status() for t in none] == ["not measured"] * 3
+
+
+def test_a_setting_that_misses_the_target_in_a_round_is_not_the_best():
+    never = _timed("hier", 0, [(0, 0.0, 8.0), (64, 5.0, 3.5)])
+    ok = _timed("hier", 0, [(0, 0.0, 8.0), (32, 9.0, 3.0)])
+    sync = _timed("sync", 0, [(0, 0.0, 8.0), (32, 90.0, 3.0)])
+    torch_run = _timed("torch", 0, [(0, 0.0, 8.0), (32, 18.0, 3.0)])
+    got = report.time_targets({"100mbit": {"sync": [sync], "torch_S2_K11_K28": [torch_run],
+                                           "fast": [never], "slow": [ok]}},
+                              TIME_ROLES, 3.0, ["fast", "slow"])
+    assert got[0].status() == "met" and got[0].figures.startswith("slow: 9.0 s, 10.00x")
