@@ -195,9 +195,10 @@ def train(args, comm, corpus):
     else:
         base = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                weight_decay=args.weight_decay)
+    # No broadcast: every rank draws the same model from the seed, and the optimizer starts
+    # empty everywhere (Horovod's broadcast_optimizer_state would take a step with zero
+    # gradients, which AdamW's weight decay and step count do not ignore).
     opt = methods.make_optimizer(args, base, model, comm)
-    if args.algo != "torch":
-        comm.hvd.broadcast_optimizer_state(opt, root_rank=0)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     tokens_per_step = args.batch_size * args.context * size
     ok, fingerprint = corpus.check()
