@@ -160,6 +160,19 @@ PRESETS["overlap"] = {
 }
 
 
+def select(configs, only: Optional[str], noun: str = "configurations"):
+    """The configurations named in ``only`` (``--only``: comma-separated names; None: all).
+    An unknown name stops the sweep, naming it and what the preset has."""
+    if not only:
+        return configs
+    wanted = set(only.split(","))
+    unknown = wanted - {c.name for c in configs}
+    if unknown:
+        raise SystemExit(f"--only: unknown {noun} {sorted(unknown)}; this preset has "
+                         f"{[c.name for c in configs]}")
+    return [c for c in configs if c.name in wanted]
+
+
 def run_configs(configs, runs: Path, seeds, command, timeout, quiet=False, on_line=None):
     """For each configuration, one launch for all of its seeds that have no result yet in
     ``runs`` (the script runs the seeds one after the other: the start-up is paid once).
@@ -435,13 +448,7 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
     args, extra = p.parse_known_args(argv)
     preset = dict(PRESETS[args.preset])
-    if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {c.name for c in preset["configs"]}
-        if unknown:
-            raise SystemExit(f"--only: unknown configurations {sorted(unknown)}; this preset has "
-                             f"{[c.name for c in preset['configs']]}")
-        preset["configs"] = [c for c in preset["configs"] if c.name in wanted]
+    preset["configs"] = select(preset["configs"], args.only)
     seeds = args.seeds or preset["seeds"]
     np_ = args.np or preset["np"]
     out_dir = Path(args.out_dir or f"{args.preset}_results")

@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import report  # noqa: E402
-from compare import Config, run_configs  # noqa: E402
+from compare import Config, run_configs, select  # noqa: E402
 
 # The tuned settings where no tune folder says otherwise (the tune preset's starting point).
 DEFAULT_LR = 2e-3
@@ -328,13 +328,7 @@ def main(argv=None):
     outer = (tuned.get("outer_lr", DEFAULT_OUTER[0]), tuned.get("outer_momentum", DEFAULT_OUTER[1]))
     configs, roles = quality_configs(preset["node"], preset["k"], outer, preset["overlap"],
                                      plan_config(args.plan, preset["node"], outer))
-    if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {c.name for c in configs}
-        if unknown:
-            raise SystemExit(f"--only: unknown methods {sorted(unknown)}; this preset has "
-                             f"{[c.name for c in configs]}")
-        configs = [c for c in configs if c.name in wanted]
+    configs = select(configs, args.only, "methods")
     seeds = args.seeds or preset["seeds"]
     lr = preset.get("lr", lr)
     common = ["--lr", f"{lr:g}"]
