@@ -2,6 +2,7 @@
 checks that every rank passed every section."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,14 @@ def test_state_dict_resume():
         "resume at step 10, every rank loads its own checkpoint",
         "rank 0 loads, the schedule follows on every rank", "plain state dicts",
         "flat storage: same run, state dicts, resume"])
+
+
+def test_checkpoints_of_an_earlier_version_resume_exactly():
+    """tests/fixtures/checkpoint_v1 was written by the hvd_hier of commit ce86478, with an
+    overlapped int8 reduction in flight: the resumed steps match that version's, bit for bit."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1"
+    out = horovodrun("legacy_checkpoint.py", "check", fixture, timeout=300)
+    assert_all_ranks(out, ["resumed levels", "resumed shorthand"])
 
 
 def test_bad_inputs_raise_everywhere_and_nothing_hangs():
