@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from hvd_hier._ext import extension
+from kernel_isa import ISAS
+from pairwise import pairwise_params
 
 C = extension()
 CHUNK = C.CODEC_CHUNK
@@ -34,17 +36,6 @@ LAYOUTS = {
     "full_table": [(i * 37) % 101 for i in range(MAX_TENSORS)],
 }
 TASKS = [C.CHUNK_ELEMS + CHUNK + 3]
-
-
-@pytest.fixture(params=["auto", "baseline", "cuda_emulation"], autouse=True)
-def cpu_isa(request):
-    """Every test runs on the best CPU loop for this processor, on the portable one, and through
-    the CUDA kernels' own thread code run on the CPU (phases, block-wide max and all)."""
-    C.set_cpu_kernel_isa(request.param)
-    if request.param != "auto":
-        assert C.cpu_kernel_isa() == request.param
-    yield request.param
-    C.set_cpu_kernel_isa("auto")
 
 
 # ---- the reference ------------------------------------------------------------------------------
@@ -168,6 +159,7 @@ def test_format_constants():
     assert 3 * MAX_TENSORS * 8 + (MAX_TENSORS + 1) * 8 + 8 < 4096
 
 
+@pytest.mark.usefixtures("isa")
 def test_int8_rounds_half_to_even_and_keeps_the_scale_in_the_header():
     x = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -2.5, 126.5, -127.0])
     out = encoded("int8", [x], [torch.zeros_like(x)])
@@ -178,6 +170,7 @@ def test_int8_rounds_half_to_even_and_keeps_the_scale_in_the_header():
     assert out[16 + 8:].tolist() == [0] * (CHUNK - 8)
 
 
+@pytest.mark.usefixtures("isa")
 def test_a_zero_chunk_has_scale_zero_and_a_denormal_one_stays_finite():
     z = torch.zeros(CHUNK + 3)
     x = z.clone()
@@ -196,11 +189,12 @@ def test_a_zero_chunk_has_scale_zero_and_a_denormal_one_stays_finite():
 
 # ---- encode_delta -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("with_residuals", [False, True], ids=["plain", "residuals"])
-@pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_encode_delta_matches_reference(dtype, codec, with_residuals, layout):
+# Every pair of (instruction-set mode, dtype, codec, residuals, layout) in some case: 36 cases
+# where the full product has 648.
+@pytest.mark.parametrize(*pairwise_params(
+    {"isa": ISAS, "dtype": DTYPES, "codec": CODECS, "with_residuals": [False, True],
+     "layout": list(LAYOUTS)}), indirect=["isa"])
+def test_encode_delta_matches_reference(isa, dtype, codec, with_residuals, layout):
     sizes = LAYOUTS[layout]
     xs, anchors, rs = make(sizes, dtype, seed=len(sizes), residuals=with_residuals)
     xs_before, anchors_before = [t.clone() for t in xs], [t.clone() for t in anchors]
@@ -215,6 +209,7 @@ def test_encode_delta_matches_reference(dtype, codec, with_residuals, layout):
     assert all(same_bits(a, b) for a, b in zip(xs + anchors, xs_before + anchors_before))  # read only
 
 
+@pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("codec", CODECS)
 def test_encode_delta_of_a_view_at_a_record_boundary(codec):
     xs, anchors, rs = make([CHUNK + 9, 3], torch.float32, seed=3, residuals=True)
@@ -227,6 +222,7 @@ def test_encode_delta_of_a_view_at_a_record_boundary(codec):
     assert big[:rb].eq(POISON).all() and big[3 * rb:].eq(POISON).all()
 
 
+@pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("codec", CODECS)
 def test_encode_delta_on_two_threads_matches_reference(codec):
     """More records than one CPU task: at::parallel_for splits them."""
@@ -253,10 +249,10 @@ def rank_buffers(codec, count, sizes, seed):
     return torch.cat(bufs)
 
 
-@pytest.mark.parametrize("sizes", [[1], [CHUNK], [3 * CHUNK + 5], [7, 0, CHUNK - 1, 17]], ids=str)
-@pytest.mark.parametrize("count", [1, 3, 8])
-@pytest.mark.parametrize("codec", CODECS)
-def test_reduce_encoded_matches_reference(codec, count, sizes):
+@pytest.mark.parametrize(*pairwise_params(
+    {"isa": ISAS, "codec": CODECS, "count": [1, 3, 8],
+     "sizes": [[1], [CHUNK], [3 * CHUNK + 5], [7, 0, CHUNK - 1, 17]]}), indirect=["isa"])
+def test_reduce_encoded_matches_reference(isa, codec, count, sizes):
     src = rank_buffers(codec, count, sizes, seed=11)
     src_before = src.clone()
     for scale in (1.0 / count, -1.0 / count, 1.0):
@@ -270,6 +266,7 @@ def test_reduce_encoded_matches_reference(codec, count, sizes):
     assert torch.equal(src, src_before)
 
 
+@pytest.mark.usefixtures("isa")
 def test_reduce_encoded_of_one_buffer_at_scale_one_is_the_identity_for_16_bit_codecs():
     for codec in WIRE:
         src = rank_buffers(codec, 1, [CHUNK + 5], seed=2)
@@ -278,6 +275,7 @@ def test_reduce_encoded_of_one_buffer_at_scale_one_is_the_identity_for_16_bit_co
         assert torch.equal(dst, src)
 
 
+@pytest.mark.usefixtures("isa")
 def test_reduce_encoded_sums_in_rank_order():
     """Non-associative float32 sums: the order k = 0, 1, 2 is the one the reference uses."""
     vals = [torch.tensor([1e8, 1.0]), torch.tensor([-1e8, 1.0]), torch.tensor([1.0, 1e8])]
@@ -291,10 +289,11 @@ def test_reduce_encoded_sums_in_rank_order():
 
 # ---- apply_delta ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["none", "one", "chunk+1", "3chunks+5", "small", "straddle", "full_table"])
-@pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_apply_delta_matches_reference(dtype, codec, layout):
+@pytest.mark.parametrize(*pairwise_params(
+    {"isa": ISAS, "dtype": DTYPES, "codec": CODECS,
+     "layout": ["none", "one", "chunk+1", "3chunks+5", "small", "straddle", "full_table"]}),
+    indirect=["isa"])
+def test_apply_delta_matches_reference(isa, dtype, codec, layout):
     sizes = LAYOUTS[layout]
     deltas, anchors, _ = make(sizes, dtype, seed=7)
     n = sum(sizes)
@@ -311,10 +310,10 @@ def test_apply_delta_matches_reference(dtype, codec, layout):
 
 # ---- decode_into ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scale", [-1.0, 0.25, 1 / 3])
-@pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_decode_into_matches_reference(dtype, codec, scale):
+@pytest.mark.parametrize(*pairwise_params(
+    {"isa": ISAS, "dtype": DTYPES, "codec": CODECS, "scale": [-1.0, 0.25, 1 / 3]}),
+    indirect=["isa"])
+def test_decode_into_matches_reference(isa, dtype, codec, scale):
     sizes = LAYOUTS["straddle"] + [3 * CHUNK + 5, 0, 1]
     xs, anchors, _ = make(sizes, torch.float32, seed=9)
     src = ref_encode(ref_delta(xs, anchors, []), codec)[0]
@@ -327,6 +326,7 @@ def test_decode_into_matches_reference(dtype, codec, scale):
     assert all(same_bits(o, w) for o, w in zip(outs, want))
 
 
+@pytest.mark.usefixtures("isa")
 def test_the_round_trip_of_one_averaging():
     """encode on 3 ranks, reduce at 1/3, apply: parameters and anchors end at anchor + mean delta,
     within half a quantisation step of each int8 encoding."""

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from kernel_isa import ISAS
 from hvd_hier._ext import extension
+from pairwise import pairwise_params
 
 C = extension()
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -14,17 +16,6 @@ _BLOCK, _CHUNK = C.CUDA_CHUNK_BYTES // 4, C.CHUNK_ELEMS
 SIZES = [0, 1, 3, 7, 8, 15, 16, 17, 31, _BLOCK - 1, _BLOCK, _BLOCK + 1, 2 * _BLOCK + 1,
          _CHUNK - 1, _CHUNK, _CHUNK + 1, 100_003]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and C.built_with_cuda() else [])
-
-
-@pytest.fixture(params=["auto", "baseline", "cuda_emulation"], autouse=True)
-def cpu_isa(request):
-    """Every kernel test runs on the best CPU loop for this processor, on the portable one, and
-    through the CUDA kernel's own thread code run on the CPU (its vector and alignment paths)."""
-    C.set_cpu_kernel_isa(request.param)
-    if request.param != "auto":
-        assert C.cpu_kernel_isa() == request.param
-    yield request.param
-    C.set_cpu_kernel_isa("auto")
 
 
 def ref_pack(tensors, bucket_dtype, scale):
@@ -48,11 +39,11 @@ def make(sizes, dtype, device, seed=0):
     return [torch.randn(n, generator=g, dtype=torch.float64).to(dtype).to(device) for n in sizes]
 
 
+# Every pair of (instruction-set mode, dtype, bucket dtype, scale) in some case.
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bucket_dtype", DTYPES)
-@pytest.mark.parametrize("scale", [1.0, 0.25, 1 / 3])
-def test_pack_and_unpack_match_reference(device, dtype, bucket_dtype, scale):
+@pytest.mark.parametrize(*pairwise_params({"isa": ISAS, "dtype": DTYPES, "bucket_dtype": DTYPES,
+                                           "scale": [1.0, 0.25, 1 / 3]}), indirect=["isa"])
+def test_pack_and_unpack_match_reference(device, isa, dtype, bucket_dtype, scale):
     tensors = make(SIZES, dtype, device)
     total = sum(SIZES)
     bucket = torch.full((total + 5,), -7.0, dtype=bucket_dtype, device=device)
@@ -67,6 +58,7 @@ def test_pack_and_unpack_match_reference(device, dtype, bucket_dtype, scale):
         assert torch.equal(got.cpu(), want)
 
 
+@pytest.mark.usefixtures("isa")
 @pytest.mark.parametrize("device", DEVICES)
 def test_plain_round_trip_is_exact(device):
     tensors = make([5, 0, 1, 33000, 9], torch.float32, device)
@@ -79,6 +71,7 @@ def test_plain_round_trip_is_exact(device):
     assert all(torch.equal(a, b) for a, b in zip(outs, tensors))
 
 
+@pytest.mark.usefixtures("isa")
 def test_more_tensors_than_one_table():
     n = C.MAX_TENSORS_PER_LAUNCH * 2 + 7
     tensors = make([(i % 5) + 1 for i in range(n)], torch.float32, "cpu")
@@ -90,6 +83,7 @@ def test_more_tensors_than_one_table():
     assert all(torch.equal(a, b) for a, b in zip(outs, tensors))
 
 
+@pytest.mark.usefixtures("isa")
 def test_multidimensional_and_empty_lists():
     tensors = [torch.randn(3, 4, 5), torch.randn(2, 1), torch.randn(1, 1, 1)]
     bucket = torch.empty(63)
