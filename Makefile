@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo results lm-tune lm-quality bench bench-e2e bench-network soak cuda-check gpu-check clean
+.PHONY: install test unit demo results lm-tune lm-quality lm-cluster bench bench-e2e bench-network soak cuda-check gpu-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ lm-tune: install  ## the LM benchmark's learning rates on the validation split (
 
 lm-quality: install  ## the LM comparison at equal tokens, 8 ranks, 3 seeds: docs/results/lm/
 	$(PY) examples/lm/sweep.py --preset quality --out-dir docs/results/lm \
+	  $$([ -f $(LM_TUNED) ] && echo --tuned $(LM_TUNED)) $$([ -f $(LM_PLAN) ] && echo --plan $(LM_PLAN))
+
+lm-cluster: install  ## the LM's wall-clock to a target loss on the simulated cluster (root): docs/results/lm_cluster/
+	$(PY) examples/lm/sweep.py --preset cluster --out-dir docs/results/lm_cluster \
 	  $$([ -f $(LM_TUNED) ] && echo --tuned $(LM_TUNED)) $$([ -f $(LM_PLAN) ] && echo --plan $(LM_PLAN))
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
