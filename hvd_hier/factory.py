@@ -119,8 +119,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
             ``p.clone()``, or the model's ``state_dict()``, which saves each buffer once).
             Default False.
         nonfinite (str): what an averaging does when a rank's parameters or buffers hold
-            inf or NaN (checked on every rank before each averaging, with one small
-            collective: the max-abs of the averaged tensors and a flag per rank).
+            inf or NaN (checked on every rank before each averaging: one sum per averaged
+            tensor, a non-finite sum settled by a max-abs pass, then one small allreduce of
+            a flag per rank).
             ``"raise"`` (default): every rank raises ``NonFiniteError`` naming the ranks,
             before the averaging moves anything, so no rank's parameters are poisoned and
             none is lost. ``"skip"``: the other ranks' values are averaged (the divisor is the
