@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -61,7 +61,7 @@ setup(
     description="Hier-AVG hierarchical averaging SGD for Horovod and PyTorch",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=["hvd_hier"],
+    packages=find_packages(include=["hvd_hier", "hvd_hier.*"]),
     ext_modules=[CMakeExtension("hvd_hier._C")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.9",

@@ -56,8 +56,9 @@ from shapes import MODELS, numel  # noqa: E402
 
 import hvd_hier  # noqa: E402,F401  (before hvd.init)
 import horovod.torch as hvd  # noqa: E402
-from hvd_hier._ext import extension  # noqa: E402
-from hvd_hier.averaging import BucketAverager, FlatAverager  # noqa: E402
+from hvd_hier.comm.extension import extension  # noqa: E402
+from hvd_hier.reduce.buckets import BucketAverager  # noqa: E402
+from hvd_hier.reduce.flat import FlatAverager  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}

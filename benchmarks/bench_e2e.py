@@ -33,8 +33,9 @@ from shapes import MODELS, numel  # noqa: E402
 
 import hvd_hier  # noqa: E402,F401  (before hvd.init: dynamic process sets)
 import horovod.torch as hvd  # noqa: E402
-from hvd_hier.averaging import BucketAverager, FlatAverager  # noqa: E402
-from hvd_hier.topology import process_set_for  # noqa: E402
+from hvd_hier.reduce.buckets import BucketAverager  # noqa: E402
+from hvd_hier.reduce.flat import FlatAverager  # noqa: E402
+from hvd_hier.topology.process_sets import process_set_for  # noqa: E402
 
 
 def main():

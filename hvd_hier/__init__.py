@@ -8,12 +8,19 @@ steps.
 Importing hvd_hier before ``hvd.init()`` enables Horovod's dynamic process sets, which the
 local groups need.
 
-Without Horovod installed, the package still imports: the kernels (``hvd_hier._C``), the
-averagers of ``hvd_hier.averaging`` (given a collective of their own) and the pure modules
-(``HierSchedule``, ``plan_groups``) work; the names that need Horovod raise its
-``ImportError`` when used.
+The package imports without torch and Horovod: ``Level``, ``HierSchedule``, the errors and
+the planner's cost model (``hvd_hier.plan.model``) are pure. ``DistributedOptimizer``,
+``save_checkpoint`` and ``load_checkpoint`` import Horovod when first used and raise
+``ImportError`` naming it where it is missing; the kernels (``hvd_hier.comm.extension``) and
+the averagers (``hvd_hier.reduce``, given a collective of their own) need torch only.
+
+The layout: ``config`` (what the user asked for), ``topology`` (who averages with whom),
+``reduce`` (how a level reduces: its strategies), ``outer`` (anchor and outer step),
+``runtime`` (the optimizer and its levels), ``persist`` (state dicts and checkpoints),
+``comm`` (collectives, Horovod's private API, the extension), ``plan`` (the planner).
 """
 
+import importlib as _importlib
 import os as _os
 import sys as _sys
 
@@ -25,30 +32,30 @@ _hvd_torch = _sys.modules.get("horovod.torch")
 if _hvd_torch is None or not _hvd_torch.is_initialized():
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
-from .collectives import NonFiniteError, StallError  # noqa: E402
-from .levels import Level  # noqa: E402
-from .schedule import HierSchedule, Reduction  # noqa: E402
-from .topology import plan_groups  # noqa: E402
+from .config.levels import Level  # noqa: E402
+from .config.schedule import HierSchedule, Reduction  # noqa: E402
+from .errors import CheckpointError, NonFiniteError, StallError  # noqa: E402
 
-try:
-    import horovod.torch  # noqa: E402,F401
-except ImportError as _exc:  # the kernels and averagers work without Horovod
-    _HOROVOD_ERROR = _exc
-else:
-    _HOROVOD_ERROR = None
-    from .factory import DistributedOptimizer  # noqa: E402
-    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-
-_NEEDS_HOROVOD = {"DistributedOptimizer", "save_checkpoint",
-                  "load_checkpoint", "CheckpointError"}
+# The names that need Horovod, and where they live: imported on first use, so that the pure
+# parts of the package import without torch or Horovod.
+_NEEDS_HOROVOD = {"DistributedOptimizer": "hvd_hier.runtime.factory",
+                  "save_checkpoint": "hvd_hier.persist.checkpoint",
+                  "load_checkpoint": "hvd_hier.persist.checkpoint"}
 
 
 def __getattr__(name):
-    if name in _NEEDS_HOROVOD and _HOROVOD_ERROR is not None:
+    module = _NEEDS_HOROVOD.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hvd_hier' has no attribute {name!r}")
+    try:
+        value = getattr(_importlib.import_module(module), name)
+    except ImportError as exc:
         raise ImportError(f"hvd_hier.{name} needs Horovod, which could not be imported "
-                          f"({_HOROVOD_ERROR})") from _HOROVOD_ERROR
-    raise AttributeError(f"module 'hvd_hier' has no attribute {name!r}")
+                          f"({exc})") from exc
+    globals()[name] = value
+    return value
 
 
-__all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint", "load_checkpoint",
-           "CheckpointError", "Level", "HierSchedule", "Reduction", "plan_groups", "__version__"]
+__all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint",
+           "load_checkpoint", "CheckpointError", "Level", "HierSchedule", "Reduction",
+           "__version__"]

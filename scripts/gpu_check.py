@@ -55,7 +55,7 @@ def machine(rehearsal: bool) -> dict:
 
 def check_extension(build_dir: Path, rehearsal: bool) -> dict:
     import hvd_hier
-    from hvd_hier._ext import extension
+    from hvd_hier.comm.extension import extension
 
     C = extension()
     where = Path(C.__file__).resolve()
@@ -171,7 +171,7 @@ def best_copy(timer: Timer, src: torch.Tensor, dst: torch.Tensor) -> dict:
 
 def time_kernels(device: torch.device, model: str, repeats: int, warmup: int) -> list:
     """pack and unpack of the model's parameters against a copy of the same bytes."""
-    from hvd_hier._ext import extension
+    from hvd_hier.comm.extension import extension
 
     C = extension()
     timer = Timer(device, repeats, warmup)
@@ -234,7 +234,7 @@ CODEC_CASES = [("encode", "int8", True, 4 + 4 + 4 + 4 + 1), ("apply", "int8", Fa
 def time_codec_kernels(device: torch.device, model: str, repeats: int, warmup: int) -> list:
     """encode_delta and apply_delta of the model's float32 parameters (in tables of at most
     MAX_TENSORS_PER_DELTA_LAUNCH tensors) against a float32 copy of the same bytes."""
-    from hvd_hier._ext import extension
+    from hvd_hier.comm.extension import extension
 
     C = extension()
     timer = Timer(device, repeats, warmup)

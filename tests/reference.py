@@ -82,7 +82,7 @@ class OuterSGD:
 def lower_groups_within(group, lower):
     """The groups of ``lower`` inside ``group`` when the level can reduce in two stages (every
     group made of 2 or more lower groups of one size of 2 or more), ordered by first rank;
-    else None. Written from the definition, independently of hvd_hier.topology."""
+    else None. Written from the definition, independently of hvd_hier.topology.groups."""
     if lower is None:
         return None
     inside = sorted(sorted(g) for g in lower if set(g) <= set(group))
@@ -273,7 +273,7 @@ def simulate_quadratic_levels(w0, lr, segments, periods, warmup, steps, dim, out
             return [models[r] for r in ranks]
 
 
-# ---- compressed deltas, written from the wire format's definition (hvd_hier.compressed) ----
+# ---- compressed deltas, written from the wire format's definition (hvd_hier.reduce.codec) ----
 CODEC_CHUNK = 2048
 
 

@@ -406,7 +406,7 @@ def planner_prediction(results: List[Dict], run: Dict, own_compute: bool = True
     """The planner's step time for an hvd_hier run, from the figures ``python -m hvd_hier.plan``
     measured at its rate: as it printed them (given the compute-only run's median step), or
     (``own_compute``) given the run's own computation per step instead."""
-    from hvd_hier import plan as planner
+    from hvd_hier.plan import cli as planner
 
     planned = next((r for r in results if r["rate"] == run["rate"] and r["method"] == "plan"),
                    None)

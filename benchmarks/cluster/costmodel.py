@@ -1,6 +1,6 @@
 """A small cost model of one training step under each method, and what it predicts.
 
-The model is ``hvd_hier.stepmodel``'s (its module doc has the formula), per step averaged over a
+The model is ``hvd_hier.plan.model``'s (its module doc has the formula), per step averaged over a
 period of K1*K2 steps: the computation, the local averagings, and the global reduction's link
 time (2(P-1)/P of the bytes on a node's uplink for a ring over P ranks placed node by node;
 2(N-1)/N for hvd_hier's two stages through N nodes; compressed: of the encoded bytes). K-AVG
@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from hvd_hier.stepmodel import (INT8_BYTES_PER_ELEMENT, global_link_bytes,  # noqa: F401
+from hvd_hier.plan.model import (INT8_BYTES_PER_ELEMENT, global_link_bytes,  # noqa: F401
                                 overlap_collectives, ring, step_time)
 
 

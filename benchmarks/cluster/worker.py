@@ -93,7 +93,7 @@ def raw_collectives(args, comm, model):
     node = comm.rank // comm.local_size
     if comm.backend == "horovod":
         hvd = comm.hvd
-        from hvd_hier.topology import process_set_for
+        from hvd_hier.topology.process_sets import process_set_for
         sets = [process_set_for(list(range(i, i + comm.local_size)))
                 for i in range(0, comm.size, comm.local_size)]
 
@@ -203,7 +203,7 @@ def main():
             "compression": args.global_compression, "overlap_steps": args.overlap_steps,
             # what one rank reduces per global averaging (hvd_hier: encoded bytes if compressed)
             # the global level's whole encoded model (E), for compressed runs
-            "encoded_bytes": (opt.hier_state().anchors[-1].reducer.nbytes
+            "encoded_bytes": (opt.hier_state().levels[-1].reducer.nbytes
                               if args.global_compression else None),
             "global_bytes_per_average": (after["bytes_global"] - before["bytes_global"])
             / max(1, after["global"] - before["global"]),

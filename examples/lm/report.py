@@ -4,7 +4,7 @@ training, no collectives (the sweep and the tests call it).
 A run is train_lm.py's JSON. Its methods are named by ``compare.Config`` (``sync``,
 ``torch_S4_K11_K28``, ``kavg_K8``, ``hier_S4_K11_K28_outer0.7m0.9_int8_ov2`` ...).
 
-Bytes between nodes are the formula of ``hvd_hier.stepmodel.global_link_bytes`` applied to
+Bytes between nodes are the formula of ``hvd_hier.plan.model.global_link_bytes`` applied to
 each global reduction a run made: what one node's uplink sends (a ring allreduce over all
 ranks for synchronous SGD's gradients and PyTorch's averager; hvd_hier's two stages through
 the node for Hier-AVG; an alltoall and allgather of the encoding for compressed deltas). On
@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hvd_hier.stepmodel import global_link_bytes, ring
+from hvd_hier.plan.model import global_link_bytes, ring
 
 #: the quality targets' margins (relative to the baseline's test loss)
 OUTER_WITHIN = 0.02

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from hvd_hier._ext import extension
+from hvd_hier.comm.extension import extension
 
 C = extension()
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gpu_device import DEVICE, KIND, cpu_path, synchronize
-from hvd_hier.averaging import BucketAverager, FlatAverager
+from hvd_hier.reduce.buckets import BucketAverager
+from hvd_hier.reduce.flat import FlatAverager
 from standin import PeersSum
 
 P = 4

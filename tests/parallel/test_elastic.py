@@ -54,15 +54,21 @@ def test_killed_worker_shrinks_the_job_and_a_host_added_back_grows_it(tmp_path, 
     finals = [json.loads((tmp_path / f"final_rank{r}.json").read_text()) for r in range(4)]
     # 4 ranks on two hosts; the kill loses steps 15-16 (the last commit was after step 14);
     # 2 ranks on localhost; grown back at the commit after step 32. The two workers that
-    # survived saw all of it, the two added saw the last part.
-    segments = [
-        {"step": 0, "size": 4, "schedule": 1, "groups": [[0, 1], [2, 3]]},
-        {"step": 14, "size": 2, "schedule": 15, "groups": [[0, 1]]},
-        {"step": 32, "size": 4, "schedule": 33, "groups": [[0, 1], [2, 3]]},
-    ]
+    # survived saw all of it, the two added saw the part from the growth on. (A loaded
+    # machine may add a reset that changes nothing, at a commit: the segments are read from
+    # what the workers saw, and the model is checked against the simulation of those.)
     seen = [f["segments"] for f in finals]
-    assert sorted(map(len, seen)) == [1, 1, 3, 3], (seen, out[-4000:])
+    segments = max(seen, key=len)
     assert all(s == segments[-len(s):] for s in seen), (seen, out[-4000:])
+    four, two = [[0, 1], [2, 3]], [[0, 1]]
+    assert segments[0] == {"step": 0, "size": 4, "schedule": 1, "groups": four}, seen
+    shrunk = [s for s in segments if s["size"] == 2]
+    assert shrunk and shrunk[0] == {"step": 14, "size": 2, "schedule": 15, "groups": two}, seen
+    grown = next(i for i, s in enumerate(segments) if s["size"] == 4 and s["step"] > 0)
+    assert segments[grown] == {"step": 32, "size": 4, "schedule": 33, "groups": four}, seen
+    assert all(s["size"] == 2 and s["groups"] == two for s in segments[1:grown]), seen
+    assert all(s["size"] == 4 and s["groups"] == four for s in segments[grown:]), seen
+    assert sorted(len(s) for s in seen) == [len(segments) - grown] * 2 + [len(segments)] * 2
     for before, after, groups, step in ((4, 2, "[[0, 1]]", 14), (2, 4, "[[0, 1], [2, 3]]", 32)):
         line = (f"hvd_hier: Horovod was initialised again (elastic reset): {before} ranks before, "
                 f"{after} ranks in local groups {groups}; the schedule continues at step {step} "
@@ -105,10 +111,15 @@ def test_three_levels_shrink_and_grow(tmp_path):
                 f"(periods [2, 4, 12], warmup {WARMUP})")
         assert line in out, (line, out[-4000:])
     finals = [json.loads((tmp_path / f"final_rank{r}.json").read_text()) for r in range(4)]
-    segments = [(0, four), (14, two), (26, four)]
+    # the segments as the workers saw them (see the test above)
     seen = [[(s["step"], s["level_groups"]) for s in f["segments"]] for f in finals]
-    assert sorted(map(len, seen)) == [1, 1, 3, 3], (seen, out[-4000:])
+    segments = max(seen, key=len)
     assert all(s == segments[-len(s):] for s in seen), (seen, out[-4000:])
+    grown = next(i for i, (step, groups) in enumerate(segments) if groups == four and step > 0)
+    assert segments[:2] == [(0, four), (14, two)] and segments[grown] == (26, four), seen
+    assert all(g == two for _, g in segments[1:grown]), seen
+    assert all(g == four for _, g in segments[grown:]), seen
+    assert sorted(len(s) for s in seen) == [len(segments) - grown] * 2 + [len(segments)] * 2
     assert [f["steps"] for f in finals] == [50] * 4 and {f["size"] for f in finals} == {4}
     assert all(f["w"] == finals[0]["w"] for f in finals), "ranks end with different models"
     w0 = np.linspace(-1.0, 1.0, DIM)

@@ -4,7 +4,7 @@ pairwise parameters (``indirect=["isa"]``). Tests of constants and error message
 
 import pytest
 
-from hvd_hier._ext import extension
+from hvd_hier.comm.extension import extension
 from kernel_isa import ISAS
 
 

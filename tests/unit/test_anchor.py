@@ -1,4 +1,4 @@
-"""The anchor and outer step of a level (hvd_hier.anchor), without processes: the checks of
+"""The anchor and outer step of a level (hvd_hier.outer.anchor), without processes: the checks of
 ``outer``, the closed-form outer step, flat storage, buffers, state dicts, and the shorthand's
 outer level."""
 
@@ -7,10 +7,15 @@ import functools
 import pytest
 import torch
 
-from hvd_hier.anchor import Anchor, make_anchors, make_outer
-from hvd_hier.config import make_config
-from hvd_hier.flat import FlatAverager
-from hvd_hier.levels import Level, check_levels, describe_callable
+from hvd_hier.comm.collectives import cpu_copy
+from hvd_hier.config.levels import Level, check_levels, describe_callable
+from hvd_hier.config.options import Tensors, make_config
+from hvd_hier.outer.anchor import Anchor, make_outer
+from hvd_hier.reduce.buckets import BucketAverager
+from hvd_hier.reduce.flat import FlatAverager
+from hvd_hier.reduce.strategy import Context
+from hvd_hier.runtime.level import build_levels
+from hvd_hier.runtime.state import Stats
 
 SGD = functools.partial(torch.optim.SGD, lr=0.5, momentum=0.5, nesterov=True)
 EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
@@ -135,11 +140,16 @@ def test_state_dict_round_trip_and_reset():
         b.load_state_dict({"taken": True, "anchor": [torch.zeros(3)], "outer": saved["outer"]})
 
 
-def test_make_anchors_one_per_level_with_outer():
-    levels = (Level(1, 2), Level(2, 4, outer=SGD), Level(4, "all"))
-    anchors = make_anchors(levels, tensors(), 2)
-    assert [a is not None for a in anchors] == [False, True, False]
-    assert anchors[1].where == "levels[1]" and anchors[1].nbytes() == 7 * 8
+def test_one_anchor_per_level_with_outer():
+    config = make_config(levels=[Level(1, 2), Level(2, 4, outer=SGD), Level(4, "all")])
+    ts = tensors()
+    found = Tensors(ts[:2], ["a", "b"], ts[2:])
+    averager = BucketAverager(ts, 1 << 20)
+    ctx = Context(averager, "raise", False, False, Stats([]))
+    levels = build_levels(config, found, averager, ctx)
+    assert [lv.anchor is not None for lv in levels] == [False, True, False]
+    assert levels[1].anchor.where == "levels[1]" and levels[1].anchor.nbytes() == 7 * 8
+    assert levels[1].reducer is None and levels[1].state_dict()["compression"] is None
 
 
 def test_portable_state_is_compact_cpu_copies():
@@ -147,12 +157,12 @@ def test_portable_state_is_compact_cpu_copies():
     averager = FlatAverager(ts, bucket_cap_bytes=1 << 20, names=["a", "b", "buf"])
     a = Anchor("levels[0]", ts, 2, SGD, averager.buckets)
     a.take()
-    state = a.portable_state()
+    state = cpu_copy(a.state_dict())
     for saved, mine in zip(state["anchor"], a.anchor):
         assert torch.equal(saved, mine) and saved.device.type == "cpu"
         # its own compact storage, not a view of the whole flat buffer
         assert saved.untyped_storage().nbytes() == saved.numel() * saved.element_size()
-    assert state["compression"] is None and state["outer_name"] == describe_callable(SGD)
+    assert state["outer_name"] == describe_callable(SGD)
 
 
 def test_another_outer_optimizer_starts_from_zero():

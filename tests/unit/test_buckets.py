@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hvd_hier.averaging import BucketAverager, flat_view, plan_buckets
+from hvd_hier.reduce.buckets import BucketAverager, flat_view, plan_buckets
 
 
 def covered(buckets, tensors):

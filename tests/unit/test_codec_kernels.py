@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from hvd_hier._ext import extension
+from hvd_hier.comm.extension import extension
 from kernel_isa import ISAS
 from pairwise import pairwise_params
 

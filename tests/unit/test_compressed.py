@@ -1,12 +1,12 @@
-"""The compressed reduction's pure parts (hvd_hier.compressed): shards of records, the bytes
+"""The compressed reduction's pure parts (hvd_hier.reduce.codec): shards of records, the bytes
 a rank sends, and the reducer's arguments; the reduction itself runs under horovodrun
 (tests/parallel/workers/compressed.py) and its kernels in test_codec_kernels.py."""
 
 import pytest
 import torch
 
-from hvd_hier._ext import extension
-from hvd_hier.compressed import DeltaReducer, link_bytes, shard_records
+from hvd_hier.comm.extension import extension
+from hvd_hier.reduce.codec import DeltaReducer, link_bytes, shard_records
 
 C = extension()
 

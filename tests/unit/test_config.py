@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import horovod.torch as hvd
-from hvd_hier.config import collect_tensors, make_config
-from hvd_hier.levels import Level
+from hvd_hier.config.levels import Level
+from hvd_hier.config.options import collect_tensors, make_config
 
 
 @pytest.mark.parametrize("kwargs,message", [

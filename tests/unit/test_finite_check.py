@@ -1,10 +1,10 @@
-"""The non-finite check's local pass (``hvd_hier.reduction.all_finite``): every inf and NaN
+"""The non-finite check's local pass (``hvd_hier.reduce.nonfinite.all_finite``): every inf and NaN
 found, whatever the dtype, and finite values whose sum overflows not mistaken for one."""
 
 import pytest
 import torch
 
-from hvd_hier.reduction import all_finite
+from hvd_hier.reduce.nonfinite import all_finite
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from hvd_hier.averaging import FLAT_ALIGN_BYTES, FlatAverager
+from hvd_hier.reduce.flat import FLAT_ALIGN_BYTES, FlatAverager
 
 
 def model():
@@ -168,7 +168,7 @@ def test_every_dtype(dtype):
 def test_plan_flat_layout_is_pure_and_closed_form():
     """The layout alone, on tensors that are not moved: per (device, dtype) in order, offsets
     on 64-byte boundaries, a new buffer at the cap, a larger tensor alone, empty ones skipped."""
-    from hvd_hier.averaging import FlatPlan, plan_flat_layout
+    from hvd_hier.reduce.flat import FlatPlan, plan_flat_layout
 
     f32 = [torch.empty(10), torch.empty(0), torch.empty(5), torch.empty(20)]
     f16 = [torch.empty(3, dtype=torch.float16), torch.empty(40, dtype=torch.float16)]

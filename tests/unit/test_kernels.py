@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernel_isa import ISAS
-from hvd_hier._ext import extension
+from hvd_hier.comm.extension import extension
 from pairwise import pairwise_params
 
 C = extension()

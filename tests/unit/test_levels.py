@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from hvd_hier import HierSchedule, Reduction
-from hvd_hier.levels import (ALL, Level, adapt_level_groups, check_levels, levels_from_args,
-                             plan_level_groups)
+from hvd_hier.config.levels import ALL, Level, check_levels, levels_from_args
+from hvd_hier.topology.groups import adapt_level_groups, plan_level_groups
 
 
 def defined_level(t, periods, warmup):

@@ -3,7 +3,7 @@ boundary, and how the rest is run at the end (fake collectives, no processes).""
 
 import pytest
 
-from hvd_hier import pieces as piece_module
+from hvd_hier.reduce import pieces as piece_module
 
 
 class FakeHorovod:

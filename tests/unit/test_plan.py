@@ -2,7 +2,7 @@
 
 import pytest
 
-from hvd_hier import plan
+from hvd_hier.plan import cli as plan
 
 # 2 nodes x 2 ranks, a 45 MB model, 12.5 MB/s per node's uplink
 CLUSTER = plan.Cluster(p=4, l=2, t_compute=0.1, t_local=0.2, b_inter=12.5e6)

@@ -7,9 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvd_hier._ext import extension
-from hvd_hier.averaging import BucketAverager, FlatAverager, plan_buckets
-from hvd_hier.schedule import HierSchedule, Reduction
+from hvd_hier.comm.extension import extension
+from hvd_hier.config.schedule import HierSchedule, Reduction
+from hvd_hier.reduce.buckets import BucketAverager, plan_buckets
+from hvd_hier.reduce.flat import FlatAverager
 from reference import reference_reduction
 
 C = extension()

@@ -1,24 +1,7 @@
 import pytest
 
-from hvd_hier import plan_groups
-from hvd_hier import topology
-
-
-def test_integer_groups_are_contiguous_blocks_in_rank_order():
-    assert plan_groups([0, 1, 2, 3, 4, 5], 2) == [[0, 1], [2, 3], [4, 5]]
-    assert plan_groups([0, 1, 2, 3, 4, 5], 3) == [[0, 1, 2], [3, 4, 5]]
-    assert plan_groups([0, 1, 2, 3], 1) == [[0], [1], [2], [3]]
-    assert plan_groups([0, 1, 2, 3], 4) == [[0, 1, 2, 3]]
-    # a process set's ranks need not start at 0 or be contiguous
-    assert plan_groups([1, 3, 5, 7], 2) == [[1, 3], [5, 7]]
-
-
-def test_local_groups_follow_hosts_in_order_of_appearance():
-    hosts = ["b", "b", "a", "a", "c", "c"]
-    assert plan_groups(list(range(6)), "local", hosts) == [[0, 1], [2, 3], [4, 5]]
-    interleaved = ["x", "y", "x", "y"]
-    assert plan_groups([0, 1, 2, 3], "local", interleaved) == [[0, 2], [1, 3]]
-    assert plan_groups([0, 1], "local", ["h", "h"]) == [[0, 1]]
+from hvd_hier.config.levels import Level
+from hvd_hier.topology import groups as topology
 
 
 @pytest.mark.parametrize("ranks,size,hosts,message", [
@@ -33,21 +16,19 @@ def test_local_groups_follow_hosts_in_order_of_appearance():
      "group_size='local' needs the same number of ranks on every host, got {'a': 3, 'b': 1}; pass an integer group_size that divides 4"),
 ])
 def test_bad_group_sizes(ranks, size, hosts, message):
-    with pytest.raises(ValueError) as info:
-        plan_groups(ranks, size, hosts)
+    with pytest.raises(ValueError) as info:  # the two-level form: its levels have no name
+        topology.plan_level_groups(ranks, [Level(1, size), Level(2, "all")], hosts, ["", ""])
     assert str(info.value) == message
 
 
 def test_groups_of_a_subset_must_exist_already():
-    from hvd_hier.topology import check_can_create
-
     # the whole job, one group, or groups of one rank: nothing to ask
-    check_can_create([[0, 1], [2, 3]], set(), world_size=4)
-    check_can_create([[0, 1, 2]], set(), world_size=8)
-    check_can_create([[0], [1]], set(), world_size=8)
-    check_can_create([[0, 1], [2, 3]], {(0, 1), (2, 3)}, world_size=8)
+    topology.check_can_create([[0, 1], [2, 3]], set(), world_size=4)
+    topology.check_can_create([[0, 1, 2]], set(), world_size=8)
+    topology.check_can_create([[0], [1]], set(), world_size=8)
+    topology.check_can_create([[0, 1], [2, 3]], {(0, 1), (2, 3)}, world_size=8)
     with pytest.raises(ValueError) as info:
-        check_can_create([[0, 1], [2, 3]], {(0, 1)}, world_size=8)
+        topology.check_can_create([[0, 1], [2, 3]], {(0, 1)}, world_size=8)
     assert str(info.value) == (
         "process_set [0, 1, 2, 3] is smaller than the job (8 ranks), so the local groups cannot "
         "be created by its ranks alone (Horovod adds a process set only when every rank calls "
@@ -66,21 +47,19 @@ def test_groups_of_a_subset_must_exist_already():
     (1, 8, [[0]], "group_size=8 is larger than the 1 rank; using groups of 1, the largest divisor of 1 not above 8"),
 ])
 def test_elastic_jobs_fit_an_integer_group_size_to_the_new_size(size, group_size, groups, note):
-    from hvd_hier.topology import adapt_groups
-
-    assert adapt_groups(list(range(size)), group_size) == (groups, note)
+    levels = [Level(1, group_size), Level(2, "all")]  # the two-level form: no level names
+    assert topology.adapt_level_groups(list(range(size)), levels, None, ["", ""]) == (
+        [groups, [list(range(size))]], [note] if note else [])
 
 
 def test_elastic_jobs_keep_one_group_per_host_when_hosts_are_uneven():
-    from hvd_hier.topology import adapt_groups
-
-    assert adapt_groups([0, 1, 2, 3], "local", ["a", "a", "b", "b"]) == ([[0, 1], [2, 3]], None)
-    assert adapt_groups([0, 1, 2], "local", ["a", "a", "b"]) == (
-        [[0, 1], [2]], "the hosts hold different numbers of ranks ({'a': 2, 'b': 1}); each host "
-        "stays one local group")
-    with pytest.raises(ValueError) as info:
-        adapt_groups([0, 1], 0)
-    assert str(info.value) == "group_size must be an integer >= 1 or 'local', got 0"
+    levels = [Level(1, "local"), Level(2, "all")]
+    adapt = topology.adapt_level_groups
+    assert adapt([0, 1, 2, 3], levels, ["a", "a", "b", "b"], ["", ""]) == (
+        [[[0, 1], [2, 3]], [[0, 1, 2, 3]]], [])
+    assert adapt([0, 1, 2], levels, ["a", "a", "b"], ["", ""]) == (
+        [[[0, 1], [2]], [[0, 1, 2]]], ["the hosts hold different numbers of ranks "
+                                      "({'a': 2, 'b': 1}); each host stays one local group"])
 
 
 @pytest.mark.parametrize("groups, lower, cross", [

@@ -22,11 +22,12 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, sys.argv[1])
     import torch
     import hvd_hier
-    from hvd_hier.averaging import BucketAverager, FlatAverager
+    from hvd_hier.reduce.buckets import BucketAverager
+    from hvd_hier.reduce.flat import FlatAverager
     from standin import PeersSum
 
     assert "horovod" not in sys.modules
-    assert hvd_hier.HierSchedule is not None and hvd_hier.plan_groups is not None
+    assert hvd_hier.HierSchedule is not None and hvd_hier.Level is not None
     x = [torch.full((5,), 2.0), torch.full((3,), -1.0)]
     BucketAverager(x, 16, collective=PeersSum(4)).average(None, 4, "t")
     assert torch.equal(x[0], torch.full((5,), 2.75)) and torch.equal(x[1], torch.full((3,), -0.25))

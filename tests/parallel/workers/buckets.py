@@ -7,7 +7,8 @@ any difference would come from the packing, not from the reduction."""
 import torch
 
 import horovod.torch as hvd
-from hvd_hier.averaging import BucketAverager, FlatAverager
+from hvd_hier.reduce.buckets import BucketAverager
+from hvd_hier.reduce.flat import FlatAverager
 from common import init, main, report
 
 SHAPES = [(17, 33), (1,), (0,), (4096,), (3, 3, 3, 3), (1000,), (5,)]

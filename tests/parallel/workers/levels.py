@@ -25,7 +25,7 @@ CONFIGS = {
     "uneven_periods": ([(3, 2), (6, 4), (12, "all")], 0, 26),
     "rank_lists": ([(1, [[0, 4], [2, 6], [1, 5], [3, 7]]), (2, [[0, 2, 4, 6], [1, 3, 5, 7]]),
                     (4, 8)], 1, 11),
-    "local_middle": ([(1, 2), hvd_hier.levels.Level(2, "local"), (8, "all")], 0, 17),
+    "local_middle": ([(1, 2), hvd_hier.Level(2, "local"), (8, "all")], 0, 17),
     "equal_periods": ([(2, 2), (2, 4), (6, "all")], 0, 12),
 }
 

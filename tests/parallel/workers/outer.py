@@ -105,7 +105,7 @@ def under_grad_scaler(rank, size):
     want = simulate_levels_sgd([init_values(0)] * size, grad_values, LR, groups, [1, 2, 4],
                                warmup, steps, outers)
     scaler = torch.amp.GradScaler("cpu", init_scale=16.0, growth_interval=1000)
-    anchor = opt.hier_state().anchors[2]
+    anchor = opt.hier_state().levels[2].anchor
     for t in range(1, steps + 1):
         opt.zero_grad()
         scaler.scale((w * torch.tensor(grad_values(rank, t), dtype=torch.float64)).sum()).backward()
@@ -144,7 +144,7 @@ def resume(rank, size):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         opt2.load_state_dict(plain)
-    anchors = [a for a in opt2.hier_state().anchors if a is not None]
+    anchors = [lv.anchor for lv in opt2.hier_state().levels if lv.anchor is not None]
     assert anchors and not any(a.taken or a.outer.state for a in anchors)
     report("outer_resume")
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from hvd_hier import plan
+from hvd_hier.plan import cli as plan
 
 
 def tiny():

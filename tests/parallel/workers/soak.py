@@ -18,7 +18,7 @@ import torch
 import horovod.torch as hvd
 import hvd_hier
 from common import init, main, report
-from hvd_hier.topology import _horovod_sets
+from hvd_hier.comm.horovod_api import process_set_table as _horovod_sets
 
 K1, K2, S, W = 2, 4, 2, 10
 EVERY = 500

@@ -18,8 +18,8 @@ import torch
 
 import horovod.torch as hvd
 import hvd_hier
-from hvd_hier import pieces
-from hvd_hier.topology import process_set_for
+from hvd_hier.reduce import pieces
+from hvd_hier.topology.process_sets import process_set_for
 from common import init, report
 
 TIMEOUT = 3.0
@@ -41,7 +41,7 @@ def test():
     step(w, opt)
     step(w, opt)
     if rank == 3:
-        time.sleep(4 * TIMEOUT)  # "stops calling step()"
+        time.sleep(6 * TIMEOUT)  # "stops calling step()", longer than the others may wait
     start = time.monotonic()
     stalled_at = 3 if rank in (2, 3) else 4
     if rank < 2:
@@ -58,7 +58,7 @@ def test():
             "schedules or parameters differ (Horovod's stall warnings name the ranks that did "
             "not join). Pass a larger stall_timeout_s if a rank is legitimately busy that "
             "long"), str(exc)
-        assert TIMEOUT <= waited < TIMEOUT + 3, waited
+        assert TIMEOUT <= waited < 4 * TIMEOUT, waited  # slack, yet before the sleeper wakes
     assert opt.averaging_stats()["steps"] == stalled_at - 1
     report("stall: reported")
 
@@ -82,7 +82,7 @@ def overlapped(folder: Path) -> None:
     for _ in range(4):
         step(w, opt)
     if rank == 1:
-        time.sleep(4 * TIMEOUT)
+        time.sleep(6 * TIMEOUT)
     step(w, opt)
     start = time.monotonic()
     try:
@@ -97,7 +97,7 @@ def overlapped(folder: Path) -> None:
             "or the ranks' schedules or parameters differ (Horovod's stall warnings name the "
             "ranks that did not join). Pass a larger stall_timeout_s if a rank is legitimately "
             "busy that long"), str(exc)
-        assert TIMEOUT <= waited < TIMEOUT + 3, waited
+        assert TIMEOUT <= waited < 4 * TIMEOUT, waited  # slack, yet before the sleeper wakes
     report("stall: overlapped")
 
 

@@ -1,0 +1,1 @@
+"""What survives a restart: the optimizer's state dict and per-rank checkpoint files."""

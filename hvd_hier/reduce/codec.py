@@ -1,0 +1,216 @@
+"""A level's reduction of compressed deltas.
+
+What is reduced is the delta d = x − x̄ from the level's anchor (plus, for int8, this rank's
+error residual), encoded by the fused kernel ``encode_delta`` in one pass: ``"fp16"`` and
+``"bf16"`` cast it, ``"int8"`` quantises it with one float32 scale per chunk of
+``CODEC_CHUNK`` elements and keeps what the quantisation lost in a float32 residual that is
+added to the next delta of that level on this rank (error feedback).
+
+Horovod's CPU operations do not sum bfloat16, and int8 sums overflow, so the encoded bytes are
+never summed by Horovod. Each bucket's records are cut into P contiguous shards (P: the
+group's size); one ``alltoall`` sends shard k of every rank to rank k, which decodes the P
+contributions, sums them in float32 in rank order, scales by 1/n and encodes the mean again
+(``reduce_encoded``); one ``allgather`` then gives every rank every encoded shard of the
+mean, and ``apply_delta`` writes x = x̄ + mean and x̄ = x in one pass. Every rank decodes the
+same bytes, so the group ends bit-identical; the parameters keep their dtype.
+
+Bytes a rank sends per reduction, for N elements (E = ceil(N / 2048) records of R bytes: R =
+4096 for fp16 and bf16, 2064 for int8, a 16-byte header holding the scale): the alltoall
+sends E·R·(P − 1)/P and the allgather E·R·(P − 1)/P (Gloo's ring: each rank forwards the P −
+1 shards it does not own), so 2·(P − 1)/P·E·R, against 2·(P − 1)/P·4N for float32
+(``link_bytes``). With shards of unequal record counts the exact figure differs by at most
+one record per peer.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from ..comm.collectives import wait
+from ..comm.extension import extension
+from ..config.levels import CODECS
+from . import CHUNK_BYTES
+from .buckets import flat_view, plan_buckets
+
+__all__ = ["CODECS", "shard_records", "link_bytes", "piece_bucket_cap", "HorovodExchange",
+           "DeltaReducer"]
+
+
+def shard_records(records: int, parts: int) -> List[int]:
+    """Records per shard when ``records`` are cut into ``parts`` contiguous shards: sizes
+    differ by at most one, the larger ones first."""
+    base, extra = divmod(records, parts)
+    return [base + (1 if k < extra else 0) for k in range(parts)]
+
+
+def link_bytes(codec: Optional[str], numel: int, group: int) -> float:
+    """Bytes one rank sends per reduction of ``numel`` elements over ``group`` ranks: the
+    formula of the module's docstring (``codec=None``: a float32 ring allreduce)."""
+    if group <= 1:
+        return 0.0
+    ext = extension()
+    payload = 4 * numel if codec is None else ext.encoded_bytes(codec, numel)
+    return 2 * (group - 1) / group * payload
+
+
+def piece_bucket_cap(codec: str) -> int:
+    """The bucket cap (in bytes of float32 elements) of an overlapped compressed level: a
+    bucket whose encoded delta is about ``CHUNK_BYTES``, one piece of the reduction."""
+    ext = extension()
+    bytes_per_element = ext.codec_record_bytes(codec) / ext.CODEC_CHUNK
+    return int(CHUNK_BYTES / bytes_per_element * 4)
+
+
+class HorovodExchange:
+    """The two collectives of a compressed reduction, through Horovod: ``alltoall(buffer,
+    splits, name, process_set)`` and ``allgather(buffer, name, process_set)`` start one and
+    return a handle; ``wait(handle, deadline)`` returns its output (``StallError`` past the
+    deadline)."""
+
+    def alltoall(self, buffer: torch.Tensor, splits: List[int], name: str, process_set):
+        import horovod.torch as hvd
+
+        return hvd.alltoall_async(buffer, splits=torch.tensor(splits, dtype=torch.int32),
+                                  name=name, process_set=process_set)
+
+    def allgather(self, buffer: torch.Tensor, name: str, process_set):
+        import horovod.torch as hvd
+
+        return hvd.allgather_async(buffer, name=name, process_set=process_set)
+
+    def wait(self, handle, deadline: Optional[float]):
+        out = wait(handle, deadline)
+        return out[0] if isinstance(out, tuple) else out  # alltoall: (output, splits)
+
+
+class DeltaReducer:
+    """One level's compressed reduction on this rank.
+
+    Args:
+        codec: ``"fp16"``, ``"bf16"`` or ``"int8"``.
+        tensors: the averaged tensors (parameters, then buffers).
+        anchor: the level's anchor, one tensor per tensor (same shapes and dtypes).
+        bucket_cap_bytes: the largest bucket of tensor elements.
+        exchange: the collectives (``HorovodExchange()`` by default).
+    """
+
+    def __init__(self, codec: str, tensors: Sequence[torch.Tensor],
+                 anchor: Sequence[torch.Tensor], bucket_cap_bytes: int, exchange=None):
+        if codec not in CODECS:
+            raise ValueError(f"compression must be one of {', '.join(CODECS)}, got {codec!r}")
+        ext = extension()
+        self._ext = ext
+        self.codec = codec
+        self.tensors, self.anchor = list(tensors), list(anchor)
+        self.exchange = exchange if exchange is not None else HorovodExchange()
+        # int8: what quantisation lost, added to this rank's next delta of the level
+        self.residuals = ([torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+                           for t in self.tensors] if codec == "int8" else [])
+        self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
+                                    ext.MAX_TENSORS_PER_DELTA_LAUNCH)
+        self.record_bytes = ext.codec_record_bytes(codec)
+        #: each bucket's encoded bytes, and their sum (one rank's contribution)
+        self.encoded_sizes = [ext.encoded_bytes(codec, b.numel) for b in self.buckets]
+        self.nbytes = sum(self.encoded_sizes)
+
+    def _views(self, bucket, table):
+        return [flat_view(table[i])[first:last] for i, first, last in bucket.segments]
+
+    def drop_contribution(self, table: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """This rank contributes a zero delta to the next reduction (its values are
+        non-finite): x := x̄ (``table``: the copy of the tensors that will be encoded, if not
+        the tensors) and its residual := 0."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors if table is None else list(table), self.anchor)
+            if self.residuals:
+                torch._foreach_zero_(self.residuals)
+
+    def reset_residuals(self) -> None:
+        if self.residuals:
+            with torch.no_grad():
+                torch._foreach_zero_(self.residuals)
+
+    def reduce(self, process_set, members: List[int], rank: int, divisor: int, tag: str,
+               deadline: Optional[float] = None, to_gradient: bool = False) -> int:
+        """Reduce the deltas over ``members`` (global ranks of ``process_set``; ``rank`` is
+        this one) and divide by ``divisor``. Without ``to_gradient``: x = x̄ = x̄ + mean. With
+        it: every tensor := −mean (the outer optimizer's pseudo-gradient x̄ − ḡ), the anchor
+        untouched. Returns the encoded bytes of one rank's contribution. Bucket by bucket, so
+        that one bucket's encoded buffers are the only extra memory."""
+        with torch.no_grad():
+            for i in range(len(self.buckets)):
+                started = self.start_exchange(i, self.encode(i), process_set, members, tag)
+                mean = self.end_exchange(i, started, process_set, members, rank, divisor, tag,
+                                         deadline)
+                self.finish(i, mean, to_gradient=to_gradient)
+        return self.nbytes
+
+    # -- the three phases of one bucket (the overlapped reduction runs them apart) ----------
+    def encode(self, i: int, table: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Bucket ``i``'s encoded delta ``table`` − anchor (``table``: the tensors, or a copy of
+        them of the same shapes), with this rank's residuals (updated)."""
+        ext, bucket = self._ext, self.buckets[i]
+        table = self.tensors if table is None else table
+        res = self._views(bucket, self.residuals) if self.residuals else []
+        encoded = torch.empty(self.encoded_sizes[i], dtype=torch.uint8, device=bucket.device)
+        with torch.no_grad():
+            ext.encode_delta(self._views(bucket, table), self._views(bucket, self.anchor), res,
+                             encoded, self.codec)
+        return encoded
+
+    def start_exchange(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
+                       tag: str):
+        """Start bucket ``i``'s alltoall; returns what ``end_exchange`` needs."""
+        shards = shard_records(encoded.numel() // self.record_bytes, len(members))
+        splits = [k * self.record_bytes for k in shards]
+        name = f"hvd_hier.{tag}.{self.codec}.{i}"
+        return splits, self.exchange.alltoall(encoded, splits, f"{name}.a2a", process_set)
+
+    def end_exchange(self, i: int, started, process_set, members: List[int], rank: int,
+                     divisor: int, tag: str, deadline: Optional[float] = None) -> torch.Tensor:
+        """Wait for bucket ``i``'s alltoall, reduce this rank's shard, allgather the mean."""
+        splits, handle = started
+        mine = self.reduce_shard(self.exchange.wait(handle, deadline), splits, members, rank,
+                                 1.0 / divisor)
+        return self.exchange.wait(self.start_gather(i, mine, process_set, tag), deadline)
+
+    def reduce_shard(self, received: torch.Tensor, splits: List[int], members: List[int],
+                     rank: int, scale: float) -> torch.Tensor:
+        """This rank's shard of the encoded mean (the contributions' sum times ``scale``),
+        from the alltoall's output."""
+        me = sorted(members).index(rank)  # Horovod orders a set by rank
+        mine = torch.empty(splits[me], dtype=torch.uint8, device=received.device)
+        self._ext.reduce_encoded(received, mine, self.codec, len(members), scale)
+        return mine
+
+    def start_gather(self, i: int, mine: torch.Tensor, process_set, tag: str):
+        """Start the allgather of bucket ``i``'s encoded mean; returns its handle."""
+        return self.exchange.allgather(mine, f"hvd_hier.{tag}.{self.codec}.{i}.gather",
+                                       process_set)
+
+    def finish(self, i: int, mean: torch.Tensor, table: Optional[Sequence[torch.Tensor]] = None,
+               to_gradient: bool = False) -> None:
+        """Write bucket ``i``'s decoded ``mean`` into ``table`` (default: the tensors): without
+        ``to_gradient`` x = x̄ = x̄ + mean (the anchor follows); with it x = −mean."""
+        bucket = self.buckets[i]
+        xs = self._views(bucket, self.tensors if table is None else table)
+        with torch.no_grad():
+            if to_gradient:
+                self._ext.decode_into(mean, xs, self.codec, -1.0)
+            else:
+                self._ext.apply_delta(mean, xs, self._views(bucket, self.anchor), self.codec)
+
+    def state_dict(self) -> dict:
+        return {"codec": self.codec, "residuals": list(self.residuals)}
+
+    def load_state_dict(self, saved: Optional[dict]) -> None:
+        """Restore the residuals (this rank's own); None or another codec: zero them."""
+        if saved is None or saved.get("codec") != self.codec or \
+                len(saved.get("residuals", [])) != len(self.residuals):
+            self.reset_residuals()
+            return
+        with torch.no_grad():
+            for r, s in zip(self.residuals, saved["residuals"]):
+                r.copy_(s)
