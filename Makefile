@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit demo results lm-tune lm-quality lm-cluster bench bench-e2e bench-network soak cuda-check gpu-check clean
+.PHONY: install test unit coverage demo results lm-tune lm-quality lm-cluster bench bench-e2e bench-network soak cuda-check gpu-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -54,8 +54,18 @@ test: install cuda-check  ## the whole suite (unit + horovodrun --gloo)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which is a failure"; exit 1; fi
 	exit $$rc
 
-unit: install
+unit: install  ## only tests/unit (no processes): the fast loop
 	$(PY) -m pytest tests/unit -v
+
+COV_PTH = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hvd_hier_coverage.pth
+coverage: install  ## line coverage of hvd_hier/ over make test's tests, every rank counted
+	echo "import coverage; coverage.process_startup()" > $(COV_PTH)
+	rm -rf .coverage_data; mkdir -p .coverage_data
+	rc=0; COVERAGE_PROCESS_START=$(CURDIR)/.coveragerc OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest tests -q || rc=$$?
+	rm -f $(COV_PTH)
+	$(PY) -m coverage combine -q --rcfile=.coveragerc && $(PY) -m coverage report --rcfile=.coveragerc | tail -n 1
+	exit $$rc
 
 demo: install  ## sync SGD vs K-AVG vs Hier-AVG on digits, 3 seeds: table + plots in demo_results/
 	$(PY) examples/compare.py --preset demo --out-dir demo_results
