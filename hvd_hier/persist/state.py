@@ -27,7 +27,7 @@ def hier_state_dict(h) -> Dict[str, object]:
     """The ``"hvd_hier"`` entry of the optimizer's state dict (settle the reductions in
     flight first: their corrections are saved)."""
     return {"step": h.position.t, "config": h.config.schedule_config(),
-            "stats": h.stats.to_dict(), "anchors": [lv.state_dict() for lv in h.levels],
+            "stats": h.stats.to_dict(h.level_stats()), "anchors": [lv.state_dict() for lv in h.levels],
             "overlap": corrections(h)}
 
 
@@ -59,7 +59,7 @@ def load_saved(h, saved: Dict[str, object]) -> None:
             f"hvd_hier: the checkpoint was saved with {saved['config']}, this optimizer "
             f"has {mine}; continuing from step {saved['step']} with the new schedule")
     h.position.t = int(saved["step"])
-    h.stats.load(saved["stats"])
+    h.stats.load(saved["stats"], h.level_stats())
     _load_anchors(h, saved.get("anchors"))
 
 
@@ -71,7 +71,7 @@ def load_nothing(h) -> None:
         "hvd_hier: the optimizer state dict has no Hier-AVG schedule (it was saved by "
         "a plain optimizer); the schedule starts again at step 0")
     h.position.t = 0
-    h.stats.zero()
+    h.stats.zero(h.level_stats())
     restore_corrections(h, [])
     for lv in h.levels:
         lv.reset()

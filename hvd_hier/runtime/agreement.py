@@ -67,7 +67,8 @@ def check_agreement(payloads: list, set_ranks: List[int], names: List[str]) -> N
 
 
 def setup(state, until: Optional[float] = None):
-    """Fit the optimizer to the job as Horovod now sees it: ``(topology, payloads, notes)``.
+    """Fit the optimizer to the job as Horovod now sees it: ``(topology, level topologies,
+    payloads, notes)``.
 
     Every rank of the process set calls it at the same point: at construction, or (elastic
     jobs, and after Horovod was initialised again) at the first step. Checks that need no
@@ -93,8 +94,9 @@ def setup(state, until: Optional[float] = None):
         level_groups, notes = adapt_level_groups(set_ranks, config.levels, hosts, names)
     else:
         level_groups = plan_level_groups(set_ranks, config.levels, hosts, names)
-    topology = build_topology(set_ranks, level_groups, state.process_set, hvd.rank(), hvd.size())
-    return topology, payloads, notes
+    topology, levels = build_topology(set_ranks, level_groups, state.process_set, hvd.rank(),
+                                      hvd.size())
+    return topology, levels, payloads, notes
 
 
 def _set_ranks(process_set) -> List[int]:
@@ -121,10 +123,11 @@ def _payload(state, set_ranks: List[int]) -> dict:
             "t": state.position.t}
 
 
-def bind(h, topology) -> None:
-    """The levels take the groups of ``topology`` (and choose their strategies)."""
+def bind(h, topology, level_topologies) -> None:
+    """The job as it is now: the optimizer takes ``topology``, each level its
+    ``LevelTopology`` (and chooses its strategy)."""
     h.topology, h.position.generation = topology, horovod_api.generation()
-    for level, lt in zip(h.levels, topology.levels):
+    for level, lt in zip(h.levels, level_topologies):
         level.bind(lt)
 
 
@@ -167,8 +170,8 @@ def rebuild(opt) -> None:
         level.discard(running_only=True, finish_running=False)
     with guard(h.config, f"the setup of the local groups at step {h.position.t}",
                list(range(hvd.size()))):
-        topo, payloads, notes = setup(h, deadline(h.config))
-    bind(h, topo)
+        topo, level_topologies, payloads, notes = setup(h, deadline(h.config))
+    bind(h, topo, level_topologies)
     _adopt(h, payloads[0]["t"], topo.set_ranks[0])
     _agree_anchors(h, per_group=False)
     _agree_corrections(h, per_group=False)
@@ -181,11 +184,13 @@ def rebuild(opt) -> None:
 def _log_rebuild(h, before, notes: List[str]) -> None:
     topo, s, t = h.topology, h.config.schedule, h.position.t
     if h.config.shorthand:
-        where = (f"{len(topo.set_ranks)} ranks in local groups {topo.groups}; the schedule "
+        where = (f"{len(topo.set_ranks)} ranks in local groups {h.levels[0].topology.groups}; "
+                 "the schedule "
                  f"continues at step {t} (K1={s.local_steps}, K2={s.local_rounds}, "
                  f"warmup {s.warmup_steps})")
     else:
-        where = (f"{len(topo.set_ranks)} ranks in levels {[lv.groups for lv in topo.levels]}; "
+        groups = [lv.topology.groups for lv in h.levels]
+        where = (f"{len(topo.set_ranks)} ranks in levels {groups}; "
                  f"the schedule continues at step {t} (periods {list(s.periods)}, warmup "
                  f"{s.warmup_steps})")
     for line in notes:

@@ -21,7 +21,7 @@ from ..reduce.strategy import Context
 from .agreement import bind, setup
 from .level import build_levels
 from .optimizer import HierAvgOptimizer
-from .state import HierState, Stats
+from .state import HierState
 
 __all__ = ["DistributedOptimizer"]
 
@@ -221,7 +221,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
         # before the optimizer exists. (An elastic job sets up at its first step instead: a
         # worker that joins a running job constructs its optimizer while the others are
         # already inside hvd.elastic.run, so construction must not be a collective.)
-        bind(state, setup(state)[0])
+        topology, level_topologies, _, _ = setup(state)
+        bind(state, topology, level_topologies)
     return _wrap(optimizer, named_parameters, compression, config, process_set, state)
 
 
@@ -259,9 +260,7 @@ def _state(config, process_set, found, base) -> HierState:
     if config.deterministic:  # warmup: the gradients of the trained parameters, in a fixed layout
         state.trained = [p for p in found.params if p.requires_grad]
         state.grad_averager = BucketAverager(state.trained, cap, max_in_flight=1)
-    state.stats = Stats([])
     state.ctx = Context(state.averager, config.nonfinite, config.deterministic,
                         config.flat_storage, state.stats)
     state.levels = build_levels(config, found, state.averager, state.ctx)
-    state.stats.levels = [lv.stats for lv in state.levels]
     return state

@@ -43,17 +43,16 @@ class LevelStats:
 
 @dataclass
 class Stats:
-    """This rank's counters: the levels' ``LevelStats`` (the same objects the levels
-    update), and the steps and contributions that were skipped. The two-level counters are
-    derived: ``local_*`` add up every level but the outermost, ``global_*`` are the
-    outermost's."""
+    """This rank's counters besides the levels' own (``LevelRuntime.stats``): the steps and
+    contributions that were skipped. With the levels' statistics (``levels``: their
+    ``LevelStats``, innermost first) it gives the two-level counters: ``local_*`` add up every
+    level but the outermost, ``global_*`` are the outermost's."""
 
-    levels: List[LevelStats]
     skipped_steps: int = 0  #: updates a GradScaler skipped on this rank
     skipped_contributions: int = 0  #: non-finite ranks left out (nonfinite="skip")
 
-    def two_level(self) -> Dict[str, object]:
-        inner, outer = self.levels[:-1], self.levels[-1]
+    def two_level(self, levels: List[LevelStats]) -> Dict[str, object]:
+        inner, outer = levels[:-1], levels[-1]
         return {"local_averages": sum(s.averages for s in inner),
                 "global_averages": outer.averages,
                 "bytes_local": sum(s.bytes for s in inner), "bytes_global": outer.bytes,
@@ -61,30 +60,30 @@ class Stats:
                 "skipped_steps": self.skipped_steps,
                 "skipped_contributions": self.skipped_contributions}
 
-    def to_dict(self) -> Dict[str, object]:
+    def to_dict(self, levels: List[LevelStats]) -> Dict[str, object]:
         """For checkpoints: the two-level counters and every level's."""
-        return {**self.two_level(), "levels": [dict(vars(s)) for s in self.levels]}
+        return {**self.two_level(levels), "levels": [dict(vars(s)) for s in levels]}
 
-    def load(self, saved: Dict[str, object]) -> None:
+    def load(self, saved: Dict[str, object], levels: List[LevelStats]) -> None:
         """Restore from ``to_dict()`` (or from a checkpoint of two levels that has only the
-        two-level counters), in place."""
+        two-level counters), the levels' statistics in place."""
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.skipped_contributions = int(saved.get("skipped_contributions", 0))
-        levels = saved.get("levels")
-        if levels is not None and len(levels) == len(self.levels):
-            for mine, theirs in zip(self.levels, levels):
-                vars(mine).update(LevelStats(**theirs).__dict__)
-        elif len(self.levels) == 2 and "local_averages" in saved:
-            self.levels[0].__dict__.update(vars(LevelStats(
+        per_level = saved.get("levels")
+        if per_level is not None and len(per_level) == len(levels):
+            for mine, theirs in zip(levels, per_level):
+                vars(mine).update(vars(LevelStats(**theirs)))
+        elif len(levels) == 2 and "local_averages" in saved:
+            vars(levels[0]).update(vars(LevelStats(
                 saved["local_averages"], saved["bytes_local"], saved["seconds_local"])))
-            self.levels[1].__dict__.update(vars(LevelStats(
+            vars(levels[1]).update(vars(LevelStats(
                 saved["global_averages"], saved["bytes_global"], saved["seconds_global"])))
 
-    def zero(self) -> None:
+    def zero(self, levels: List[LevelStats]) -> None:
         """Every counter back to zero (a checkpoint of a plain optimizer)."""
         self.skipped_steps = self.skipped_contributions = 0
-        for s in self.levels:
-            s.__dict__.update(vars(LevelStats()))
+        for s in levels:
+            vars(s).update(vars(LevelStats()))
 
 
 @dataclass
@@ -101,13 +100,17 @@ class HierState:
     topology: Optional[Topology] = None  #: None until built (an elastic job's first step)
     #: one ``LevelRuntime`` per level, innermost first
     levels: List = field(default_factory=list)
-    stats: Optional[Stats] = None  #: the counters (over the levels' statistics)
+    stats: Stats = field(default_factory=Stats)  #: the counters besides the levels' own
     grad_averager: object = None  #: deterministic=True: the warmup gradients' averager
     trained: List = field(default_factory=list)  #: deterministic=True: params with grad
     levels_logged: bool = False  #: the first rank logged what each level does
 
     def __post_init__(self):
         self.names_by_id = {id(p): n for p, n in zip(self.tensors.params, self.tensors.names)}
+
+    def level_stats(self) -> List[LevelStats]:
+        """Every level's statistics, innermost first."""
+        return [lv.stats for lv in self.levels]
 
     def in_flight(self) -> List:
         """Every level's staged reductions in flight or pending, in the order they started."""
@@ -145,14 +148,14 @@ def averaging_stats(h: HierState) -> Dict[str, object]:
     averages first, one of the level below too; its ``seconds`` are the time ``step()``
     spent on it (starting, moving its pieces on, waiting at t + D), not its duration.
     """
-    out = h.stats.two_level()
+    out = h.stats.two_level(h.level_stats())
     out["steps"] = h.position.t
     out["sync_steps"] = min(h.position.t, h.config.schedule.warmup_steps)
-    topo = h.topology  # None until an elastic job's first step
-    out["group"] = None if topo is None else list(topo.group)
-    out["group_size"] = None if topo is None else topo.group_size
-    out["num_groups"] = None if topo is None else len(topo.groups)
-    out["groups"] = None if topo is None else [list(g) for g in topo.groups]
+    inner = h.levels[0].topology  # None until an elastic job's first step
+    out["group"] = None if inner is None else list(inner.group)
+    out["group_size"] = None if inner is None else len(inner.group)
+    out["num_groups"] = None if inner is None else len(inner.groups)
+    out["groups"] = None if inner is None else [list(g) for g in inner.groups]
     out["levels"] = [_level_stats(lv) for lv in h.levels]
     return out
 

@@ -1,12 +1,12 @@
 """The Horovod process sets of every level's groups, and this rank's place in them
-(``Topology``). Every rank builds them identically, in the same order (Horovod's rule for
+(``LevelTopology``, one per level, which the level keeps). Every rank builds them identically, in the same order (Horovod's rule for
 adding process sets); the groups themselves are planned by ``hvd_hier.topology.groups``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import horovod.torch as hvd
 
@@ -65,30 +65,19 @@ class LevelTopology:
 
 @dataclass
 class Topology:
-    """The groups of one optimizer, level by level (innermost first), and this rank's place."""
+    """The optimizer's process set as the job has it now (each level's groups are its
+    ``LevelTopology``, which the level keeps)."""
 
     set_ranks: List[int]  #: global ranks of the optimizer's process set
-    levels: List[LevelTopology]  #: one per level, innermost first; the last spans set_ranks
     global_set: object  #: the optimizer's process set
 
-    # The two-level view: the innermost level is the "local" one.
-    @property
-    def groups(self) -> List[List[int]]:
-        return self.levels[0].groups
 
-    @property
-    def group(self) -> List[int]:
-        return self.levels[0].group
-
-    @property
-    def group_size(self) -> int:
-        return len(self.group)
-
-
-def build_topology(set_ranks, level_groups, process_set, rank: int, world_size: int) -> Topology:
+def build_topology(set_ranks, level_groups, process_set, rank: int,
+                   world_size: int) -> Tuple[Topology, List[LevelTopology]]:
     """Create (or find) the process sets of every level's groups (``level_groups``: one list
     of groups per level, innermost first), and of the cross groups of every level that can
-    reduce in two stages (``plan_cross_groups``); every rank calls it identically."""
+    reduce in two stages (``plan_cross_groups``); every rank calls it identically. Returns
+    the set and one ``LevelTopology`` per level, innermost first."""
     existing = set(process_set_table())
     cross = [None] + [plan_cross_groups(level_groups[i], level_groups[i - 1])
                       for i in range(1, len(level_groups))]
@@ -118,4 +107,4 @@ def build_topology(set_ranks, level_groups, process_set, rank: int, world_size: 
                     lt.cross_group, lt.cross_set = list(g), found
             lt.share, lt.shares = lower.index(rank), len(lower)
         levels.append(lt)
-    return Topology(list(set_ranks), levels, process_set)
+    return Topology(list(set_ranks), process_set), levels

@@ -145,7 +145,7 @@ def test_one_anchor_per_level_with_outer():
     ts = tensors()
     found = Tensors(ts[:2], ["a", "b"], ts[2:])
     averager = BucketAverager(ts, 1 << 20)
-    ctx = Context(averager, "raise", False, False, Stats([]))
+    ctx = Context(averager, "raise", False, False, Stats())
     levels = build_levels(config, found, averager, ctx)
     assert [lv.anchor is not None for lv in levels] == [False, True, False]
     assert levels[1].anchor.where == "levels[1]" and levels[1].anchor.nbytes() == 7 * 8

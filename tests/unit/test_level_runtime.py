@@ -26,7 +26,7 @@ def levels_of(**kwargs):
     config = make_config(**kwargs)
     found = collect_tensors(opt, list(model.named_parameters()))
     averager = BucketAverager(found.all, config.bucket_cap_bytes)
-    ctx = Context(averager, config.nonfinite, config.deterministic, config.flat_storage, Stats([]))
+    ctx = Context(averager, config.nonfinite, config.deterministic, config.flat_storage, Stats())
     return build_levels(config, found, averager, ctx)
 
 
