@@ -58,13 +58,14 @@ unit: install  ## only tests/unit (no processes): the fast loop
 	$(PY) -m pytest tests/unit -v
 
 COV_PTH = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hvd_hier_coverage.pth
-coverage: install  ## line coverage of hvd_hier/ over make test's tests, every rank counted
+COVERAGE_TESTS ?= tests
+coverage: install  ## line coverage of hvd_hier/ over make test's tests (COVERAGE_TESTS), every rank counted
 	echo "import coverage; coverage.process_startup()" > $(COV_PTH)
 	rm -rf .coverage_data; mkdir -p .coverage_data
 	rc=0; COVERAGE_PROCESS_START=$(CURDIR)/.coveragerc OMP_NUM_THREADS=1 \
-	  $(PY) -m pytest tests -q || rc=$$?
+	  $(PY) -m pytest $(COVERAGE_TESTS) -q || rc=$$?
 	rm -f $(COV_PTH)
-	$(PY) -m coverage combine -q --rcfile=.coveragerc && $(PY) -m coverage report --rcfile=.coveragerc | tail -n 1
+	$(PY) -m coverage combine -q --rcfile=.coveragerc && $(PY) -m coverage report --rcfile=.coveragerc | grep '^TOTAL'
 	exit $$rc
 
 demo: install  ## sync SGD vs K-AVG vs Hier-AVG on digits, 3 seeds: table + plots in demo_results/
