@@ -65,14 +65,13 @@ def load_saved(h, saved: Dict[str, object]) -> None:
 
 def load_nothing(h) -> None:
     """A state dict saved by a plain optimizer: the schedule starts again at step 0, the
-    counters from zero, the anchors afresh after warmup (running reductions: end them
-    first)."""
+    counters from zero, the anchors afresh after warmup (the reductions in flight and
+    pending corrections: discard them first)."""
     warnings.warn(
         "hvd_hier: the optimizer state dict has no Hier-AVG schedule (it was saved by "
         "a plain optimizer); the schedule starts again at step 0")
     h.position.t = 0
     h.stats.zero(h.level_stats())
-    restore_corrections(h, [])
     for lv in h.levels:
         lv.reset()
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import horovod.torch as hvd
 
-from .strategy import Strategy
+from .strategy import Strategy, stopwatch
 
 __all__ = ["PlainAverage", "CompressedDeltas"]
 
@@ -26,7 +26,7 @@ class PlainAverage(Strategy):
 
     def start(self, t: int, deadline: Optional[float]) -> None:
         level = self.level
-        lt, elapsed = level.topology, self.timed()
+        lt, elapsed = level.topology, stopwatch()
         divisor = self.check(t, deadline)[0] if len(lt.group) > 1 else 1
         moved = self.ctx.averager.average(lt.process_set, divisor, level.tag, deadline)
         if level.anchor is not None:
@@ -44,7 +44,7 @@ class CompressedDeltas(Strategy):
 
     def start(self, t: int, deadline: Optional[float]) -> None:
         level = self.level
-        lt, anchor, elapsed = level.topology, level.anchor, self.timed()
+        lt, anchor, elapsed = level.topology, level.anchor, stopwatch()
         divisor = self.check(t, deadline)[0]
         self.ctx.relink()
         outer = anchor.outer is not None

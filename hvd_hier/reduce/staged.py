@@ -42,7 +42,7 @@ import torch
 
 from .pieces import Pipeline, compressed_pieces, plain_pieces
 from .stages import OneStage, TwoStage
-from .strategy import InFlight, Strategy
+from .strategy import InFlight, Strategy, stopwatch
 
 __all__ = ["Staged", "apply_correction", "nonempty"]
 
@@ -71,7 +71,7 @@ class Staged(Strategy):
         return ", ".join(p for p in parts if p)
 
     def start(self, t: int, deadline: Optional[float]) -> Optional[InFlight]:
-        level, elapsed = self.level, self.timed()
+        level, elapsed = self.level, stopwatch()
         red = InFlight(level.index, t, t + self.overlap)
         divisor = self._first_stage(red, t, deadline)
         copies = level.copies(with_result=(level.anchor is not None and self.overlap > 0)
@@ -94,7 +94,7 @@ class Staged(Strategy):
             level.in_flight.append(red)
             return red
         self.finish(red, deadline)  # (counts its own time)
-        elapsed = self.timed()
+        elapsed = stopwatch()
         apply_correction(self.ctx, red, self.below)
         self.restart_below()
         level.stats.seconds += elapsed()
@@ -137,7 +137,7 @@ class Staged(Strategy):
         """At a step boundary: collect the pieces that finished; with ``submit``, start the
         next batch (``Pipeline.pump``)."""
         if red.pipeline is not None:
-            elapsed = self.timed()
+            elapsed = stopwatch()
             red.pipeline.pump(submit)
             self.level.stats.seconds += elapsed()
 
@@ -147,7 +147,7 @@ class Staged(Strategy):
         level's anchor and outer optimizer move now."""
         if not red.running:
             return
-        elapsed = self.timed()
+        elapsed = stopwatch()
         if red.pipeline is not None:
             red.pipeline.drain(deadline)
             red.pipeline = None

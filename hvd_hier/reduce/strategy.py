@@ -22,7 +22,7 @@ import torch
 
 from .nonfinite import finite_divisor
 
-__all__ = ["Context", "InFlight", "Strategy"]
+__all__ = ["Context", "InFlight", "Strategy", "stopwatch"]
 
 
 @dataclass
@@ -62,6 +62,12 @@ class InFlight:
         return self.correction is None
 
 
+def stopwatch():
+    """A clock for a level's statistics: the returned function gives the seconds since."""
+    began = time.perf_counter()
+    return lambda: time.perf_counter() - began
+
+
 class Strategy:
     """How one level reduces (see the module's docstring). ``below``: the levels under this
     one, innermost first (their anchors start again from the model this level makes)."""
@@ -93,8 +99,3 @@ class Strategy:
         """The levels below start again from the model this level made: their anchors."""
         for below in self.below:
             below.retake()
-
-    def timed(self):
-        """A clock for the level's statistics: ``stop()`` returns the seconds since."""
-        began = time.perf_counter()
-        return lambda: time.perf_counter() - began

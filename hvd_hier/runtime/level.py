@@ -20,7 +20,8 @@ from ..reduce.choice import choose_immediate, choose_strategy
 from ..reduce.codec import DeltaReducer, piece_bucket_cap
 from ..reduce.pieces import Copy, LevelCopies
 from ..reduce.staged import apply_correction
-from ..reduce.strategy import Context, InFlight
+from ..comm.collectives import cpu_copy
+from ..reduce.strategy import Context, InFlight, stopwatch
 from .state import LevelStats
 
 __all__ = ["level_name", "LevelRuntime", "build_levels"]
@@ -98,7 +99,7 @@ class LevelRuntime:
         """``red`` is due: finish it (``StallError`` past ``deadline``) and add its
         correction."""
         self.strategy.finish(red, deadline)  # (counts its own time; nothing if finished)
-        elapsed = self.strategy.timed()
+        elapsed = stopwatch()
         apply_correction(self.ctx, red, self.below)
         self.in_flight.remove(red)
         self.stats.seconds += elapsed()
@@ -127,7 +128,7 @@ class LevelRuntime:
             assert not red.running, "settle() the reductions in flight first"
             out.append({"level": red.level, "start": red.start, "due": red.due,
                         "dropped": red.dropped,
-                        "correction": [c.detach().to("cpu", copy=True) for c in red.correction]})
+                        "correction": cpu_copy(list(red.correction))})
         return out
 
     def restore(self, item: Dict[str, object]) -> None:
