@@ -303,3 +303,4 @@ def clip_and_step(args, opt, model):
 
 if __name__ == "__main__":
     main()
+    methods.exit_now(0)
