@@ -95,6 +95,14 @@ int64_t decode_into(const at::Tensor& src, const std::vector<at::Tensor>& tensor
   return table_elements(job);
 }
 
+int64_t apply_sum(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                  const std::vector<at::Tensor>& anchors, const std::string& codec, double scale) {
+  const auto job =
+      value_errors([&] { return hvd_hier::check_apply_sum(src, count, tensors, anchors, codec, scale); });
+  run_released(job);
+  return table_elements(job);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -150,8 +158,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("encode_delta", &encode_delta,
         "Encode the delta d = x - anchor (+ residual) of the tensors' concatenation into out (a "
         "contiguous uint8 tensor of exactly encoded_bytes(codec, n) bytes on the tensors' device), "
-        "chunk by chunk of CODEC_CHUNK elements. codec: 'fp16' or 'bf16' (round to nearest even) "
-        "or 'int8' (per-chunk scale max|d| / 127, values round(d / scale) clamped to +-127). "
+        "chunk by chunk of CODEC_CHUNK elements. codec: 'fp16' or 'bf16' (round to nearest even), "
+        "'int8' or 'int4' (per-chunk scale max|d| / L, values round(d / scale) clamped to +-L, L = 127 "
+        "or 7; int4 two to a byte) or 'int2' (per-chunk scale 0.625 * mean|d|, levels {-3, -1, 1, 3} * "
+        "scale, four to a byte); csrc/codec.h has the exact rules. "
         "Arithmetic in float32 (float64 tensors: the delta in float64, rounded to float32 once). "
         "tensors and anchors: same length, numel, dtype and device index by index, one dtype for the "
         "list, at most MAX_TENSORS_PER_DELTA_LAUNCH tensors. residuals: [] (no error feedback) or "
@@ -162,7 +172,8 @@ PYBIND11_MODULE(_C, m) {
         "src holds `count` encoded buffers of dst's size back to back (one per rank, in rank order); "
         "writes into dst, element by element, the encoding of (sum over k in order of decode(src_k)) "
         "* scale, in float32 (int8: a fresh scale per chunk). Zero padding stays zero; deterministic. "
-        "dst must not overlap src. Returns the number of records.",
+        "dst must not overlap src. codec: fp16, bf16 or int8 (int4 and int2 sums go through "
+        "apply_sum). Returns the number of records.",
         py::arg("src"), py::arg("dst"), py::arg("codec"), py::arg("count"), py::arg("scale") = 1.0);
   m.def("apply_delta", &apply_delta,
         "Decode src (the encoded buffer of the tensors' concatenation) and write x = anchor + d into "
@@ -175,6 +186,14 @@ PYBIND11_MODULE(_C, m) {
         "float32 arithmetic, float64 for float64 tensors; scale = -1 turns a mean delta into an outer "
         "optimizer's gradient). Returns the number of elements written.",
         py::arg("src"), py::arg("tensors"), py::arg("codec"), py::arg("scale") = 1.0);
+  m.def("apply_sum", &apply_sum,
+        "src holds `count` encoded buffers of the tensors' concatenation back to back (one per rank, "
+        "in rank order); m = (sum over k in order of decode(src_k)) * scale, in float32. With anchors: "
+        "x = anchor + m (as apply_delta), and the anchor takes the same value; with anchors = []: x = m "
+        "(scale = -1/n gives an outer optimizer's gradient). Deterministic. Returns the number of "
+        "elements written.",
+        py::arg("src"), py::arg("count"), py::arg("tensors"), py::arg("anchors"), py::arg("codec"),
+        py::arg("scale") = 1.0);
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
   m.attr("MAX_TENSORS_PER_DELTA_LAUNCH") = hvd_hier::kMaxDeltaTensors;
   m.attr("CODEC_CHUNK") = hvd_hier::kCodecChunk;

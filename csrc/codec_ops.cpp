@@ -18,7 +18,19 @@ using checks::dtype_name;
 using checks::num;
 
 const char* codec_name(Codec c) {
-  return c == Codec::kFp16 ? "fp16" : c == Codec::kBf16 ? "bf16" : "int8";
+  switch (c) {
+    case Codec::kFp16:
+      return "fp16";
+    case Codec::kBf16:
+      return "bf16";
+    case Codec::kInt8:
+      return "int8";
+    case Codec::kInt4:
+      return "int4";
+    case Codec::kInt2:
+      return "int2";
+  }
+  return "?";
 }
 
 // "encoded_bytes('int8', 5) = 2064"
@@ -109,6 +121,7 @@ void build_table(const Checker& check, CodecJob& job, const std::vector<at::Tens
   DeltaTable& t = job.table;
   t.count = static_cast<int32_t>(tensors.size());
   t.with_residuals = with_residuals ? 1 : 0;
+  t.with_anchors = anchors != nullptr ? 1 : 0;
   t.offsets[0] = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     t.tensors[i] = tensors[i].data_ptr();
@@ -124,15 +137,23 @@ void build_table(const Checker& check, CodecJob& job, const std::vector<at::Tens
 // apply_delta and decode_into: src holds the encoded buffer of the tensors' concatenation.
 CodecJob check_decode_side(const Checker& check, CodecOp op, const at::Tensor& src,
                            const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>* anchors,
-                           const std::string& codec, double scale) {
+                           const std::string& codec, double scale, int64_t count = 1) {
   CodecJob job;
   job.op = op;
   job.codec = parse_codec(check.op(), codec);
+  check(count >= 1, "count must be >= 1, got " + num(count));
   check_buffer(check, "src", src);
   build_table(check, job, tensors, anchors, nullptr, src, "src");
   const int64_t n = job.table.offsets[job.table.count];
-  check(src.numel() == job.records * record_bytes(job.codec),
-        "src has " + num(src.numel()) + " bytes, expected " + encoded_size(job.codec, n));
+  if (count == 1) {
+    check(src.numel() == job.records * record_bytes(job.codec),
+          "src has " + num(src.numel()) + " bytes, expected " + encoded_size(job.codec, n));
+  } else {
+    check(src.numel() == count * job.records * record_bytes(job.codec),
+          "src has " + num(src.numel()) + " bytes, expected count * " + encoded_size(job.codec, n) + " = " +
+              num(count * job.records * record_bytes(job.codec)));
+  }
+  job.count = count;
   job.src = static_cast<const uint8_t*>(src.data_ptr());
   job.scale = scale;
   return job;
@@ -144,7 +165,9 @@ Codec parse_codec(const std::string& op, const std::string& name) {
   if (name == "fp16") return Codec::kFp16;
   if (name == "bf16") return Codec::kBf16;
   if (name == "int8") return Codec::kInt8;
-  throw std::invalid_argument(op + ": codec must be one of fp16, bf16, int8, got '" + name + "'");
+  if (name == "int4") return Codec::kInt4;
+  if (name == "int2") return Codec::kInt2;
+  throw std::invalid_argument(op + ": codec must be one of fp16, bf16, int8, int4, int2, got '" + name + "'");
 }
 
 int64_t codec_record_bytes(const std::string& codec) {
@@ -179,6 +202,9 @@ CodecJob check_reduce_encoded(const at::Tensor& src, const at::Tensor& dst, cons
   CodecJob job;
   job.op = CodecOp::kReduceEncoded;
   job.codec = parse_codec(check.op(), codec);
+  check(job.codec != Codec::kInt4 && job.codec != Codec::kInt2,
+        std::string("codec must be one of fp16, bf16, int8 (") + codec_name(job.codec) +
+            " contributions are summed by apply_sum), got '" + codec + "'");
   check_buffer(check, "src", src);
   check_buffer(check, "dst", dst);
   check(dst.device() == src.device(), "dst is on " + dst.device().str() + " but src is on " + src.device().str());
@@ -212,6 +238,13 @@ CodecJob check_apply_delta(const at::Tensor& src, const std::vector<at::Tensor>&
 CodecJob check_decode_into(const at::Tensor& src, const std::vector<at::Tensor>& tensors,
                            const std::string& codec, double scale) {
   return check_decode_side(Checker("decode_into"), CodecOp::kDecodeInto, src, tensors, nullptr, codec, scale);
+}
+
+CodecJob check_apply_sum(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                         const std::vector<at::Tensor>& anchors, const std::string& codec, double scale) {
+  const Checker check("apply_sum");
+  return check_decode_side(check, CodecOp::kApplySum, src, tensors, anchors.empty() ? nullptr : &anchors, codec,
+                           scale, count);
 }
 
 void run_codec(const CodecJob& job) {

@@ -12,7 +12,7 @@
 
 namespace hvd_hier {
 
-enum class CodecOp : int { kEncodeDelta = 0, kReduceEncoded = 1, kApplyDelta = 2, kDecodeInto = 3 };
+enum class CodecOp : int { kEncodeDelta = 0, kReduceEncoded = 1, kApplyDelta = 2, kDecodeInto = 3, kApplySum = 4 };
 
 // One checked call: everything a back end needs.
 struct CodecJob {
@@ -24,11 +24,11 @@ struct CodecJob {
   const uint8_t* src = nullptr;       // reduce_encoded, apply_delta, decode_into
   uint8_t* dst = nullptr;             // encode_delta (out), reduce_encoded (dst)
   int64_t records = 0;                // records of one encoded buffer
-  int64_t count = 1;                  // reduce_encoded: encoded buffers in src
-  double scale = 1.0;                 // reduce_encoded, decode_into
+  int64_t count = 1;                  // reduce_encoded, apply_sum: encoded buffers in src
+  double scale = 1.0;                 // reduce_encoded, decode_into, apply_sum
 };
 
-// "fp16", "bf16" or "int8"; anything else is std::invalid_argument naming `op` and the value.
+// "fp16", "bf16", "int8", "int4" or "int2"; anything else is std::invalid_argument naming `op` and the value.
 Codec parse_codec(const std::string& op, const std::string& name);
 // Bytes of one record, and of the encoded buffer for n elements (0 for n = 0).
 int64_t codec_record_bytes(const std::string& codec);
@@ -44,6 +44,8 @@ CodecJob check_apply_delta(const at::Tensor& src, const std::vector<at::Tensor>&
                            const std::vector<at::Tensor>& anchors, const std::string& codec);
 CodecJob check_decode_into(const at::Tensor& src, const std::vector<at::Tensor>& tensors,
                            const std::string& codec, double scale);
+CodecJob check_apply_sum(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                         const std::vector<at::Tensor>& anchors, const std::string& codec, double scale);
 
 // The work of a checked job, on its device (current stream on CUDA).
 void run_codec(const CodecJob& job);

@@ -56,7 +56,8 @@ struct DeltaTable {
   float* residuals[kMaxDeltaTensors];
   int64_t offsets[kMaxDeltaTensors + 1];
   int32_t count;
-  int32_t with_residuals;
+  int16_t with_residuals;
+  int16_t with_anchors;  // apply_sum: x = a + m (1) or x = m (0)
 };
 static_assert(sizeof(DeltaTable) == 3 * kMaxDeltaTensors * 8 + (kMaxDeltaTensors + 1) * 8 + 8,
               "DeltaTable layout");

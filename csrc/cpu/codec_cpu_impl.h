@@ -22,24 +22,46 @@ namespace codec {
 // Records per at::parallel_for task at least: as many elements as a pack/unpack task.
 constexpr int64_t kRecordsPerTask = kChunkElems / kCodecChunk;
 
+// The scale of the chunk vals[0, len) (the 16-bit codecs: 1).
+template <Codec C>
+inline Int8Scale chunk_scale(const float* __restrict vals, int64_t len) {
+  if constexpr (!kScaled<C>) {
+    return {1.0f, 1.0f};
+  } else {
+    uint32_t m = 0;
+    for (int64_t k = 0; k < len; ++k) m = max_bits(m, abs_bits(vals[k]));
+    if constexpr (C == Codec::kInt2) {
+      const float ia = int2_inverse_amax(m);
+      uint32_t units = 0;
+      for (int64_t k = 0; k < len; ++k) units += int2_units(vals[k], ia);
+      return int2_scale(m, units, len);
+    } else {
+      return max_scale<C>(m);
+    }
+  }
+}
+
 // Encodes vals[0, len) into the record at `rec` with its padding and header; with `residual`,
 // leaves v - decode(encode(v)) in vals[0, len).
 template <Codec C>
 inline void encode_record(float* __restrict vals, int64_t len, uint8_t* __restrict rec, bool residual) {
-  Int8Scale s{1.0f, 1.0f};
-  if constexpr (C == Codec::kInt8) {
-    uint32_t m = 0;
-    for (int64_t k = 0; k < len; ++k) m = max_bits(m, abs_bits(vals[k]));
-    s = int8_scale(m);
-    store_int8_header(rec, s.scale);
-  }
+  const Int8Scale s = chunk_scale<C>(vals, len);
+  if constexpr (kScaled<C>) store_int8_header(rec, s.scale);
   typename CodecTraits<C>::value_t* __restrict q = record_values<C>(rec);
-  for (int64_t k = 0; k < len; ++k) q[k] = encode_value<C>(vals[k], s.inv);
+  constexpr int per = CodecTraits<C>::kPerValue;
+  const int64_t used = (len + per - 1) / per;  // values holding a code
+  if constexpr (kPacked<C>) {
+    for (int64_t b = 0; b < used; ++b) q[b] = pack_byte<C>(vals, b, len, s.inv);
+  } else {
+    for (int64_t k = 0; k < len; ++k) q[k] = encode_value<C>(vals[k], s.inv);
+  }
   // Two loops over data in L1 rather than one: GCC vectorises each, not their fusion.
   if (residual) {
-    for (int64_t k = 0; k < len; ++k) vals[k] = vals[k] - decode_value<C>(q[k], s.scale);
+    for (int64_t k = 0; k < len; ++k) {
+      vals[k] = vals[k] - decode_value<C>(encode_value<C>(vals[k], s.inv), s.scale);
+    }
   }
-  std::memset(static_cast<void*>(q + len), 0, (kCodecChunk - len) * sizeof(*q));
+  std::memset(static_cast<void*>(q + used), 0, (kCodecChunk / per - used) * sizeof(*q));
 }
 
 template <typename T, Codec C>
@@ -82,9 +104,9 @@ void reduce_encoded(const uint8_t* src, uint8_t* dst, int64_t records, int64_t c
         const float sc = record_scale<C>(rec);
         const typename CodecTraits<C>::value_t* __restrict q = record_values<C>(rec);
         if (k == 0) {
-          for (int64_t j = 0; j < kCodecChunk; ++j) s[j] = decode_value<C>(q[j], sc);
+          for (int64_t j = 0; j < kCodecChunk; ++j) s[j] = decode_value<C>(code_at<C>(q, j), sc);
         } else {
-          for (int64_t j = 0; j < kCodecChunk; ++j) s[j] = add_rn(s[j], decode_value<C>(q[j], sc));
+          for (int64_t j = 0; j < kCodecChunk; ++j) s[j] = add_rn(s[j], decode_value<C>(code_at<C>(q, j), sc));
         }
       }
       for (int64_t j = 0; j < kCodecChunk; ++j) s[j] = reduce_value(s[j], scale);
@@ -95,16 +117,16 @@ void reduce_encoded(const uint8_t* src, uint8_t* dst, int64_t records, int64_t c
 
 template <typename T, Codec C>
 void apply_delta(const DeltaTable& t, const uint8_t* src, int64_t records) {
-  using code_t = typename CodecTraits<C>::value_t;
+  using value_t = typename CodecTraits<C>::value_t;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
-      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi,
-                                               const code_t* codes, float sc) {
+      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi, const value_t* values,
+                                               int64_t at, float sc) {
         T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
         T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
-        const code_t* __restrict qp = codes;
+        const value_t* __restrict qp = values;
         for (int64_t k = 0; k < hi - lo; ++k) {
-          const T v = apply_value(a[k], decode_value<C>(qp[k], sc));
+          const T v = apply_value(a[k], decode_value<C>(code_at<C>(qp, at + k), sc));
           x[k] = v;
           a[k] = v;
         }
@@ -115,14 +137,55 @@ void apply_delta(const DeltaTable& t, const uint8_t* src, int64_t records) {
 
 template <typename T, Codec C>
 void decode_into(const DeltaTable& t, const uint8_t* src, int64_t records, delta_acc_t<T> scale) {
-  using code_t = typename CodecTraits<C>::value_t;
+  using value_t = typename CodecTraits<C>::value_t;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
-      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi,
-                                               const code_t* codes, float sc) {
+      for_each_record_piece<C>(t, src, c, [&](int32_t i, int64_t lo, int64_t hi, const value_t* values,
+                                               int64_t at, float sc) {
         T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
-        const code_t* __restrict qp = codes;
-        for (int64_t k = 0; k < hi - lo; ++k) x[k] = scaled_value<T>(decode_value<C>(qp[k], sc), scale);
+        const value_t* __restrict qp = values;
+        for (int64_t k = 0; k < hi - lo; ++k) {
+          x[k] = scaled_value<T>(decode_value<C>(code_at<C>(qp, at + k), sc), scale);
+        }
+      });
+    }
+  });
+}
+
+// apply_sum: m = (sum over k of decode(src_k)) * scale, in rank order; x = a = a + m with
+// anchors, else x = m. Record by record: the sums of one record in a float32 buffer.
+template <typename T, Codec C>
+void apply_sum(const DeltaTable& t, const uint8_t* src, int64_t records, int64_t count, float scale) {
+  const bool with_anchors = t.with_anchors != 0;
+  at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
+    alignas(64) float s[kCodecChunk];
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t begin = c * kCodecChunk;
+      const int64_t len = chunk_end(t, c) - begin;
+      for (int64_t k = 0; k < count; ++k) {
+        const uint8_t* rec = src + (k * records + c) * record_bytes<C>();
+        const float sc = record_scale<C>(rec);
+        const typename CodecTraits<C>::value_t* __restrict q = record_values<C>(rec);
+        if (k == 0) {
+          for (int64_t j = 0; j < len; ++j) s[j] = decode_value<C>(code_at<C>(q, j), sc);
+        } else {
+          for (int64_t j = 0; j < len; ++j) s[j] = add_rn(s[j], decode_value<C>(code_at<C>(q, j), sc));
+        }
+      }
+      for (int64_t j = 0; j < len; ++j) s[j] = mul_rn(s[j], scale);
+      for_each_piece(t, begin, begin + len, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+        T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
+        const float* __restrict m = s + (at - begin);
+        if (with_anchors) {
+          T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
+          for (int64_t k = 0; k < hi - lo; ++k) {
+            const T v = apply_value(a[k], m[k]);
+            x[k] = v;
+            a[k] = v;
+          }
+        } else {
+          for (int64_t k = 0; k < hi - lo; ++k) x[k] = static_cast<T>(m[k]);
+        }
       });
     }
   });
@@ -132,7 +195,9 @@ inline void run(const CodecJob& job) {
   dispatch_codec(job.codec, [&](auto tag) {
     constexpr Codec C = decltype(tag)::value;
     if (job.op == CodecOp::kReduceEncoded) {
-      reduce_encoded<C>(job.src, job.dst, job.records, job.count, static_cast<float>(job.scale));
+      if constexpr (!kPacked<C>) {
+        reduce_encoded<C>(job.src, job.dst, job.records, job.count, static_cast<float>(job.scale));
+      }
       return;
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "hvd_hier_codec_cpu", [&] {
@@ -146,6 +211,9 @@ inline void run(const CodecJob& job) {
           break;
         case CodecOp::kDecodeInto:
           decode_into<T, C>(job.table, job.src, job.records, static_cast<delta_acc_t<T>>(job.scale));
+          break;
+        case CodecOp::kApplySum:
+          apply_sum<T, C>(job.table, job.src, job.records, job.count, static_cast<float>(job.scale));
           break;
         case CodecOp::kReduceEncoded:
           break;

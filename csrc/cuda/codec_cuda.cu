@@ -15,6 +15,17 @@
 namespace hvd_hier {
 namespace {
 
+// int2's block-wide sum of units into sh.units[0], after block_max; every thread calls it.
+__device__ __forceinline__ void block_units(CodecShared& sh, int64_t len, int lane) {
+  units_gather_lane(sh, len, lane);
+  __syncthreads();
+#pragma unroll
+  for (int stride = kCudaThreads / 2; stride > 0; stride /= 2) {
+    units_step_lane(sh, lane, stride);
+    __syncthreads();
+  }
+}
+
 // The block-wide max of sh.amax into sh.amax[0]; every thread of the block calls it.
 __device__ __forceinline__ void block_max(CodecShared& sh, int lane) {
 #pragma unroll
@@ -31,7 +42,8 @@ __global__ void __launch_bounds__(kCudaThreads) encode_delta_kernel(const DeltaT
   const int lane = static_cast<int>(threadIdx.x);
   encode_gather_lane<T, C>(table, block, lane, sh);
   __syncthreads();
-  if constexpr (C == Codec::kInt8) block_max(sh, lane);
+  if constexpr (kScaled<C>) block_max(sh, lane);
+  if constexpr (C == Codec::kInt2) block_units(sh, chunk_end(table, block) - block * kCodecChunk, lane);
   encode_store_lane<T, C>(table, out, block, lane, sh);
 }
 
@@ -55,6 +67,13 @@ __global__ void __launch_bounds__(kCudaThreads) apply_delta_kernel(const DeltaTa
 
 template <typename T, Codec C>
 __global__ void __launch_bounds__(kCudaThreads)
+    apply_sum_kernel(const DeltaTable table, const uint8_t* src, int64_t records, int64_t count, float scale) {
+  apply_sum_lane<T, C>(table, src, records, count, scale, static_cast<int64_t>(blockIdx.x),
+                       static_cast<int>(threadIdx.x));
+}
+
+template <typename T, Codec C>
+__global__ void __launch_bounds__(kCudaThreads)
     decode_into_kernel(const DeltaTable table, const uint8_t* src, delta_acc_t<T> scale) {
   decode_lane<T, C>(table, src, scale, static_cast<int64_t>(blockIdx.x), static_cast<int>(threadIdx.x));
 }
@@ -71,9 +90,11 @@ void run_codec_cuda(const CodecJob& job) {
   dispatch_codec(job.codec, [&](auto tag) {
     constexpr Codec C = decltype(tag)::value;
     if (job.op == CodecOp::kReduceEncoded) {
-      reduce_encoded_kernel<C><<<grid, kCudaThreads, 0, stream>>>(job.src, job.dst, job.records, job.count,
-                                                                 static_cast<float>(job.scale));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if constexpr (!kPacked<C>) {
+        reduce_encoded_kernel<C><<<grid, kCudaThreads, 0, stream>>>(job.src, job.dst, job.records, job.count,
+                                                                   static_cast<float>(job.scale));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       return;
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "hvd_hier_codec_cuda", [&] {
@@ -88,6 +109,10 @@ void run_codec_cuda(const CodecJob& job) {
         case CodecOp::kDecodeInto:
           decode_into_kernel<T, C>
               <<<grid, kCudaThreads, 0, stream>>>(job.table, job.src, static_cast<delta_acc_t<T>>(job.scale));
+          break;
+        case CodecOp::kApplySum:
+          apply_sum_kernel<T, C><<<grid, kCudaThreads, 0, stream>>>(job.table, job.src, job.records, job.count,
+                                                                     static_cast<float>(job.scale));
           break;
         case CodecOp::kReduceEncoded:
           break;

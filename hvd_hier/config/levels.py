@@ -25,7 +25,7 @@ __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "CODECS", "check_group_size
 ALL = "all"
 LOCAL = "local"
 KNOWN_OPTIONS = frozenset({"outer", "compression", "overlap_steps"})  # per-level options (see Level)
-CODECS = ("fp16", "bf16", "int8")  #: the values of a level's ``compression``
+CODECS = ("fp16", "bf16", "int8", "int4", "int2")  #: the values of a level's ``compression``
 OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
 
 
@@ -97,9 +97,11 @@ class Level:
       x̄ (the model it last agreed on); at the level's reduction the outer optimizer steps
       on x̄ − ḡ (ḡ: the group's mean) and the group's parameters become the new x̄
       (``hvd_hier.outer.anchor``). Costs one more copy of the averaged tensors.
-    * ``compression``: ``"fp16"``, ``"bf16"`` or ``"int8"``: the level reduces the delta from
-      its anchor, encoded (int8: one scale per chunk of 2048 elements, with error feedback),
-      instead of the full-precision model (``hvd_hier.reduce.codec``). Also keeps an anchor.
+    * ``compression``: ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"`` or ``"int2"``: the level
+      reduces the delta from its anchor, encoded (the integer codecs: one scale per chunk of
+      2048 elements, with error feedback), instead of the full-precision model
+      (``hvd_hier.reduce.codec``; int4 and int2: ``hvd_hier.reduce.gathered``). Also keeps an
+      anchor.
     * ``overlap_steps``: D with 0 <= D < ``period``. With D >= 1 the level's reduction runs
       behind the next D steps (``hvd_hier.reduce.staged``): at its step t the level below averages
       first, the result s is reduced in the background, and at the end of step t + D every

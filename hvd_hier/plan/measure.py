@@ -175,21 +175,21 @@ def _compressed_seconds(codec: str, numel: int, members: List[int], process_set,
 
     import horovod.torch as hvd
 
-    from ..reduce.codec import DeltaReducer
+    from ..reduce.codec import run_steps
+    from ..reduce.gathered import make_reducer
 
     part = max(1, numel // shares)
     source = torch.randn(part, generator=torch.Generator().manual_seed(hvd.rank()))
     x, anchor = torch.empty(part), torch.zeros(part)
-    reducer = DeltaReducer(codec, [x], [anchor], 25 << 20)
+    reducer = make_reducer(codec, [x], [anchor], 25 << 20)
     rank, tag = hvd.rank(), f"plan.{codec}"
     target = torch.zeros(part)
 
     def once():
         n = len(reducer.buckets)
-        started = [reducer.start_exchange(i, reducer.encode(i), process_set, members, tag)
-                   for i in range(n)]
-        means = [reducer.end_exchange(i, started[i], process_set, members, rank,
-                                      len(members), tag) for i in range(n)]
+        scale = 1.0 / len(members)
+        means = [run_steps(reducer.steps(i, reducer.encode(i), process_set, members, rank,
+                                         scale, tag), None) for i in range(n)]
         tables = [(means, [x])]
         if node_set is not None:  # the node's other shares, decoded here too
             got = hvd.allgather(torch.cat(means), name=f"hvd_hier.plan.{codec}.shares",
@@ -200,7 +200,7 @@ def _compressed_seconds(codec: str, numel: int, members: List[int], process_set,
                                [target]))
         for encoded, table in tables:
             for i, mean in enumerate(encoded):
-                reducer.finish(i, mean, table)
+                reducer.finish(i, mean, table, scale=scale)
 
     def fresh():
         with torch.no_grad():

@@ -1,10 +1,15 @@
 """A level's reduction of compressed deltas.
 
-What is reduced is the delta d = x − x̄ from the level's anchor (plus, for int8, this rank's
-error residual), encoded by the fused kernel ``encode_delta`` in one pass: ``"fp16"`` and
-``"bf16"`` cast it, ``"int8"`` quantises it with one float32 scale per chunk of
-``CODEC_CHUNK`` elements and keeps what the quantisation lost in a float32 residual that is
-added to the next delta of that level on this rank (error feedback).
+What is reduced is the delta d = x − x̄ from the level's anchor (plus, for the integer codecs,
+this rank's error residual), encoded by the fused kernel ``encode_delta`` in one pass:
+``"fp16"`` and ``"bf16"`` cast it; ``"int8"``, ``"int4"`` and ``"int2"`` quantise it with one
+float32 scale per chunk of ``CODEC_CHUNK`` elements and keep what the quantisation lost in a
+float32 residual that is added to the next delta of that level on this rank (error feedback).
+csrc/codec.h defines the bytes and the rounding.
+
+This module's ``DeltaReducer`` reduces fp16, bf16 and int8 deltas as follows; int4 and int2
+deltas are too coarse to encode the mean again, and go through ``GatheredDeltas``
+(``hvd_hier.reduce.gathered``): every rank receives every contribution and sums them.
 
 Horovod's CPU operations do not sum bfloat16, and int8 sums overflow, so the encoded bytes are
 never summed by Horovod. Each bucket's records are cut into P contiguous shards (P: the
@@ -34,8 +39,13 @@ from ..config.levels import CODECS
 from . import CHUNK_BYTES
 from .buckets import flat_view, plan_buckets
 
-__all__ = ["CODECS", "shard_records", "link_bytes", "piece_bucket_cap", "HorovodExchange",
-           "DeltaReducer"]
+__all__ = ["CODECS", "GATHERED", "ERROR_FEEDBACK", "shard_records", "exchange_factor",
+           "link_bytes", "piece_bucket_cap", "HorovodExchange", "DeltaReducer", "run_steps"]
+
+#: the codecs whose contributions every rank gathers and sums (``GatheredDeltas``)
+GATHERED = frozenset({"int4", "int2"})
+#: the codecs that keep a residual (error feedback)
+ERROR_FEEDBACK = frozenset({"int8", "int4", "int2"})
 
 
 def shard_records(records: int, parts: int) -> List[int]:
@@ -45,14 +55,31 @@ def shard_records(records: int, parts: int) -> List[int]:
     return [base + (1 if k < extra else 0) for k in range(parts)]
 
 
+def exchange_factor(codec: Optional[str], group: int) -> float:
+    """Bytes one rank sends per byte of its contribution, in a reduction over ``group`` ranks:
+    2(P − 1)/P for a ring allreduce (``codec=None``) and for the alltoall and allgather of
+    ``DeltaReducer``; P − 1 for the allgather of every contribution (``GATHERED``)."""
+    if group <= 1:
+        return 0.0
+    return float(group - 1) if codec in GATHERED else 2 * (group - 1) / group
+
+
 def link_bytes(codec: Optional[str], numel: int, group: int) -> float:
     """Bytes one rank sends per reduction of ``numel`` elements over ``group`` ranks: the
     formula of the module's docstring (``codec=None``: a float32 ring allreduce)."""
-    if group <= 1:
-        return 0.0
-    ext = extension()
-    payload = 4 * numel if codec is None else ext.encoded_bytes(codec, numel)
-    return 2 * (group - 1) / group * payload
+    payload = 4 * numel if codec is None else extension().encoded_bytes(codec, numel)
+    return exchange_factor(codec, group) * payload
+
+
+def run_steps(steps, deadline: Optional[float]):
+    """Drive an exchange's steps (a generator that yields ``(handle, wait)`` and is sent
+    ``wait(handle, deadline)``) to the end; returns its value."""
+    try:
+        handle, wait_for = next(steps)
+        while True:
+            handle, wait_for = steps.send(wait_for(handle, deadline))
+    except StopIteration as stop:
+        return stop.value
 
 
 def piece_bucket_cap(codec: str) -> int:
@@ -86,10 +113,11 @@ class HorovodExchange:
 
 
 class DeltaReducer:
-    """One level's compressed reduction on this rank.
+    """One level's compressed reduction on this rank (``make_reducer`` picks this class or
+    ``GatheredDeltas`` by codec).
 
     Args:
-        codec: ``"fp16"``, ``"bf16"`` or ``"int8"``.
+        codec: one of ``CODECS``.
         tensors: the averaged tensors (parameters, then buffers).
         anchor: the level's anchor, one tensor per tensor (same shapes and dtypes).
         bucket_cap_bytes: the largest bucket of tensor elements.
@@ -105,9 +133,9 @@ class DeltaReducer:
         self.codec = codec
         self.tensors, self.anchor = list(tensors), list(anchor)
         self.exchange = exchange if exchange is not None else HorovodExchange()
-        # int8: what quantisation lost, added to this rank's next delta of the level
+        # what quantisation lost, added to this rank's next delta of the level
         self.residuals = ([torch.zeros(t.shape, dtype=torch.float32, device=t.device)
-                           for t in self.tensors] if codec == "int8" else [])
+                           for t in self.tensors] if codec in ERROR_FEEDBACK else [])
         self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
                                     ext.MAX_TENSORS_PER_DELTA_LAUNCH)
         self.record_bytes = ext.codec_record_bytes(codec)
@@ -139,13 +167,29 @@ class DeltaReducer:
         it: every tensor := −mean (the outer optimizer's pseudo-gradient x̄ − ḡ), the anchor
         untouched. Returns the encoded bytes of one rank's contribution. Bucket by bucket, so
         that one bucket's encoded buffers are the only extra memory."""
+        scale = 1.0 / divisor
         with torch.no_grad():
             for i in range(len(self.buckets)):
-                started = self.start_exchange(i, self.encode(i), process_set, members, tag)
-                mean = self.end_exchange(i, started, process_set, members, rank, divisor, tag,
-                                         deadline)
-                self.finish(i, mean, to_gradient=to_gradient)
+                steps = self.steps(i, self.encode(i), process_set, members, rank, scale, tag)
+                self.finish(i, run_steps(steps, deadline), to_gradient=to_gradient, scale=scale)
         return self.nbytes
+
+    def steps(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
+              rank: int, scale: float, tag: str):
+        """Bucket ``i``'s exchange, as steps (``run_steps``; the overlapped reduction runs
+        them apart): the alltoall, this rank's shard of the sum times ``scale``, the
+        allgather of the encoded mean, which it returns."""
+        splits, handle = self.start_exchange(i, encoded, process_set, members, tag)
+        received = yield handle, self.exchange.wait
+        mine = self.reduce_shard(received, splits, members, rank, scale)
+        return (yield self.start_gather(i, mine, process_set, tag), self.exchange.wait)
+
+    def describe(self) -> str:
+        return f"{self.codec} deltas"
+
+    def mean_bytes(self, i: int, count: int) -> int:
+        """Bytes of what bucket ``i``'s exchange over ``count`` ranks returns."""
+        return self.encoded_sizes[i]
 
     # -- the three phases of one bucket (the overlapped reduction runs them apart) ----------
     def encode(self, i: int, table: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
@@ -162,19 +206,11 @@ class DeltaReducer:
 
     def start_exchange(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
                        tag: str):
-        """Start bucket ``i``'s alltoall; returns what ``end_exchange`` needs."""
+        """Start bucket ``i``'s alltoall; returns (its splits, its handle)."""
         shards = shard_records(encoded.numel() // self.record_bytes, len(members))
         splits = [k * self.record_bytes for k in shards]
         name = f"hvd_hier.{tag}.{self.codec}.{i}"
         return splits, self.exchange.alltoall(encoded, splits, f"{name}.a2a", process_set)
-
-    def end_exchange(self, i: int, started, process_set, members: List[int], rank: int,
-                     divisor: int, tag: str, deadline: Optional[float] = None) -> torch.Tensor:
-        """Wait for bucket ``i``'s alltoall, reduce this rank's shard, allgather the mean."""
-        splits, handle = started
-        mine = self.reduce_shard(self.exchange.wait(handle, deadline), splits, members, rank,
-                                 1.0 / divisor)
-        return self.exchange.wait(self.start_gather(i, mine, process_set, tag), deadline)
 
     def reduce_shard(self, received: torch.Tensor, splits: List[int], members: List[int],
                      rank: int, scale: float) -> torch.Tensor:
@@ -191,9 +227,10 @@ class DeltaReducer:
                                        process_set)
 
     def finish(self, i: int, mean: torch.Tensor, table: Optional[Sequence[torch.Tensor]] = None,
-               to_gradient: bool = False) -> None:
+               to_gradient: bool = False, scale: float = 1.0) -> None:
         """Write bucket ``i``'s decoded ``mean`` into ``table`` (default: the tensors): without
-        ``to_gradient`` x = x̄ = x̄ + mean (the anchor follows); with it x = −mean."""
+        ``to_gradient`` x = x̄ = x̄ + mean (the anchor follows); with it x = −mean. ``scale``:
+        the exchange's (this class applies it when reducing the shard)."""
         bucket = self.buckets[i]
         xs = self._views(bucket, self.tensors if table is None else table)
         with torch.no_grad():

@@ -40,7 +40,7 @@ class CompressedDeltas(Strategy):
     more; a group of one averages plainly)."""
 
     def describe(self) -> str:
-        return f"{self.level.reducer.codec} deltas"
+        return self.level.reducer.describe()
 
     def start(self, t: int, deadline: Optional[float]) -> None:
         level = self.level

@@ -175,8 +175,8 @@ def plain_pieces(red, copies: LevelCopies, into: Copy, correct: bool, route, tag
 
 def compressed_pieces(red, reducer, snap: Copy, route, tag: str):
     """The pieces of a compressed reduction, one per bucket of this rank's share: its delta
-    is encoded now; the piece runs the alltoall, reduces this rank's shard and allgathers
-    the mean."""
+    is encoded now; the piece runs the bucket's exchange (``DeltaReducer.steps``), whose
+    result ``red.means`` keeps for the reducer's ``finish``."""
     owned = route.owned(len(reducer.buckets))
     encoded = {i: reducer.encode(i, snap.views) for i in owned}
     red.means = [None] * len(reducer.buckets)
@@ -185,10 +185,7 @@ def compressed_pieces(red, reducer, snap: Copy, route, tag: str):
     rank = hvd.rank()
 
     def piece(i):
-        splits, handle = reducer.start_exchange(i, encoded[i], process_set, members, tag)
-        received = yield handle, reducer.exchange.wait
-        mine = reducer.reduce_shard(received, splits, members, rank, red.scale)
-        red.means[i] = yield reducer.start_gather(i, mine, process_set, tag), \
-            reducer.exchange.wait
+        red.means[i] = yield from reducer.steps(i, encoded[i], process_set, members, rank,
+                                                red.scale, tag)
 
     return [lambda i=i: piece(i) for i in owned]

@@ -65,7 +65,7 @@ class Staged(Strategy):
 
     def describe(self) -> str:
         parts = [self.route.describe(),
-                 f"{self.level.reducer.codec} deltas" if self.compressed
+                 self.level.reducer.describe() if self.compressed
                  else "plain average in pieces",
                  f"overlap {self.overlap}" if self.overlap else None]
         return ", ".join(p for p in parts if p)
@@ -175,7 +175,8 @@ class Staged(Strategy):
         result = copies.result if overlapped or self.compressed else snap
         if self.compressed:
             for i, mean in enumerate(red.means):
-                level.reducer.finish(i, mean, result.views, to_gradient=anchor.outer is not None)
+                level.reducer.finish(i, mean, result.views, to_gradient=anchor.outer is not None,
+                                     scale=red.scale)
             if anchor.outer is not None:
                 anchor.outer_step(pseudo_gradient=True, tensors=result.views)
         else:
@@ -190,7 +191,8 @@ class Staged(Strategy):
 
     def _sizes(self, red: InFlight) -> List[int]:
         if red.means is not None:
-            return self.level.reducer.encoded_sizes
+            count = len(self.route.reducing()[1])
+            return [self.level.reducer.mean_bytes(i, count) for i in range(len(red.means))]
         return [c.numel() * c.element_size() for c in red.items]
 
     def _lower_set(self):

@@ -18,6 +18,7 @@ from ..config.levels import Level
 from ..outer.anchor import Anchor
 from ..reduce.choice import choose_immediate, choose_strategy
 from ..reduce.codec import DeltaReducer, piece_bucket_cap
+from ..reduce.gathered import make_reducer
 from ..reduce.pieces import Copy, LevelCopies
 from ..reduce.staged import apply_correction
 from ..comm.collectives import cpu_copy
@@ -206,7 +207,7 @@ def build_levels(config, tensors, averager, ctx: Context) -> List[LevelRuntime]:
         if codec is not None:
             cap = piece_bucket_cap(codec) if spec.options.get("overlap_steps") \
                 else config.bucket_cap_bytes
-            reducer = DeltaReducer(codec, tensors.all, anchor.anchor, cap)
+            reducer = make_reducer(codec, tensors.all, anchor.anchor, cap)
         out.append(LevelRuntime(i, spec, level_name(config, i), tensors.all, ctx, list(out),
                                 anchor, reducer))
     return out

@@ -11,13 +11,14 @@ import torch
 from hvd_hier.comm.extension import extension
 from kernel_isa import ISAS
 from pairwise import pairwise_params
+from wire import WIRE, ref_decode, ref_encode, ref_reduce, ref_sum
 
 C = extension()
 CHUNK = C.CODEC_CHUNK
 MAX_TENSORS = C.MAX_TENSORS_PER_DELTA_LAUNCH
-CODECS = ["fp16", "bf16", "int8"]
+CODECS = ["fp16", "bf16", "int8", "int4", "int2"]
+REDUCED = ["fp16", "bf16", "int8"]  # the codecs reduce_encoded takes
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-WIRE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 INT8_HEADER = 16
 POISON = 0xAB
 
@@ -40,10 +41,6 @@ TASKS = [C.CHUNK_ELEMS + CHUNK + 3]
 
 # ---- the reference ------------------------------------------------------------------------------
 
-def f32(v):
-    return torch.tensor(v, dtype=torch.float32)
-
-
 def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -59,53 +56,6 @@ def ref_delta(tensors, anchors, residuals):
     if residuals:
         d = d + flat(residuals, acc)
     return d.to(torch.float32)
-
-
-def chunked(v):
-    """v (float32, n) as [records, CHUNK], zero-padded."""
-    records = -(-v.numel() // CHUNK)
-    out = torch.zeros(records * CHUNK, dtype=torch.float32)
-    out[:v.numel()] = v
-    return out.reshape(records, CHUNK)
-
-
-def ref_encode(v, codec):
-    """The encoded buffer of the float32 values v and their decoding (n values)."""
-    n = v.numel()
-    rows = chunked(v)
-    if codec in WIRE:
-        q = rows.to(WIRE[codec])
-        return q.view(torch.uint8).reshape(-1), q.to(torch.float32).reshape(-1)[:n]
-    amax = rows.abs().amax(dim=1) if rows.numel() else torch.zeros(0)
-    scale = amax / f32(127.0)
-    inv = torch.where(scale > 0, f32(1.0) / scale, f32(0.0))
-    q = torch.round(rows * inv[:, None]).clamp(-127, 127)  # torch.round: half to even
-    q = torch.where(torch.isnan(q), f32(0.0), q).to(torch.int8)
-    header = torch.zeros(rows.shape[0], INT8_HEADER, dtype=torch.uint8)
-    header[:, :4] = scale.reshape(-1, 1).view(torch.uint8)
-    buf = torch.cat([header, q.view(torch.uint8)], dim=1).reshape(-1)
-    return buf, (q.to(torch.float32) * scale[:, None]).reshape(-1)[:n]
-
-
-def ref_decode(buf, codec, n):
-    """Decoded float32 values of an encoded buffer (first n)."""
-    if codec in WIRE:
-        return buf.view(WIRE[codec]).to(torch.float32)[:n]
-    rec = buf.reshape(-1, INT8_HEADER + CHUNK)
-    scale = rec[:, :4].contiguous().view(torch.float32).reshape(-1)
-    q = rec[:, INT8_HEADER:].contiguous().view(torch.int8).to(torch.float32)
-    return (q * scale[:, None]).reshape(-1)[:n]
-
-
-def ref_reduce(src, codec, count, scale):
-    per = src.numel() // count
-    n = per // C.codec_record_bytes(codec) * CHUNK
-    s = ref_decode(src[:per], codec, n)
-    for k in range(1, count):
-        s = s + ref_decode(src[k * per:(k + 1) * per], codec, n)
-    m = s * f32(scale)
-    m = torch.where(m == 0, f32(0.0), m)  # +0, so that padding stays zero bits
-    return ref_encode(m, codec)[0]
 
 
 def split_like(v, tensors):
@@ -147,7 +97,7 @@ def encoded(codec, tensors, anchors, residuals=()):
 
 def test_format_constants():
     assert CHUNK == 2048
-    assert [C.codec_record_bytes(c) for c in CODECS] == [4096, 4096, 2064]
+    assert [C.codec_record_bytes(c) for c in CODECS] == [4096, 4096, 2064, 1040, 528]
     for codec in CODECS:
         rb = C.codec_record_bytes(codec)
         assert C.encoded_bytes(codec, 0) == 0
@@ -168,6 +118,54 @@ def test_int8_rounds_half_to_even_and_keeps_the_scale_in_the_header():
     q = out[16:16 + 8].view(torch.int8).tolist()
     assert q == [127, 0, 2, 2, 0, -2, 126, -127]
     assert out[16 + 8:].tolist() == [0] * (CHUNK - 8)
+
+
+@pytest.mark.usefixtures("isa")
+def test_int4_packs_two_codes_a_byte_low_nibble_first():
+    x = torch.tensor([7.0, 0.5, 1.5, -0.5, -2.5, -7.0, 6.5])
+    out = encoded("int4", [x], [torch.zeros_like(x)])
+    assert len(out) == 1040
+    assert out[:4].view(torch.float32).item() == 1.0  # 7 / 7
+    assert out[4:16].tolist() == [0] * 12
+    # q = [7, 0, 2, 0, -2, -7, 6] (half to even), two's complement nibbles, padding 0
+    assert out[16:20].tolist() == [0x07, 0x02, 0x9E, 0x06]
+    assert out[20:].tolist() == [0] * (1024 - 4)
+
+
+@pytest.mark.usefixtures("isa")
+def test_int2_has_four_levels_around_the_mean_magnitude():
+    # amax 4, |v| / amax in 2^-20 units: 2^20 * (1 + 0.5 + 0.25 + 0.25 + 0) -> mean |v| = 1.6,
+    # scale 0.625 * 1.6 = 1; t = v: 4 -> 3, 2 -> 3 (t >= 2), 1 -> 2, -1 -> 1, 0 -> 2 (+1)
+    x = torch.tensor([4.0, 2.0, 1.0, -1.0, 0.0])
+    r = [torch.zeros_like(x)]
+    out = poisoned_bytes(C.encoded_bytes("int2", 5))
+    C.encode_delta([x], [torch.zeros_like(x)], r, out, "int2")
+    assert len(out) == 528
+    assert out[:4].view(torch.float32).item() == 1.0
+    assert out[16:18].tolist() == [3 | 3 << 2 | 2 << 4 | 1 << 6, 2]
+    assert out[18:].tolist() == [0] * (512 - 2)
+    assert r[0].tolist() == [1.0, -1.0, 0.0, 0.0, -1.0]  # v - (2c - 3) * scale
+
+
+@pytest.mark.usefixtures("isa")
+@pytest.mark.parametrize("codec", ["int4", "int2"])
+def test_low_bit_codecs_keep_zero_and_non_finite_chunks_apart(codec):
+    n = 3 * CHUNK
+    x = torch.zeros(n)
+    x[CHUNK:CHUNK + 3] = torch.tensor([1e-40, -1e-40, 0.0])  # a denormal chunk
+    x[2 * CHUNK] = float("inf")
+    x[2 * CHUNK + 1] = 1.0
+    r = [torch.zeros(n)]
+    out = poisoned_bytes(C.encoded_bytes(codec, n))
+    C.encode_delta([x], [torch.zeros(n)], r, out, codec)
+    assert same_bits(out, ref_encode(ref_delta([x], [torch.zeros(n)], []), codec)[0])
+    scale = out.reshape(3, -1)[:, :4].contiguous().view(torch.float32).reshape(-1)
+    assert scale[0].item() == 0.0
+    dec = torch.empty(n)
+    C.decode_into(out, [dec], codec, 1.0)
+    assert dec[:CHUNK].eq(0).all()  # a zero chunk decodes to zeros
+    assert torch.isfinite(dec[CHUNK:2 * CHUNK]).all() and torch.isfinite(r[0][:2 * CHUNK]).all()
+    assert torch.isnan(dec[2 * CHUNK:]).all()  # the inf is not hidden
 
 
 @pytest.mark.usefixtures("isa")
@@ -250,7 +248,7 @@ def rank_buffers(codec, count, sizes, seed):
 
 
 @pytest.mark.parametrize(*pairwise_params(
-    {"isa": ISAS, "codec": CODECS, "count": [1, 3, 8],
+    {"isa": ISAS, "codec": REDUCED, "count": [1, 3, 8],
      "sizes": [[1], [CHUNK], [3 * CHUNK + 5], [7, 0, CHUNK - 1, 17]]}), indirect=["isa"])
 def test_reduce_encoded_matches_reference(isa, codec, count, sizes):
     src = rank_buffers(codec, count, sizes, seed=11)
@@ -349,6 +347,57 @@ def test_the_round_trip_of_one_averaging():
     assert ((flat(xs, torch.float64) - exact).abs() <= bound).all()
 
 
+# ---- apply_sum ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(*pairwise_params(
+    {"isa": ISAS, "dtype": DTYPES, "codec": CODECS, "count": [1, 2, 5], "anchored": [True, False],
+     "layout": ["one", "chunk+1", "small", "straddle", "full_table"]}), indirect=["isa"])
+def test_apply_sum_matches_reference(isa, dtype, codec, count, anchored, layout):
+    sizes = LAYOUTS[layout]
+    n = sum(sizes)
+    src = rank_buffers(codec, count, sizes, seed=13)
+    src_before = src.clone()
+    scale = -1.0 / count if anchored else 1.0 / count
+    m = ref_sum(src, codec, count, n, scale)
+    anchors = make(sizes, dtype, seed=14)[1]
+    acc = acc_dtype(dtype)
+    if anchored:
+        want = split_like((flat(anchors, acc) + m.to(acc)).to(dtype), anchors)
+    else:
+        want = split_like(m.to(dtype), anchors)
+    xs = [torch.full_like(a, float("nan")) for a in anchors]
+    assert C.apply_sum(src, count, xs, anchors if anchored else [], codec, scale) == n
+    for x, w in zip(xs, want):
+        assert same_bits(x, w)
+    if anchored:
+        assert all(same_bits(a, x) for a, x in zip(anchors, xs))
+    assert torch.equal(src, src_before)
+
+
+@pytest.mark.usefixtures("isa")
+def test_apply_sum_adds_in_rank_order():
+    vals = [torch.tensor([1e8, 1.0]), torch.tensor([-1e8, 1.0]), torch.tensor([1.0, 1e8])]
+    src = torch.cat([ref_encode(v, "bf16")[0] for v in vals])
+    x = [torch.empty(2)]
+    C.apply_sum(src, 3, x, [], "bf16", 1.0)
+    big = torch.tensor(1e8).bfloat16().item()
+    assert x[0].tolist() == [1.0, big]  # (big - big) + 1; (1 + 1) + big
+
+
+def test_apply_sum_errors_name_the_problem():
+    x = [torch.zeros(5)]
+    src = poisoned_bytes(2 * 528)
+    with raises("apply_sum: count must be >= 1, got 0"):
+        C.apply_sum(src, 0, x, [], "int2")
+    with raises("apply_sum: src has 1056 bytes, expected count * encoded_bytes('int2', 5) = 528 = 1584"):
+        C.apply_sum(src, 3, x, [], "int2")
+    with raises("apply_sum: anchors has 2 tensors but tensors has 1"):
+        C.apply_sum(src, 2, x, x + x, "int2")
+    with raises("reduce_encoded: codec must be one of fp16, bf16, int8 (int2 contributions are summed "
+                "by apply_sum), got 'int2'"):
+        C.reduce_encoded(src, src[:528], "int2", 2)
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 def raises(message):
@@ -362,10 +411,11 @@ def test_unknown_codec_is_named():
         ("reduce_encoded", lambda: C.reduce_encoded(out, out, "fp8", 1)),
         ("apply_delta", lambda: C.apply_delta(out, t, t, "fp8")),
         ("decode_into", lambda: C.decode_into(out, t, "fp8")),
+        ("apply_sum", lambda: C.apply_sum(out, 1, t, [], "fp8")),
         ("encoded_bytes", lambda: C.encoded_bytes("fp8", 3)),
         ("codec_record_bytes", lambda: C.codec_record_bytes("fp8")),
     ]:
-        with raises(f"{op}: codec must be one of fp16, bf16, int8, got 'fp8'"):
+        with raises(f"{op}: codec must be one of fp16, bf16, int8, int4, int2, got 'fp8'"):
             call()
     with raises("encoded_bytes: n must be >= 0, got -1"):
         C.encoded_bytes("int8", -1)

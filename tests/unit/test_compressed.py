@@ -2,11 +2,18 @@
 a rank sends, and the reducer's arguments; the reduction itself runs under horovodrun
 (tests/parallel/workers/compressed.py) and its kernels in test_codec_kernels.py."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from hvd_hier.comm.extension import extension
-from hvd_hier.reduce.codec import DeltaReducer, link_bytes, shard_records
+from hvd_hier.reduce.codec import DeltaReducer, link_bytes, run_steps, shard_records
+from hvd_hier.reduce.gathered import GatheredDeltas, make_reducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from wire import ref_decode  # noqa: E402
 
 C = extension()
 
@@ -19,11 +26,13 @@ def test_shards_are_contiguous_and_even(records, parts, expected):
     assert sum(expected) == records
 
 
-@pytest.mark.parametrize("codec,record", [("fp16", 4096), ("bf16", 4096), ("int8", 2064)])
+@pytest.mark.parametrize("codec,record", [("fp16", 4096), ("bf16", 4096), ("int8", 2064),
+                                          ("int4", 1040), ("int2", 528)])
 def test_link_bytes_formula(codec, record):
     n = 3 * 2048 + 5  # four records
     assert C.encoded_bytes(codec, n) == 4 * record
-    assert link_bytes(codec, n, 8) == 2 * 7 / 8 * 4 * record
+    factor = 7 if codec in ("int4", "int2") else 2 * 7 / 8  # an allgather of all, or a2a + ag
+    assert link_bytes(codec, n, 8) == factor * 4 * record
     assert link_bytes(None, n, 8) == 2 * 7 / 8 * 4 * n
     assert link_bytes(codec, n, 1) == 0.0
 
@@ -35,8 +44,54 @@ def test_reducer_plans_tables_within_the_kernel_limit_and_counts_encoded_bytes()
     assert [len(b.segments) for b in r.buckets] == [C.MAX_TENSORS_PER_DELTA_LAUNCH, 3]
     assert r.nbytes == 2 * 2064 and len(r.residuals) == len(tensors)
     assert DeltaReducer("bf16", tensors, anchor, 1 << 20).residuals == []
-    with pytest.raises(ValueError, match=r"compression must be one of fp16, bf16, int8, got 'int4'"):
-        DeltaReducer("int4", tensors, anchor, 1 << 20)
+    with pytest.raises(ValueError, match=r"compression must be one of fp16, bf16, int8, int4, "
+                                         r"int2, got 'int3'"):
+        DeltaReducer("int3", tensors, anchor, 1 << 20)
+    assert type(make_reducer("int2", tensors, anchor, 1 << 20)) is GatheredDeltas
+    assert type(make_reducer("int8", tensors, anchor, 1 << 20)) is DeltaReducer
+    assert make_reducer("int4", tensors, anchor, 1 << 20).nbytes == 2 * 1040
+
+
+class GatherAll:
+    """A stand-in for Horovod's allgather among ranks simulated in one process: it returns
+    the contributions the test set in ``parts``, in rank order."""
+
+    def __init__(self):
+        self.parts = []
+
+    def allgather(self, buffer, name, process_set):
+        return torch.cat(self.parts)
+
+    def wait(self, handle, deadline):
+        return handle
+
+
+@pytest.mark.parametrize("codec", ["int4", "int2"])
+@pytest.mark.parametrize("to_gradient", [False, True])
+def test_gathered_reduction_sums_every_contribution_in_rank_order(codec, to_gradient):
+    """Three ranks of one group: each ends at anchor + the mean of the decoded contributions
+    (or, for the outer optimizer, at minus that mean), bit-identical; each keeps its own
+    residual."""
+    g = torch.Generator().manual_seed(4)
+    sizes = [3000, 7, 2048]
+    anchor0 = [torch.randn(n, generator=g) for n in sizes]
+    ranks, exchange = [], GatherAll()
+    for r in range(3):
+        x = [a + 0.01 * (r + 1) * torch.randn(a.shape, generator=g) for a in anchor0]
+        ranks.append((x, [a.clone() for a in anchor0],))
+    reducers = [make_reducer(codec, x, a, 1 << 20, exchange) for x, a in ranks]
+    exchange.parts = [red.encode(0) for red in reducers]
+    n = sum(sizes)
+    mean = sum(ref_decode(p, codec, n) for p in exchange.parts) * torch.tensor(1 / 3)
+    for red, (x, a) in zip(reducers, ranks):
+        got = run_steps(red.steps(0, exchange.parts[0], None, [0, 1, 2], 0, 1 / 3, "t"), None)
+        red.finish(0, got, to_gradient=to_gradient, scale=1 / 3)
+        want = -mean if to_gradient else torch.cat(anchor0) + mean
+        assert torch.equal(torch.cat(x), want)
+        assert torch.equal(torch.cat(a), torch.cat(anchor0) if to_gradient else want)
+    residual = [torch.cat(red.residuals) for red in reducers]
+    assert not torch.equal(residual[0], residual[1])
+    assert all(r.abs().max() > 0 for r in residual)
 
 
 def test_drop_contribution_is_a_zero_delta():
