@@ -97,7 +97,7 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, l
     mean, or with an outer optimizer (``outer[level][r]``, ``anchor[level][r]``) the anchor's
     outer step on anchor - mean, which every rank of the group takes. With a codec
     (``codecs[level]``) the mean is ``compressed_mean`` of the deltas from the anchor (float32;
-    int8: plus this rank's residual ``residual[level][r]``, which keeps what the round trip
+    int8, int4, int2: plus this rank's residual ``residual[level][r]``, which keeps what the round trip
     lost), added to the anchor. Then the anchors of the levels below become the new model.
 
     ``lower``: the groups of the level below. Where a group is made of two or more lower
@@ -114,7 +114,7 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, l
             deltas = []
             for r, value in sources:
                 d = value - anchor[level][r]
-                if codec == "int8":
+                if codec in RESIDUAL:
                     d = (d + residual[level][r]).astype(np.float32)
                     residual[level][r] = d - codec_round_trip(d, codec)
                 deltas.append(d.astype(np.float32))
@@ -284,10 +284,27 @@ def round_bf16(x):
     return u.astype(np.uint32).view(np.float32)
 
 
+def _int2_scale(v):
+    """int2's chunk scale: 0.625 times the mean |v|, the mean counted in units of 2^-20 of
+    max |v| (exact integers), all in float32."""
+    amax = np.float32(np.max(np.abs(v)))
+    if not np.isfinite(amax):
+        return np.float32(np.nan)
+    if amax == 0 or not np.isfinite(np.float32(1.0) / amax):
+        return np.float32(0.0)
+    ia = np.float32(1.0) / amax
+    t = np.minimum(np.abs(v) * ia, np.float32(1.0))
+    units = int(np.floor(t * np.float32(2.0 ** 20)).astype(np.int64).sum())
+    mean = np.float32(units) / np.float32(len(v) * 2.0 ** 20) * amax
+    return np.float32(mean * np.float32(0.625))
+
+
 def codec_round_trip(d, codec):
-    """What a float32 vector ``d`` becomes after encoding and decoding: fp16 / bf16 casts, or
-    int8 with one scale per chunk of 2048 (scale = max|d| / 127, q = round-half-even(d / scale
-    computed as d * (1 / scale)), clamped to +-127)."""
+    """What a float32 vector ``d`` becomes after encoding and decoding: fp16 / bf16 casts;
+    int8 and int4 with one scale per chunk of 2048 (scale = max|d| / L, L = 127 or 7, q =
+    round-half-even(d / scale computed as d * (1 / scale)), clamped to +-L); int2 with the
+    four levels {-3, -1, 1, 3} * scale (``_int2_scale``), the level above d * (1 / scale)
+    rounded down to an odd number (t >= 2: 3, t >= 0: 1, t >= -2: -1, else -3)."""
     d = np.asarray(d, dtype=np.float32)
     if codec == "fp16":
         return d.astype(np.float16).astype(np.float32)
@@ -296,18 +313,33 @@ def codec_round_trip(d, codec):
     out = np.empty_like(d)
     for c in range(0, len(d), CODEC_CHUNK):
         v = d[c:c + CODEC_CHUNK]
-        scale = np.float32(np.max(np.abs(v)) / np.float32(127.0)) if len(v) else np.float32(0)
+        if codec == "int2":
+            scale = _int2_scale(v)
+        else:
+            levels = np.float32(127.0 if codec == "int8" else 7.0)
+            scale = np.float32(np.max(np.abs(v)) / levels) if len(v) else np.float32(0)
         inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-        q = np.clip(np.rint(v * inv), -127, 127).astype(np.float32)
-        out[c:c + CODEC_CHUNK] = q * scale
+        t = v * inv
+        if codec == "int2":
+            q = np.where(t >= 2, 3, np.where(t >= 0, 1, np.where(t >= -2, -1, -3)))
+        else:
+            q = np.clip(np.rint(t), -levels, levels)
+        out[c:c + CODEC_CHUNK] = q.astype(np.float32) * scale
     return out
+
+
+#: the codecs whose contributions every rank gathers and sums, with no second encoding
+GATHERED = ("int4", "int2")
+#: the codecs with error feedback
+RESIDUAL = ("int8", "int4", "int2")
 
 
 def compressed_mean(deltas, codec, divisor):
     """The decoded mean a compressed reduction gives every rank: each rank's delta (float32)
-    encoded and decoded, summed in float32 in rank order, times 1/divisor in float32, encoded
-    and decoded again."""
+    encoded and decoded, summed in float32 in rank order, times 1/divisor in float32, and
+    (fp16, bf16, int8: the mean reduced shard by shard) encoded and decoded again."""
     total = np.zeros_like(np.asarray(deltas[0], dtype=np.float32))
     for d in deltas:
         total = total + codec_round_trip(d, codec)
-    return codec_round_trip(total * np.float32(1.0 / divisor), codec)
+    mean = total * np.float32(1.0 / divisor)
+    return mean if codec in GATHERED else codec_round_trip(mean, codec)

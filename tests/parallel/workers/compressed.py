@@ -1,7 +1,7 @@
 """Levels with compressed reductions on 8 ranks (two host names), at every step against the
 independent simulation of all learners, which encodes, sums and decodes the deltas from the
-wire format's definition (tests/reference.py): each codec at the top of three levels, int8
-with its error residuals, compression under an outer optimizer, a compressed middle level,
+wire format's definition (tests/reference.py): each codec at the top of three levels, the
+integer codecs with their error residuals, compression under an outer optimizer, a compressed middle level,
 flat storage; every group ends each reduction bit-identical, and the byte counters follow
 the encoded size. A resume mid-cycle (int8: the residuals in the checkpoint) is bit for bit.
 
@@ -45,6 +45,14 @@ CONFIGS = {
     "int8_top": ([(1, 2), (2, 4), (4, "all")], [None, None, "int8"], None, 1, 13),
     "int8_middle_bf16_top": ([(1, 2), (2, 4), (4, "all")], [None, "int8", "bf16"], None, 0, 12),
     "bf16_outer": ([(2, 4), (4, "all")], [None, "bf16"],
+                   [None, dict(lr=0.5, momentum=0.5, nesterov=True)], 2, 14),
+    # int4 and int2: every contribution gathered and summed (two stages at the top: one
+    # delta per node, from its mean); int2 at a one-stage middle level and under an outer
+    # optimizer
+    "int4_top": ([(1, 2), (2, 4), (4, "all")], [None, None, "int4"], None, 1, 13),
+    "int2_top": ([(1, 2), (2, 4), (4, "all")], [None, None, "int2"], None, 1, 13),
+    "int2_middle_int4_top": ([(1, 2), (2, 4), (4, "all")], [None, "int2", "int4"], None, 0, 12),
+    "int2_outer": ([(2, 4), (4, "all")], [None, "int2"],
                    [None, dict(lr=0.5, momentum=0.5, nesterov=True)], 2, 14),
 }
 
@@ -93,7 +101,7 @@ def check_config(name, rank, size, flat_storage=False):
     # the codecs did something, and stayed close to the uncompressed run
     gap = max(np.abs(want[-1][r] - plain[-1][r]).max() for r in range(size))
     assert 0 < gap < 1.0, (label, gap)
-    encoded = {"fp16": 4096, "bf16": 4096, "int8": 2064}
+    encoded = {"fp16": 4096, "bf16": 4096, "int8": 2064, "int4": 1040, "int2": 528}
     for i, codec in enumerate(codecs):
         lv = opt.averaging_stats()["levels"][i]
         if codec is not None:
@@ -102,10 +110,10 @@ def check_config(name, rank, size, flat_storage=False):
 
 
 def resume(rank, size):
-    """int8 at the middle level, bf16 with an outer optimizer at the top; save after step 7,
+    """int8 at the middle level, int2 with an outer optimizer at the top; save after step 7,
     load on every rank (residuals included), the same bits to step 16; without the
     residuals (loaded from a checkpoint that lacks them) the run differs."""
-    levels, codecs = [(1, 2), (2, 4), (4, "all")], [None, "int8", "bf16"]
+    levels, codecs = [(1, 2), (2, 4), (4, "all")], [None, "int8", "int2"]
     outers = [None, None, dict(lr=0.5, momentum=0.5)]
     w, opt = build(rank, levels, codecs, outers, 1)
     want = []
@@ -115,6 +123,7 @@ def resume(rank, size):
         if t == 7:
             saved = (w.detach().clone(), copy.deepcopy(opt.state_dict()))
     assert saved[1]["hvd_hier"]["anchors"][1]["compression"]["codec"] == "int8"
+    assert saved[1]["hvd_hier"]["anchors"][2]["compression"]["codec"] == "int2"
     w2, opt2 = build(rank, levels, codecs, outers, 1)
     with torch.no_grad():
         w2.copy_(saved[0])
@@ -124,6 +133,7 @@ def resume(rank, size):
         assert torch.equal(w2, want[t - 1]), f"resume: step {t}"
     lost = copy.deepcopy(saved[1])
     lost["hvd_hier"]["anchors"][1]["compression"] = None  # zero residuals instead
+    lost["hvd_hier"]["anchors"][2]["compression"] = None
     w3, opt3 = build(rank, levels, codecs, outers, 1)
     with torch.no_grad():
         w3.copy_(saved[0])
@@ -166,6 +176,7 @@ def run():
     for name in CONFIGS:
         check_config(name, rank, size)
     check_config("int8_top", rank, size, flat_storage=True)
+    check_config("int2_top", rank, size, flat_storage=True)
     resume(rank, size)
     nonfinite_skip(rank, size)
 

@@ -39,6 +39,9 @@ CONFIGS = {
     "outer_int8_d1": ([(1, 2, {}), (2, 4, {}),
                        (4, "all", dict(overlap_steps=1, outer=dict(lr=0.5, momentum=0.5),
                                        compression="int8"))], 1, 13),
+    "outer_int2_d2": ([(1, 2, {}), (2, 4, {}),
+                       (4, "all", dict(overlap_steps=2, outer=dict(lr=0.5, momentum=0.5),
+                                       compression="int2"))], 1, 14),
 }
 
 
