@@ -173,6 +173,9 @@ def rebuild(opt) -> None:
         topo, level_topologies, payloads, notes = setup(h, deadline(h.config))
     bind(h, topo, level_topologies)
     _adopt(h, payloads[0]["t"], topo.set_ranks[0])
+    for level in h.levels:  # what this rank's codecs lost belongs to the model it had
+        if level.reducer is not None:
+            level.reducer.reset_residuals()
     _agree_anchors(h, per_group=False)
     _agree_corrections(h, per_group=False)
     h.position.agreed = True
@@ -227,7 +230,7 @@ def _agree_anchors(h, per_group: bool) -> None:
     or an elastic job's restored state, which goes with the model it broadcast); then, with
     ``per_group``, each group of a level takes its first rank's own state if that rank has
     one (every rank loaded its checkpoint), else the one just received. Residuals stay this
-    rank's own (after a rebuild they are zeroed: the model is rank 0's now)."""
+    rank's own (``rebuild`` zeroes them: the model is rank 0's now)."""
     topo = h.topology
     anchored = [lv for lv in h.levels if lv.anchor is not None]
     if not anchored or len(topo.set_ranks) == 1:
@@ -243,8 +246,6 @@ def _agree_anchors(h, per_group: bool) -> None:
     for lv in anchored:
         if chosen[lv.index] is not mine[lv.index]:  # another rank's state
             lv.load_state_dict(chosen[lv.index], residuals=False)
-        if not per_group and lv.reducer is not None:
-            lv.reducer.reset_residuals()
 
 
 def _group_choice(h, lv, mine: dict, received: dict) -> dict:

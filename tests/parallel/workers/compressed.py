@@ -170,6 +170,35 @@ def nonfinite_skip(rank, size):
     report("compressed_nonfinite_skip")
 
 
+def reset_zeroes_residuals(rank, size):
+    """An elastic reset (Horovod initialised again: here the optimizer is told its groups
+    belong to an older Horovod instance) rebuilds the groups and zeroes every rank's
+    residuals, int8 and int2 alike: what a codec lost belongs to the model this rank had,
+    and after a reset every rank takes rank 0's. The run goes on, groups bit-identical."""
+    levels, codecs = [(1, 2), (2, 4), (4, "all")], [None, "int8", "int2"]
+    w, opt = build(rank, levels, codecs, None, 1)
+    h = opt.hier_state()
+    schedule = hvd_hier.HierSchedule(periods=[1, 2, 4], warmup_steps=1)
+    def largest(i):  # the largest residual of level i on any rank (two stages: the
+        # residuals are those of the ranks that encode their node's delta)
+        mine = max(r.abs().max() for r in h.levels[i].reducer.residuals).reshape(1)
+        return hvd.allreduce(mine, op=hvd.Max, name=f"reset.residual.{i}").item()
+
+    for t in range(1, 6):
+        step(w, opt, rank, t)
+    assert largest(1) > 0 and largest(2) > 0
+    assert schedule.level_at(6) == 0  # no compressed reduction in the step of the reset
+    h.position.generation = None  # an older Horovod's
+    step(w, opt, rank, 6)
+    assert all(r.abs().max() == 0 for i in (1, 2) for r in h.levels[i].reducer.residuals)
+    for t in range(7, 10):
+        step(w, opt, rank, t)
+    got = hvd.allgather(w.detach().reshape(1, -1), name="reset.w").numpy()
+    assert all(np.array_equal(got[0], got[r]) for r in range(size))  # step 9: all of them
+    assert largest(2) > 0
+    report("compressed_reset")
+
+
 def run():
     rank, size = init()
     assert size == 8, size
@@ -179,6 +208,7 @@ def run():
     check_config("int2_top", rank, size, flat_storage=True)
     resume(rank, size)
     nonfinite_skip(rank, size)
+    reset_zeroes_residuals(rank, size)
 
 
 if __name__ == "__main__":
