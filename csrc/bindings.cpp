@@ -103,6 +103,23 @@ int64_t apply_sum(const at::Tensor& src, int64_t count, const std::vector<at::Te
   return table_elements(job);
 }
 
+int64_t encode_topk(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& anchors,
+                    const std::vector<at::Tensor>& residuals, const at::Tensor& out, int64_t slots,
+                    const std::string& values) {
+  const auto job = value_errors(
+      [&] { return hvd_hier::check_encode_topk(tensors, anchors, residuals, out, slots, values); });
+  run_released(job);
+  return table_elements(job);
+}
+
+int64_t apply_topk(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                   const std::vector<at::Tensor>& anchors, int64_t slots, const std::string& values, double scale) {
+  const auto job = value_errors(
+      [&] { return hvd_hier::check_apply_topk(src, count, tensors, anchors, slots, values, scale); });
+  run_released(job);
+  return table_elements(job);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -194,6 +211,35 @@ PYBIND11_MODULE(_C, m) {
         "elements written.",
         py::arg("src"), py::arg("count"), py::arg("tensors"), py::arg("anchors"), py::arg("codec"),
         py::arg("scale") = 1.0);
+  m.def("topk_slots", [](double f) { return value_errors([&] { return hvd_hier::topk_slots(f); }); },
+        "Values kept per chunk of CODEC_CHUNK for a fraction in (0, 1): ceil(fraction * CODEC_CHUNK).",
+        py::arg("fraction"));
+  m.def("topk_record_bytes",
+        [](int64_t slots, const std::string& values) {
+          return value_errors([&] { return hvd_hier::topk_record_bytes(slots, values); });
+        },
+        "Bytes of one top-k record: a 16-byte header, `slots` uint16 offsets, `slots` codes of "
+        "`values` (int8, int4 or int2), zero bytes to a multiple of 16.",
+        py::arg("slots"), py::arg("values"));
+  m.def("topk_encoded_bytes",
+        [](int64_t n, int64_t slots, const std::string& values) {
+          return value_errors([&] { return hvd_hier::topk_encoded_bytes(n, slots, values); });
+        },
+        "Bytes of the top-k encoding of n elements: ceil(n / CODEC_CHUNK) records.", py::arg("n"),
+        py::arg("slots"), py::arg("values"));
+  m.def("encode_topk", &encode_topk,
+        "Encode the delta d = x - anchor (+ residual) of the tensors' concatenation, chunk by chunk of "
+        "CODEC_CHUNK: the `slots` elements of largest |d| (ties: the first), their offsets and their "
+        "codes in `values` (csrc/topk.h); residuals ([] or float32 like encode_delta) become d minus "
+        "what was sent. Returns the number of elements encoded.",
+        py::arg("tensors"), py::arg("anchors"), py::arg("residuals"), py::arg("out"), py::arg("slots"),
+        py::arg("values"));
+  m.def("apply_topk", &apply_topk,
+        "src holds `count` top-k encodings of the tensors' concatenation back to back (one per rank, in "
+        "rank order); m = (0 + the kept values of rank 0, 1, ... added in order) * scale in float32; with "
+        "anchors x = anchor = anchor + m, without x = m. Returns the number of elements written.",
+        py::arg("src"), py::arg("count"), py::arg("tensors"), py::arg("anchors"), py::arg("slots"),
+        py::arg("values"), py::arg("scale") = 1.0);
   m.attr("MAX_TENSORS_PER_LAUNCH") = hvd_hier::kMaxTensors;
   m.attr("MAX_TENSORS_PER_DELTA_LAUNCH") = hvd_hier::kMaxDeltaTensors;
   m.attr("CODEC_CHUNK") = hvd_hier::kCodecChunk;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "checks.h"
+#include "topk.h"
 
 namespace hvd_hier {
 namespace {
@@ -245,6 +246,80 @@ CodecJob check_apply_sum(const at::Tensor& src, int64_t count, const std::vector
   const Checker check("apply_sum");
   return check_decode_side(check, CodecOp::kApplySum, src, tensors, anchors.empty() ? nullptr : &anchors, codec,
                            scale, count);
+}
+
+namespace {
+
+// The value codec and slots of a top-k call (std::invalid_argument naming them).
+Codec check_topk_spec(const Checker& check, int64_t slots, const std::string& values) {
+  const Codec v = parse_codec(check.op(), values);
+  check(v == Codec::kInt8 || v == Codec::kInt4 || v == Codec::kInt2,
+        "values must be one of int8, int4, int2, got '" + values + "'");
+  check(slots >= 1 && slots <= kCodecChunk,
+        "slots must be in [1, " + num(kCodecChunk) + "], got " + num(slots));
+  return v;
+}
+
+std::string topk_size(Codec v, int64_t slots, int64_t n) {
+  return "topk_encoded_bytes(" + num(n) + ", " + num(slots) + ", '" + codec_name(v) + "') = " +
+         num(codec_records(n) * topk_record_bytes(v, slots));
+}
+
+}  // namespace
+
+int64_t topk_record_bytes(int64_t slots, const std::string& values) {
+  return topk_record_bytes(check_topk_spec(Checker("topk_record_bytes"), slots, values), slots);
+}
+
+int64_t topk_encoded_bytes(int64_t n, int64_t slots, const std::string& values) {
+  const Checker check("topk_encoded_bytes");
+  const Codec v = check_topk_spec(check, slots, values);
+  check(n >= 0, "n must be >= 0, got " + num(n));
+  return codec_records(n) * topk_record_bytes(v, slots);
+}
+
+int64_t topk_slots(double fraction) {
+  Checker("topk_slots")(fraction > 0.0 && fraction < 1.0,
+                        "fraction must be in (0, 1), got " + std::to_string(fraction));
+  return topk_slots_for(fraction);
+}
+
+CodecJob check_encode_topk(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& anchors,
+                           const std::vector<at::Tensor>& residuals, const at::Tensor& out, int64_t slots,
+                           const std::string& values) {
+  const Checker check("encode_topk");
+  CodecJob job;
+  job.op = CodecOp::kEncodeTopk;
+  job.codec = check_topk_spec(check, slots, values);
+  job.slots = slots;
+  check_buffer(check, "out", out);
+  build_table(check, job, tensors, &anchors, &residuals, out, "out");
+  const int64_t n = job.table.offsets[job.table.count];
+  check(out.numel() == job.records * topk_record_bytes(job.codec, slots),
+        "out has " + num(out.numel()) + " bytes, expected " + topk_size(job.codec, slots, n));
+  job.dst = static_cast<uint8_t*>(out.data_ptr());
+  return job;
+}
+
+CodecJob check_apply_topk(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                          const std::vector<at::Tensor>& anchors, int64_t slots, const std::string& values,
+                          double scale) {
+  const Checker check("apply_topk");
+  CodecJob job;
+  job.op = CodecOp::kApplyTopk;
+  job.codec = check_topk_spec(check, slots, values);
+  job.slots = slots;
+  check(count >= 1, "count must be >= 1, got " + num(count));
+  check_buffer(check, "src", src);
+  build_table(check, job, tensors, anchors.empty() ? nullptr : &anchors, nullptr, src, "src");
+  const int64_t n = job.table.offsets[job.table.count];
+  const int64_t one = job.records * topk_record_bytes(job.codec, slots);
+  check(src.numel() == count * one, "src has " + num(src.numel()) + " bytes, expected count * " +
+                                        topk_size(job.codec, slots, n) + " = " + num(count * one));
+  job.src = static_cast<const uint8_t*>(src.data_ptr());
+  job.count = count;
+  job.scale = scale;
+  return job;
 }
 
 void run_codec(const CodecJob& job) {

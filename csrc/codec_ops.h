@@ -12,7 +12,8 @@
 
 namespace hvd_hier {
 
-enum class CodecOp : int { kEncodeDelta = 0, kReduceEncoded = 1, kApplyDelta = 2, kDecodeInto = 3, kApplySum = 4 };
+enum class CodecOp : int { kEncodeDelta = 0, kReduceEncoded = 1, kApplyDelta = 2, kDecodeInto = 3, kApplySum = 4,
+                            kEncodeTopk = 5, kApplyTopk = 6 };
 
 // One checked call: everything a back end needs.
 struct CodecJob {
@@ -25,7 +26,8 @@ struct CodecJob {
   uint8_t* dst = nullptr;             // encode_delta (out), reduce_encoded (dst)
   int64_t records = 0;                // records of one encoded buffer
   int64_t count = 1;                  // reduce_encoded, apply_sum: encoded buffers in src
-  double scale = 1.0;                 // reduce_encoded, decode_into, apply_sum
+  double scale = 1.0;                 // reduce_encoded, decode_into, apply_sum, apply_topk
+  int64_t slots = 0;                  // the top-k ops: values kept per chunk (codec: their codes)
 };
 
 // "fp16", "bf16", "int8", "int4" or "int2"; anything else is std::invalid_argument naming `op` and the value.
@@ -47,6 +49,17 @@ CodecJob check_decode_into(const at::Tensor& src, const std::vector<at::Tensor>&
 CodecJob check_apply_sum(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
                          const std::vector<at::Tensor>& anchors, const std::string& codec, double scale);
 
+// Top-k (csrc/topk.h): `values` is int8, int4 or int2; slots in [1, CODEC_CHUNK].
+int64_t topk_record_bytes(int64_t slots, const std::string& values);
+int64_t topk_encoded_bytes(int64_t n, int64_t slots, const std::string& values);
+int64_t topk_slots(double fraction);
+CodecJob check_encode_topk(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& anchors,
+                           const std::vector<at::Tensor>& residuals, const at::Tensor& out, int64_t slots,
+                           const std::string& values);
+CodecJob check_apply_topk(const at::Tensor& src, int64_t count, const std::vector<at::Tensor>& tensors,
+                          const std::vector<at::Tensor>& anchors, int64_t slots, const std::string& values,
+                          double scale);
+
 // The work of a checked job, on its device (current stream on CUDA).
 void run_codec(const CodecJob& job);
 
@@ -56,6 +69,7 @@ void run_codec_cpu(const CodecJob& job);
 void run_codec_cuda_emulated(const CodecJob& job);
 #ifdef HVD_HIER_WITH_CUDA
 void run_codec_cuda(const CodecJob& job);
+void run_topk_cuda(const CodecJob& job);
 #endif
 
 }  // namespace hvd_hier

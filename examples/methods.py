@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import torch
 
 HVD_ALGOS = ("sync", "kavg", "hier")
-CODECS = ("fp16", "bf16", "int8")
+CODECS = ("fp16", "bf16", "int8", "int4", "int2")  # as hvd_hier.config.levels.CODECS
 
 
 def add_method_args(p, algos=HVD_ALGOS):

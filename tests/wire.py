@@ -128,3 +128,75 @@ def ref_reduce(src, codec, count, scale):
     m = ref_sum(src, codec, count, per // C.codec_record_bytes(codec) * CHUNK, scale)
     m = torch.where(m == 0, f32(0.0), m)  # +0, so that padding stays zero bits
     return ref_encode(m, codec)[0]
+
+
+# ---- top-k (csrc/topk.h) -------------------------------------------------------------------------
+
+def topk_record_bytes(slots, values):
+    raw = HEADER + 2 * slots + -(-slots // PER_BYTE[values])
+    return -(-raw // 16) * 16
+
+
+def pack_slots(values, codes, slots):
+    """The code bytes of one record's slots (codes: the m kept ones; the rest zero bits)."""
+    per = PER_BYTE[values]
+    padded = torch.zeros(-(-slots // per) * per, dtype=torch.int64)
+    padded[:codes.numel()] = codes
+    if values == "int8":
+        return padded.to(torch.int8).view(torch.uint8)
+    bits = 8 // per
+    fields = (padded & ((1 << bits) - 1)).reshape(-1, per)
+    return sum(fields[:, u] << (bits * u) for u in range(per)).to(torch.uint8)
+
+
+def ref_topk_encode(v, slots, values):
+    """(the top-k encoding of the float32 values v, what is left of v: the residuals)."""
+    out, rest = [], v.clone()
+    for begin in range(0, v.numel(), CHUNK):
+        chunk = v[begin:begin + CHUNK]
+        keys = (chunk.view(torch.int32).to(torch.int64) & 0x7FFFFFFF)
+        m = min(slots, chunk.numel())
+        # the largest keys, ties broken by the lower index; offsets ascending
+        order = sorted(range(chunk.numel()), key=lambda j: (-int(keys[j]), j))
+        kept = torch.tensor(sorted(order[:m]), dtype=torch.int64)
+        vals = chunk[kept].reshape(1, -1)
+        scale, inv = scales(values, vals, torch.ones_like(vals, dtype=torch.bool))
+        codes = codes_of(values, vals, inv).reshape(-1)
+        rest[begin + kept] = chunk[kept] - values_of(values, codes.reshape(1, -1), scale).reshape(-1)
+        rec = torch.zeros(topk_record_bytes(slots, values), dtype=torch.uint8)
+        rec[:4] = scale.view(torch.uint8)
+        rec[4:8] = torch.tensor([m], dtype=torch.int32).view(torch.uint8)
+        offs = torch.zeros(slots, dtype=torch.int16)
+        offs[:m] = kept.to(torch.int16)
+        rec[HEADER:HEADER + 2 * slots] = offs.view(torch.uint8)
+        body = pack_slots(values, codes, slots)
+        rec[HEADER + 2 * slots:HEADER + 2 * slots + body.numel()] = body
+        out.append(rec)
+    return (torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)), rest
+
+
+def ref_topk_sum(src, count, n, slots, values, scale):
+    """(0 + each rank's kept values added in rank order) * scale, float32, n values."""
+    rb = topk_record_bytes(slots, values)
+    records = -(-n // CHUNK)
+    s = torch.zeros(records * CHUNK, dtype=torch.float32)
+    for r in range(count):
+        for c in range(records):
+            rec = src[(r * records + c) * rb:(r * records + c + 1) * rb]
+            m = int(rec[4:8].contiguous().view(torch.int32))
+            scale_c = rec[:4].contiguous().view(torch.float32)
+            offs = rec[HEADER:HEADER + 2 * slots].contiguous().view(torch.int16).to(torch.int64)[:m]
+            body = rec[HEADER + 2 * slots:].contiguous()
+            codes = unpack_slots(values, body)[:m]
+            s[c * CHUNK + offs] = s[c * CHUNK + offs] + values_of(
+                values, codes.reshape(1, -1), scale_c).reshape(-1)
+    return s[:n] * f32(scale)
+
+
+def unpack_slots(values, body):
+    if values == "int8":
+        return body.view(torch.int8).to(torch.int64)
+    per, bits = PER_BYTE[values], 8 // PER_BYTE[values]
+    b = body.to(torch.int64)
+    codes = torch.stack([(b >> (bits * u)) & ((1 << bits) - 1) for u in range(per)], dim=1).reshape(-1)
+    return torch.where(codes >= 8, codes - 16, codes) if values == "int4" else codes

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "../codec_ops.h"
 
@@ -21,6 +22,50 @@ namespace codec {
 
 // Records per at::parallel_for task at least: as many elements as a pack/unpack task.
 constexpr int64_t kRecordsPerTask = kChunkElems / kCodecChunk;
+
+// vals[0, len) := the deltas (plus residuals) of bucket elements [begin, begin + len).
+template <typename T>
+inline void gather_delta(const DeltaTable& t, int64_t begin, int64_t end, float* __restrict vals) {
+  for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+    const T* __restrict x = static_cast<const T*>(t.tensors[i]) + lo;
+    const T* __restrict a = static_cast<const T*>(t.anchors[i]) + lo;
+    float* __restrict d = vals + (at - begin);
+    const int64_t n = hi - lo;
+    if (t.with_residuals) {
+      const float* __restrict r = t.residuals[i] + lo;
+      for (int64_t k = 0; k < n; ++k) d[k] = delta_value(x[k], a[k], r[k]);
+    } else {
+      for (int64_t k = 0; k < n; ++k) d[k] = delta_value(x[k], a[k]);
+    }
+  });
+}
+
+// The residuals of bucket elements [begin, end) := vals.
+inline void scatter_residuals(const DeltaTable& t, int64_t begin, int64_t end, const float* vals) {
+  for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+    std::memcpy(t.residuals[i] + lo, vals + (at - begin), (hi - lo) * sizeof(float));
+  });
+}
+
+// x = a = a + m (with anchors) or x = m, m = s[j] * scale, for bucket elements [begin, end).
+template <typename T>
+inline void write_sums(const DeltaTable& t, int64_t begin, int64_t end, const float* __restrict s, float scale) {
+  const bool with_anchors = t.with_anchors != 0;
+  for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
+    T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
+    const float* __restrict sp = s + (at - begin);
+    if (with_anchors) {
+      T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
+      for (int64_t k = 0; k < hi - lo; ++k) {
+        const T v = apply_value(a[k], mul_rn(sp[k], scale));
+        x[k] = v;
+        a[k] = v;
+      }
+    } else {
+      for (int64_t k = 0; k < hi - lo; ++k) x[k] = static_cast<T>(mul_rn(sp[k], scale));
+    }
+  });
+}
 
 // The scale of the chunk vals[0, len) (the 16-bit codecs: 1).
 template <Codec C>
@@ -72,24 +117,9 @@ void encode_delta(const DeltaTable& t, uint8_t* out, int64_t records) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kCodecChunk;
       const int64_t end = chunk_end(t, c);
-      for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-        const T* __restrict x = static_cast<const T*>(t.tensors[i]) + lo;
-        const T* __restrict a = static_cast<const T*>(t.anchors[i]) + lo;
-        float* __restrict d = vals + (at - begin);
-        const int64_t n = hi - lo;
-        if (with_residuals) {
-          const float* __restrict r = t.residuals[i] + lo;
-          for (int64_t k = 0; k < n; ++k) d[k] = delta_value(x[k], a[k], r[k]);
-        } else {
-          for (int64_t k = 0; k < n; ++k) d[k] = delta_value(x[k], a[k]);
-        }
-      });
+      gather_delta<T>(t, begin, end, vals);
       encode_record<C>(vals, end - begin, out + c * record_bytes<C>(), with_residuals);
-      if (with_residuals) {
-        for_each_piece(t, begin, end, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-          std::memcpy(t.residuals[i] + lo, vals + (at - begin), (hi - lo) * sizeof(float));
-        });
-      }
+      if (with_residuals) scatter_residuals(t, begin, end, vals);
     }
   });
 }
@@ -156,7 +186,6 @@ void decode_into(const DeltaTable& t, const uint8_t* src, int64_t records, delta
 // anchors, else x = m. Record by record: the sums of one record in a float32 buffer.
 template <typename T, Codec C>
 void apply_sum(const DeltaTable& t, const uint8_t* src, int64_t records, int64_t count, float scale) {
-  const bool with_anchors = t.with_anchors != 0;
   at::parallel_for(0, records, kRecordsPerTask, [&](int64_t first, int64_t last) {
     alignas(64) float s[kCodecChunk];
     for (int64_t c = first; c < last; ++c) {
@@ -172,26 +201,40 @@ void apply_sum(const DeltaTable& t, const uint8_t* src, int64_t records, int64_t
           for (int64_t j = 0; j < len; ++j) s[j] = add_rn(s[j], decode_value<C>(code_at<C>(q, j), sc));
         }
       }
-      for (int64_t j = 0; j < len; ++j) s[j] = mul_rn(s[j], scale);
-      for_each_piece(t, begin, begin + len, [&](int32_t i, int64_t lo, int64_t hi, int64_t at) {
-        T* __restrict x = static_cast<T*>(t.tensors[i]) + lo;
-        const float* __restrict m = s + (at - begin);
-        if (with_anchors) {
-          T* __restrict a = static_cast<T*>(t.anchors[i]) + lo;
-          for (int64_t k = 0; k < hi - lo; ++k) {
-            const T v = apply_value(a[k], m[k]);
-            x[k] = v;
-            a[k] = v;
-          }
-        } else {
-          for (int64_t k = 0; k < hi - lo; ++k) x[k] = static_cast<T>(m[k]);
-        }
-      });
+      write_sums<T>(t, begin, begin + len, s, scale);
     }
   });
 }
 
+}  // namespace codec
+}  // namespace HVD_HIER_CPU_NS
+}  // namespace hvd_hier
+
+#include "topk_cpu_impl.h"
+
+namespace hvd_hier {
+namespace HVD_HIER_CPU_NS {
+namespace codec {
+
+inline void run_topk(const CodecJob& job) {
+  dispatch_topk_values(job.codec, [&](auto tag) {
+    constexpr Codec V = decltype(tag)::value;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "hvd_hier_topk_cpu", [&] {
+      if (job.op == CodecOp::kEncodeTopk) {
+        encode_topk<scalar_t, V>(job.table, job.dst, job.records, job.slots);
+      } else {
+        apply_topk<scalar_t, V>(job.table, job.src, job.records, job.count, job.slots,
+                                static_cast<float>(job.scale));
+      }
+    });
+  });
+}
+
 inline void run(const CodecJob& job) {
+  if (job.op == CodecOp::kEncodeTopk || job.op == CodecOp::kApplyTopk) {
+    run_topk(job);
+    return;
+  }
   dispatch_codec(job.codec, [&](auto tag) {
     constexpr Codec C = decltype(tag)::value;
     if (job.op == CodecOp::kReduceEncoded) {
@@ -215,7 +258,7 @@ inline void run(const CodecJob& job) {
         case CodecOp::kApplySum:
           apply_sum<T, C>(job.table, job.src, job.records, job.count, static_cast<float>(job.scale));
           break;
-        case CodecOp::kReduceEncoded:
+        default:
           break;
       }
     });

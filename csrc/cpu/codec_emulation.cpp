@@ -12,6 +12,7 @@
 
 #include "../codec_block.h"
 #include "../codec_ops.h"
+#include "../topk_block.h"
 
 namespace hvd_hier {
 namespace {
@@ -86,9 +87,94 @@ void decode_into(const CodecJob& job) {
   }
 }
 
+// ---- top-k ----------------------------------------------------------------------------------------
+template <typename F>
+void each_lane(F&& f) {
+  for (int lane = 0; lane < kCudaThreads; ++lane) f(lane);
+}
+
+void poison(TopkShared& sh) {
+  std::fill(std::begin(sh.vals), std::end(sh.vals), std::numeric_limits<float>::quiet_NaN());
+  std::fill(std::begin(sh.keys), std::end(sh.keys), 0xdeadbeefu);
+  std::fill(std::begin(sh.offsets), std::end(sh.offsets), 0xbeefu);
+  std::fill(std::begin(sh.slot_of), std::end(sh.slot_of), 0xbeefu);
+  std::fill(std::begin(sh.codes), std::end(sh.codes), 0xabu);
+  std::fill(std::begin(sh.hist), std::end(sh.hist), 0xdeadbeefu);
+  std::fill(std::begin(sh.counts), std::end(sh.counts), 0xdeadbeefu);
+  std::fill(std::begin(sh.units), std::end(sh.units), 0xdeadbeefu);
+  sh.prefix = sh.need = 0xdeadbeefu;
+}
+
+template <typename T, Codec V>
+void encode_topk(const CodecJob& job, TopkShared& sh) {
+  const int64_t k = job.slots;
+  for (int64_t block = 0; block < job.records; ++block) {
+    poison(sh);
+    const int64_t len = chunk_end(job.table, block) - block * kCodecChunk;
+    const int64_t m = len < k ? len : k;
+    each_lane([&](int lane) { topk_gather_lane<T>(job.table, block, lane, sh); });
+    for (int stride = kCudaThreads / 2; stride > 0; stride /= 2) {
+      each_lane([&](int lane) { max_step_lane(sh.amax, lane, stride); });
+    }
+    topk_select_begin(sh, m);
+    for (int pass = 0; pass < 4; ++pass) {
+      each_lane([&](int lane) { topk_hist_clear_lane(sh, lane); });
+      each_lane([&](int lane) { topk_hist_lane(sh, len, pass, lane); });
+      each_lane([&](int lane) { topk_pick_lane(sh, pass, lane); });
+    }
+    each_lane([&](int lane) { topk_count_equal_lane(sh, len, lane); });
+    each_lane([&](int lane) { topk_scan_lane(sh, lane); });
+    each_lane([&](int lane) { topk_mark_lane(sh, len, lane); });
+    each_lane([&](int lane) { topk_scan_lane(sh, lane); });
+    each_lane([&](int lane) { topk_slots_lane(sh, lane); });
+    if (V == Codec::kInt2) {
+      each_lane([&](int lane) { topk_units_lane(sh, lane); });
+      for (int stride = kCudaThreads / 2; stride > 0; stride /= 2) {
+        each_lane([&](int lane) { sum_step_lane(sh.units, lane, stride); });
+      }
+    }
+    each_lane([&](int lane) { topk_encode_lane<V>(job.table, block, m, lane, sh); });
+    uint8_t* rec = job.dst + block * topk_record_bytes<V>(k);
+    each_lane([&](int lane) { topk_store_lane<V>(rec, k, m, lane, sh); });
+  }
+}
+
+template <typename T, Codec V>
+void apply_topk(const CodecJob& job, TopkSums& sh) {
+  const auto scale = static_cast<float>(job.scale);
+  for (int64_t block = 0; block < job.records; ++block) {
+    std::fill(std::begin(sh.sums), std::end(sh.sums), std::numeric_limits<float>::quiet_NaN());
+    const int64_t len = chunk_end(job.table, block) - block * kCodecChunk;
+    each_lane([&](int lane) { topk_clear_lane(sh, len, lane); });
+    for (int64_t r = 0; r < job.count; ++r) {
+      each_lane([&](int lane) { topk_add_lane<V>(sh, job.src, job.records, job.slots, r, block, len, lane); });
+    }
+    each_lane([&](int lane) { topk_write_lane<T>(job.table, sh, block, scale, lane); });
+  }
+}
+
+void run_topk(const CodecJob& job) {
+  dispatch_topk_values(job.codec, [&](auto tag) {
+    constexpr Codec V = decltype(tag)::value;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, job.dtype, "hvd_hier_topk_emulated", [&] {
+      if (job.op == CodecOp::kEncodeTopk) {
+        auto sh = std::make_unique<TopkShared>();
+        encode_topk<scalar_t, V>(job, *sh);
+      } else {
+        auto sums = std::make_unique<TopkSums>();
+        apply_topk<scalar_t, V>(job, *sums);
+      }
+    });
+  });
+}
+
 }  // namespace
 
 void run_codec_cuda_emulated(const CodecJob& job) {
+  if (job.op == CodecOp::kEncodeTopk || job.op == CodecOp::kApplyTopk) {
+    run_topk(job);
+    return;
+  }
   auto sh = std::make_unique<CodecShared>();
   dispatch_codec(job.codec, [&](auto tag) {
     constexpr Codec C = decltype(tag)::value;
@@ -111,7 +197,7 @@ void run_codec_cuda_emulated(const CodecJob& job) {
         case CodecOp::kApplySum:
           apply_sum<T, C>(job);
           break;
-        case CodecOp::kReduceEncoded:
+        default:
           break;
       }
     });

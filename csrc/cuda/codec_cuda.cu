@@ -82,6 +82,10 @@ __global__ void __launch_bounds__(kCudaThreads)
 
 void run_codec_cuda(const CodecJob& job) {
   if (job.records == 0) return;
+  if (job.op == CodecOp::kEncodeTopk || job.op == CodecOp::kApplyTopk) {
+    run_topk_cuda(job);
+    return;
+  }
   if (job.records > 0x7fffffff) {
     throw std::length_error("hvd_hier: too many records for one launch: " + std::to_string(job.records));
   }
@@ -114,7 +118,7 @@ void run_codec_cuda(const CodecJob& job) {
           apply_sum_kernel<T, C><<<grid, kCudaThreads, 0, stream>>>(job.table, job.src, job.records, job.count,
                                                                      static_cast<float>(job.scale));
           break;
-        case CodecOp::kReduceEncoded:
+        default:
           break;
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -67,6 +67,8 @@ def quality_configs(s: int, k: int, outer, overlap: int, plan: Optional[Config] 
         "outer8": Config("hier", 1, k, s, outer),
         "int8": Config("hier", 1, k, s, outer, "int8"),
         "int8_overlap": Config("hier", 1, k, s, outer, "int8", overlap),
+        "int4": Config("hier", 1, k, s, outer, "int4"),
+        "int2": Config("hier", 1, k, s, outer, "int2"),
     }
     configs = list(cfg.values())
     if plan is not None and plan not in configs:
@@ -104,7 +106,8 @@ PRESETS = {
 
 # The order the quality sweep runs its methods in: the targets' first, so that a sweep cut
 # short has the most to say (the table keeps the reading order of quality_configs).
-RUN_FIRST = ("sync", "outer8", "hier", "kavg", "int8", "torch", "outer4", "int8_overlap")
+RUN_FIRST = ("sync", "outer8", "hier", "kavg", "int8", "torch", "outer4", "int8_overlap", "int2",
+             "int4")
 
 
 def run_order(configs, roles):
