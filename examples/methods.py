@@ -14,7 +14,9 @@ collectives a training script needs over Horovod or ``torch.distributed``.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import re
 import os
 import sys
 import time
@@ -25,6 +27,24 @@ import torch
 
 HVD_ALGOS = ("sync", "kavg", "hier")
 CODECS = ("fp16", "bf16", "int8", "int4", "int2")  # as hvd_hier.config.levels.CODECS
+TOPK_NAME = re.compile(r"^topk([0-9.eE-]+)_(int8|int4|int2)$")  # str(hvd_hier.TopK(...))
+
+
+def compression_arg(text: str) -> str:
+    """--global-compression: a codec's name, or a TopK by its short name (topk0.02_int2)."""
+    if text not in CODECS and TOPK_NAME.match(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(CODECS)} or topk<fraction>_<int8|int4|int2>, got {text!r}")
+    return text
+
+
+def compression_of(name: Optional[str]):
+    """What ``Level(compression=...)`` takes for --global-compression's ``name``."""
+    m = TOPK_NAME.match(name or "")
+    if m is None:
+        return name
+    from hvd_hier import TopK
+    return TopK(float(m.group(1)), values=m.group(2))
 
 
 def add_method_args(p, algos=HVD_ALGOS):
@@ -44,7 +64,7 @@ def add_method_args(p, algos=HVD_ALGOS):
                         "learning rate on the anchor (default: plain averaging)")
     p.add_argument("--outer-momentum", type=float, default=0.9,
                    help="the outer optimizer's momentum (Nesterov when > 0)")
-    p.add_argument("--global-compression", choices=CODECS, default=None,
+    p.add_argument("--global-compression", type=compression_arg, default=None,
                    help="hier/kavg: reduce the global level's deltas in this encoding")
     p.add_argument("--overlap-steps", type=int, default=None,
                    help="hier/kavg: the global reduction runs behind this many steps "
@@ -118,7 +138,8 @@ def make_optimizer(args, base: torch.optim.Optimizer, model: torch.nn.Module, co
         local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
         group_size=1 if args.algo == "kavg" else args.group_size,
         buffers=model.buffers(), flat_storage=args.flat_storage,
-        global_compression=args.global_compression, overlap_steps=args.overlap_steps,
+        global_compression=compression_of(args.global_compression),
+        overlap_steps=args.overlap_steps,
         outer=outer_factory(args.outer_lr, args.outer_momentum))
 
 

@@ -32,6 +32,7 @@ _hvd_torch = _sys.modules.get("horovod.torch")
 if _hvd_torch is None or not _hvd_torch.is_initialized():
     _os.environ.setdefault("HOROVOD_DYNAMIC_PROCESS_SETS", "1")
 
+from .config.codecs import TopK  # noqa: E402
 from .config.levels import Level  # noqa: E402
 from .config.schedule import HierSchedule, Reduction  # noqa: E402
 from .errors import CheckpointError, NonFiniteError, StallError  # noqa: E402
@@ -57,5 +58,5 @@ def __getattr__(name):
 
 
 __all__ = ["DistributedOptimizer", "NonFiniteError", "StallError", "save_checkpoint",
-           "load_checkpoint", "CheckpointError", "Level", "HierSchedule", "Reduction",
+           "load_checkpoint", "CheckpointError", "Level", "TopK", "HierSchedule", "Reduction",
            "__version__"]

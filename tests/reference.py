@@ -4,6 +4,8 @@ It shares no code with hvd_hier: the tests compare hvd_hier's parameters, step b
 with what this simulation of all P learners computes.
 """
 
+import math
+
 import numpy as np
 
 
@@ -114,7 +116,7 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, l
             deltas = []
             for r, value in sources:
                 d = value - anchor[level][r]
-                if codec in RESIDUAL:
+                if not isinstance(codec, str) or codec in RESIDUAL:
                     d = (d + residual[level][r]).astype(np.float32)
                     residual[level][r] = d - codec_round_trip(d, codec)
                 deltas.append(d.astype(np.float32))
@@ -299,6 +301,36 @@ def _int2_scale(v):
     return np.float32(mean * np.float32(0.625))
 
 
+def _values_round_trip(v, values):
+    """The dense rule of ``values`` (int8, int4, int2) over all of v, one scale."""
+    if values == "int2":
+        scale = _int2_scale(v)
+    else:
+        levels = np.float32(127.0 if values == "int8" else 7.0)
+        scale = np.float32(np.max(np.abs(v)) / levels) if len(v) else np.float32(0)
+    inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+    t = v * inv
+    if values == "int2":
+        q = np.where(t >= 2, 3, np.where(t >= 0, 1, np.where(t >= -2, -1, -3)))
+    else:
+        q = np.clip(np.rint(t), -levels, levels)
+    return q.astype(np.float32) * scale
+
+
+def _topk_round_trip(d, codec):
+    """A TopK: per chunk, the k = ceil(fraction * 2048) elements of largest |d| (ties: the
+    lower index) through their value codec over those k, the others 0."""
+    k = max(1, math.ceil(codec.fraction * CODEC_CHUNK))
+    out = np.zeros_like(d)
+    for c in range(0, len(d), CODEC_CHUNK):
+        v = d[c:c + CODEC_CHUNK]
+        keys = v.view(np.uint32) & np.uint32(0x7FFFFFFF)
+        order = np.lexsort((np.arange(len(v)), -keys.astype(np.int64)))
+        kept = np.sort(order[:min(k, len(v))])
+        out[c + kept] = _values_round_trip(v[kept], codec.values)
+    return out
+
+
 def codec_round_trip(d, codec):
     """What a float32 vector ``d`` becomes after encoding and decoding: fp16 / bf16 casts;
     int8 and int4 with one scale per chunk of 2048 (scale = max|d| / L, L = 127 or 7, q =
@@ -306,6 +338,8 @@ def codec_round_trip(d, codec):
     four levels {-3, -1, 1, 3} * scale (``_int2_scale``), the level above d * (1 / scale)
     rounded down to an odd number (t >= 2: 3, t >= 0: 1, t >= -2: -1, else -3)."""
     d = np.asarray(d, dtype=np.float32)
+    if not isinstance(codec, str):
+        return _topk_round_trip(d, codec)
     if codec == "fp16":
         return d.astype(np.float16).astype(np.float32)
     if codec == "bf16":
@@ -342,4 +376,5 @@ def compressed_mean(deltas, codec, divisor):
     for d in deltas:
         total = total + codec_round_trip(d, codec)
     mean = total * np.float32(1.0 / divisor)
-    return mean if codec in GATHERED else codec_round_trip(mean, codec)
+    gathered = not isinstance(codec, str) or codec in GATHERED
+    return mean if gathered else codec_round_trip(mean, codec)

@@ -37,10 +37,12 @@ def link_bytes_per_global(run: Dict, row: Dict) -> float:
     size = run["parameter_bytes"]
     if args["algo"] in ("sync", "torch"):
         return ring(p) * size
-    encoded = None
-    if args.get("global_compression") and row["global_averages"]:
+    encoded, codec = None, args.get("global_compression")
+    if codec and row["global_averages"]:
         encoded = row["bytes_global"] / row["global_averages"]
-    return global_link_bytes(size, p, l, encoded, two_stage=args["algo"] == "hier")
+    gathered = bool(codec) and (codec in ("int4", "int2") or codec.startswith("topk"))
+    return global_link_bytes(size, p, l, encoded, two_stage=args["algo"] == "hier",
+                             gathered=gathered)
 
 
 def link_bytes(run: Dict, row: Dict) -> float:

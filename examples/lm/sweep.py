@@ -69,6 +69,7 @@ def quality_configs(s: int, k: int, outer, overlap: int, plan: Optional[Config] 
         "int8_overlap": Config("hier", 1, k, s, outer, "int8", overlap),
         "int4": Config("hier", 1, k, s, outer, "int4"),
         "int2": Config("hier", 1, k, s, outer, "int2"),
+        "topk": Config("hier", 1, k, s, outer, "topk0.02_int2"),
     }
     configs = list(cfg.values())
     if plan is not None and plan not in configs:
@@ -107,7 +108,7 @@ PRESETS = {
 # The order the quality sweep runs its methods in: the targets' first, so that a sweep cut
 # short has the most to say (the table keeps the reading order of quality_configs).
 RUN_FIRST = ("sync", "outer8", "hier", "kavg", "int8", "torch", "outer4", "int8_overlap", "int2",
-             "int4")
+             "topk", "int4")
 
 
 def run_order(configs, roles):

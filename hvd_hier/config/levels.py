@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Optional, Tuple
 
+from .codecs import TopK
 from .schedule import check_int, check_periods
 
 __all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "CODECS", "check_group_size", "check_levels",
@@ -27,7 +28,6 @@ LOCAL = "local"
 KNOWN_OPTIONS = frozenset({"outer", "compression", "overlap_steps"})  # per-level options (see Level)
 CODECS = ("fp16", "bf16", "int8", "int4", "int2")  #: the values of a level's ``compression``
 OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
-
 
 def check_group_size(group_size, set_size: Optional[int] = None):
     """Validate ``group_size`` against a process set of ``set_size`` ranks.
@@ -97,7 +97,8 @@ class Level:
       x̄ (the model it last agreed on); at the level's reduction the outer optimizer steps
       on x̄ − ḡ (ḡ: the group's mean) and the group's parameters become the new x̄
       (``hvd_hier.outer.anchor``). Costs one more copy of the averaged tensors.
-    * ``compression``: ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"`` or ``"int2"``: the level
+    * ``compression``: ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"``, ``"int2"`` or a ``TopK``
+      (the largest few values of each chunk, e.g. ``TopK(0.02, values="int2")``): the level
       reduces the delta from its anchor, encoded (the integer codecs: one scale per chunk of
       2048 elements, with error feedback), instead of the full-precision model
       (``hvd_hier.reduce.codec``; int4 and int2: ``hvd_hier.reduce.gathered``). Also keeps an
@@ -239,9 +240,11 @@ def check_options(where: str, options, compression_name: str = "compression") ->
             raise ValueError(at(where, f"overlap_steps must be an integer >= 0 (steps the "
                                         f"reduction runs behind), got {d!r}"))
     codec = options.get("compression")
-    if codec is not None and codec not in CODECS:
-        raise ValueError(at(where, f"{compression_name} must be one of {', '.join(CODECS)} "
-                                    f"(or None), got {codec!r}"))
+    if isinstance(codec, TopK):
+        codec.check(at(where, compression_name) if where else compression_name)
+    elif codec is not None and codec not in CODECS:
+        raise ValueError(at(where, f"{compression_name} must be one of {', '.join(CODECS)}, "
+                                    f"a TopK (or None), got {codec!r}"))
     outer = options.get("outer")
     if outer is not None and not callable(outer):
         raise ValueError(at(where, "outer must be a callable that returns a torch.optim.Optimizer "

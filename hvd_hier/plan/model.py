@@ -47,7 +47,7 @@ def ring(p: int) -> float:
 
 
 def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None,
-                      two_stage: bool = False) -> float:
+                      two_stage: bool = False, gathered: bool = False) -> float:
     """Bytes one node's uplink sends per global reduction over p ranks, l per node (placed
     node by node).
 
@@ -58,12 +58,17 @@ def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float
     ``two_stage`` (hvd_hier with the ranks of a node as the level below, l >= 2): the node
     averages first and each of its ranks reduces 1/l of the model with the ranks at its
     position on the other n = p / l nodes, so the uplink carries 2(n - 1)/n of the model, or
-    of its encoding (alltoall and allgather over n ranks)."""
+    of its encoding (alltoall and allgather over n ranks). ``gathered`` (int4, int2, top-k):
+    the encoded contributions are allgathered whole, so the ring edge that leaves the node
+    carries the p - 1 (two stages: n - 1) contributions the next node lacks."""
     payload = size_bytes if encoded is None else encoded
     if two_stage and l >= 2 and p // l >= 2:
-        return ring(p // l) * payload
+        n = p // l
+        return ((n - 1) if gathered and encoded is not None else ring(n)) * payload
     if encoded is None:
         return ring(p) * size_bytes
+    if gathered:
+        return float(p - 1) * encoded
     return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
 
 

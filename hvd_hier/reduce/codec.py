@@ -35,17 +35,32 @@ import torch
 
 from ..comm.collectives import wait
 from ..comm.extension import extension
+from ..config.codecs import TopK
 from ..config.levels import CODECS
 from . import CHUNK_BYTES
 from .buckets import flat_view, plan_buckets
 
-__all__ = ["CODECS", "GATHERED", "ERROR_FEEDBACK", "shard_records", "exchange_factor",
+__all__ = ["CODECS", "GATHERED", "ERROR_FEEDBACK", "gathered", "encoded_bytes", "shard_records",
+           "exchange_factor",
            "link_bytes", "piece_bucket_cap", "HorovodExchange", "DeltaReducer", "run_steps"]
 
 #: the codecs whose contributions every rank gathers and sums (``GatheredDeltas``)
 GATHERED = frozenset({"int4", "int2"})
-#: the codecs that keep a residual (error feedback)
+#: the codecs that keep a residual (error feedback; a ``TopK`` too)
 ERROR_FEEDBACK = frozenset({"int8", "int4", "int2"})
+
+
+def gathered(codec) -> bool:
+    """Whether every rank gathers every contribution of ``codec`` (int4, int2, ``TopK``)."""
+    return isinstance(codec, TopK) or codec in GATHERED
+
+
+def encoded_bytes(codec, numel: int) -> int:
+    """Bytes of one rank's encoding of ``numel`` elements in ``codec`` (a name or a TopK)."""
+    ext = extension()
+    if isinstance(codec, TopK):
+        return ext.topk_encoded_bytes(numel, ext.topk_slots(codec.fraction), codec.values)
+    return ext.encoded_bytes(codec, numel)
 
 
 def shard_records(records: int, parts: int) -> List[int]:
@@ -61,13 +76,13 @@ def exchange_factor(codec: Optional[str], group: int) -> float:
     ``DeltaReducer``; P − 1 for the allgather of every contribution (``GATHERED``)."""
     if group <= 1:
         return 0.0
-    return float(group - 1) if codec in GATHERED else 2 * (group - 1) / group
+    return float(group - 1) if gathered(codec) else 2 * (group - 1) / group
 
 
 def link_bytes(codec: Optional[str], numel: int, group: int) -> float:
     """Bytes one rank sends per reduction of ``numel`` elements over ``group`` ranks: the
     formula of the module's docstring (``codec=None``: a float32 ring allreduce)."""
-    payload = 4 * numel if codec is None else extension().encoded_bytes(codec, numel)
+    payload = 4 * numel if codec is None else encoded_bytes(codec, numel)
     return exchange_factor(codec, group) * payload
 
 
@@ -86,7 +101,7 @@ def piece_bucket_cap(codec: str) -> int:
     """The bucket cap (in bytes of float32 elements) of an overlapped compressed level: a
     bucket whose encoded delta is about ``CHUNK_BYTES``, one piece of the reduction."""
     ext = extension()
-    bytes_per_element = ext.codec_record_bytes(codec) / ext.CODEC_CHUNK
+    bytes_per_element = encoded_bytes(codec, ext.CODEC_CHUNK) / ext.CODEC_CHUNK
     return int(CHUNK_BYTES / bytes_per_element * 4)
 
 
@@ -126,8 +141,9 @@ class DeltaReducer:
 
     def __init__(self, codec: str, tensors: Sequence[torch.Tensor],
                  anchor: Sequence[torch.Tensor], bucket_cap_bytes: int, exchange=None):
-        if codec not in CODECS:
-            raise ValueError(f"compression must be one of {', '.join(CODECS)}, got {codec!r}")
+        if not isinstance(codec, TopK) and codec not in CODECS:
+            raise ValueError(f"compression must be one of {', '.join(CODECS)}, a TopK, got "
+                             f"{codec!r}")
         ext = extension()
         self._ext = ext
         self.codec = codec
@@ -135,12 +151,13 @@ class DeltaReducer:
         self.exchange = exchange if exchange is not None else HorovodExchange()
         # what quantisation lost, added to this rank's next delta of the level
         self.residuals = ([torch.zeros(t.shape, dtype=torch.float32, device=t.device)
-                           for t in self.tensors] if codec in ERROR_FEEDBACK else [])
+                           for t in self.tensors]
+                          if isinstance(codec, TopK) or codec in ERROR_FEEDBACK else [])
         self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
                                     ext.MAX_TENSORS_PER_DELTA_LAUNCH)
-        self.record_bytes = ext.codec_record_bytes(codec)
+        self.record_bytes = encoded_bytes(codec, ext.CODEC_CHUNK)
         #: each bucket's encoded bytes, and their sum (one rank's contribution)
-        self.encoded_sizes = [ext.encoded_bytes(codec, b.numel) for b in self.buckets]
+        self.encoded_sizes = [encoded_bytes(codec, b.numel) for b in self.buckets]
         self.nbytes = sum(self.encoded_sizes)
 
     def _views(self, bucket, table):
@@ -187,6 +204,9 @@ class DeltaReducer:
     def describe(self) -> str:
         return f"{self.codec} deltas"
 
+    def _encode_into(self, xs, anchor, res, encoded) -> None:
+        self._ext.encode_delta(xs, anchor, res, encoded, self.codec)
+
     def mean_bytes(self, i: int, count: int) -> int:
         """Bytes of what bucket ``i``'s exchange over ``count`` ranks returns."""
         return self.encoded_sizes[i]
@@ -195,13 +215,13 @@ class DeltaReducer:
     def encode(self, i: int, table: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Bucket ``i``'s encoded delta ``table`` − anchor (``table``: the tensors, or a copy of
         them of the same shapes), with this rank's residuals (updated)."""
-        ext, bucket = self._ext, self.buckets[i]
+        bucket = self.buckets[i]
         table = self.tensors if table is None else table
         res = self._views(bucket, self.residuals) if self.residuals else []
         encoded = torch.empty(self.encoded_sizes[i], dtype=torch.uint8, device=bucket.device)
         with torch.no_grad():
-            ext.encode_delta(self._views(bucket, table), self._views(bucket, self.anchor), res,
-                             encoded, self.codec)
+            self._encode_into(self._views(bucket, table), self._views(bucket, self.anchor), res,
+                              encoded)
         return encoded
 
     def start_exchange(self, i: int, encoded: torch.Tensor, process_set, members: List[int],
@@ -209,7 +229,7 @@ class DeltaReducer:
         """Start bucket ``i``'s alltoall; returns (its splits, its handle)."""
         shards = shard_records(encoded.numel() // self.record_bytes, len(members))
         splits = [k * self.record_bytes for k in shards]
-        name = f"hvd_hier.{tag}.{self.codec}.{i}"
+        name = f"hvd_hier.{tag}.{self.codec}.{i}"  # (sharded codecs: plain names)
         return splits, self.exchange.alltoall(encoded, splits, f"{name}.a2a", process_set)
 
     def reduce_shard(self, received: torch.Tensor, splits: List[int], members: List[int],

@@ -19,9 +19,10 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .codec import GATHERED, DeltaReducer
+from ..config.codecs import TopK
+from .codec import DeltaReducer, gathered
 
-__all__ = ["GatheredDeltas", "make_reducer"]
+__all__ = ["GatheredDeltas", "TopkDeltas", "make_reducer"]
 
 
 class GatheredDeltas(DeltaReducer):
@@ -31,7 +32,7 @@ class GatheredDeltas(DeltaReducer):
               rank: int, scale: float, tag: str):
         """Bucket ``i``'s exchange as steps: the allgather of every rank's encoded delta,
         which it returns (``finish`` sums it)."""
-        name = f"hvd_hier.{tag}.{self.codec}.{i}.gather"
+        name = f"hvd_hier.{tag}.{self.codec}.{i}.gather"  # str(TopK): topk0.02_int2
         return (yield self.exchange.allgather(encoded, name, process_set), self.exchange.wait)
 
     def describe(self) -> str:
@@ -50,12 +51,35 @@ class GatheredDeltas(DeltaReducer):
         xs = self._views(bucket, self.tensors if table is None else table)
         anchors = [] if to_gradient else self._views(bucket, self.anchor)
         with torch.no_grad():
-            self._ext.apply_sum(mean, count, xs, anchors, self.codec,
-                                -scale if to_gradient else scale)
+            self._sum_into(mean, count, xs, anchors, -scale if to_gradient else scale)
+
+    def _sum_into(self, src, count, xs, anchors, scale) -> None:
+        self._ext.apply_sum(src, count, xs, anchors, self.codec, scale)
 
 
-def make_reducer(codec: str, tensors: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor],
+class TopkDeltas(GatheredDeltas):
+    """One level's ``TopK`` reduction on this rank: each chunk's largest values of its delta
+    (``encode_topk``), every rank's gathered and summed in rank order (``apply_topk``)."""
+
+    def __init__(self, codec: TopK, *args, **kwargs):
+        super().__init__(codec, *args, **kwargs)
+        self.slots = self._ext.topk_slots(codec.fraction)
+
+    def describe(self) -> str:
+        return (f"top {self.codec.fraction:.3g} ({self.slots} of 2048) {self.codec.values} "
+                "deltas, all gathered")
+
+    def _encode_into(self, xs, anchor, res, encoded) -> None:
+        self._ext.encode_topk(xs, anchor, res, encoded, self.slots, self.codec.values)
+
+    def _sum_into(self, src, count, xs, anchors, scale) -> None:
+        self._ext.apply_topk(src, count, xs, anchors, self.slots, self.codec.values, scale)
+
+
+def make_reducer(codec, tensors: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor],
                  bucket_cap_bytes: int, exchange=None) -> DeltaReducer:
-    """The reducer of ``codec``: ``GatheredDeltas`` for int4 and int2, else ``DeltaReducer``."""
-    cls = GatheredDeltas if codec in GATHERED else DeltaReducer
+    """The reducer of ``codec``: ``TopkDeltas`` for a TopK, ``GatheredDeltas`` for int4 and
+    int2, else ``DeltaReducer``."""
+    cls = TopkDeltas if isinstance(codec, TopK) else \
+        GatheredDeltas if gathered(codec) else DeltaReducer
     return cls(codec, tensors, anchor, bucket_cap_bytes, exchange)

@@ -13,7 +13,8 @@ from hvd_hier.reduce.codec import DeltaReducer, link_bytes, run_steps, shard_rec
 from hvd_hier.reduce.gathered import GatheredDeltas, make_reducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from wire import ref_decode  # noqa: E402
+from hvd_hier import TopK  # noqa: E402
+from wire import ref_decode, ref_topk_sum  # noqa: E402
 
 C = extension()
 
@@ -45,7 +46,7 @@ def test_reducer_plans_tables_within_the_kernel_limit_and_counts_encoded_bytes()
     assert r.nbytes == 2 * 2064 and len(r.residuals) == len(tensors)
     assert DeltaReducer("bf16", tensors, anchor, 1 << 20).residuals == []
     with pytest.raises(ValueError, match=r"compression must be one of fp16, bf16, int8, int4, "
-                                         r"int2, got 'int3'"):
+                                         r"int2, a TopK, got 'int3'"):
         DeltaReducer("int3", tensors, anchor, 1 << 20)
     assert type(make_reducer("int2", tensors, anchor, 1 << 20)) is GatheredDeltas
     assert type(make_reducer("int8", tensors, anchor, 1 << 20)) is DeltaReducer
@@ -66,7 +67,7 @@ class GatherAll:
         return handle
 
 
-@pytest.mark.parametrize("codec", ["int4", "int2"])
+@pytest.mark.parametrize("codec", ["int4", "int2", TopK(0.02, values="int2")])
 @pytest.mark.parametrize("to_gradient", [False, True])
 def test_gathered_reduction_sums_every_contribution_in_rank_order(codec, to_gradient):
     """Three ranks of one group: each ends at anchor + the mean of the decoded contributions
@@ -82,7 +83,11 @@ def test_gathered_reduction_sums_every_contribution_in_rank_order(codec, to_grad
     reducers = [make_reducer(codec, x, a, 1 << 20, exchange) for x, a in ranks]
     exchange.parts = [red.encode(0) for red in reducers]
     n = sum(sizes)
-    mean = sum(ref_decode(p, codec, n) for p in exchange.parts) * torch.tensor(1 / 3)
+    if isinstance(codec, TopK):
+        assert reducers[0].nbytes == 3 * 112  # 41 of 2048 kept, 2-bit values: 112-byte records
+        mean = ref_topk_sum(torch.cat(exchange.parts), 3, n, 41, "int2", 1 / 3)
+    else:
+        mean = sum(ref_decode(p, codec, n) for p in exchange.parts) * torch.tensor(1 / 3)
     for red, (x, a) in zip(reducers, ranks):
         got = run_steps(red.steps(0, exchange.parts[0], None, [0, 1, 2], 0, 1 / 3, "t"), None)
         red.finish(0, got, to_gradient=to_gradient, scale=1 / 3)

@@ -70,7 +70,7 @@ from hvd_hier.config.options import collect_tensors, make_config
     (dict(levels=[(1, 2), (2, "all")], global_compression="bf16"),
      "global_compression= belongs to the two-level form; with levels=, give the level its "
      "option: Level(period, group_size, compression=...)"),
-    (dict(global_compression="int3"), "global_compression must be one of fp16, bf16, int8, int4, int2 (or "
+    (dict(global_compression="int3"), "global_compression must be one of fp16, bf16, int8, int4, int2, a TopK (or "
                                       "None), got 'int3'"),
     (dict(levels=[(1, 2), (2, "all")], outer=print), "outer= belongs to the two-level form; with "
                                                     "levels=, give the level its option: "

@@ -99,7 +99,7 @@ def test_level_objects():
                                               "the known options are: compression, outer, "
                                               "overlap_steps"),
     ([Level(2, 2, compression="int3"), (4, "all")], "levels[0]: compression must be one of fp16, "
-                                                    "bf16, int8, int4, int2 (or None), got 'int3'"),
+                                                    "bf16, int8, int4, int2, a TopK (or None), got 'int3'"),
     ([(2, 2), Level(4, "all", outer=0.7)], "levels[1]: outer must be a callable that returns a "
                                            "torch.optim.Optimizer over the tensors it is given (e.g. "
                                            "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, "
