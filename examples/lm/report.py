@@ -22,6 +22,10 @@ from hvd_hier.plan.model import global_link_bytes, ring
 #: the quality targets' margins (relative to the baseline's test loss)
 OUTER_WITHIN = 0.02
 INT8_WITHIN = 0.005
+INT2_WITHIN = 0.01  # 2-bit deltas with error feedback
+TOPK_WITHIN = 0.02  # top-k 2% with 2-bit values
+TOPK_FEWER_THAN_HIER = 50  # bytes across nodes, against uncompressed Hier-AVG
+TOPK_FEWER_THAN_SYNC = 400  # and against synchronous SGD over the same tokens
 
 
 def ranks_per_node(run: Dict) -> int:
@@ -87,7 +91,7 @@ def _pct(x: float) -> str:
 
 def quality_targets(results: Dict[str, List[Dict]], names: Dict[str, str]) -> List[Target]:
     """The issue's quality targets on the runs by method name. ``names`` maps the roles
-    (sync, kavg, hier, outer8, int8, int8_base) to method names."""
+    (sync, kavg, hier, outer8, int8, int2, topk, int8_base) to method names."""
     out = []
 
     def have(*roles):
@@ -117,14 +121,37 @@ def quality_targets(results: Dict[str, List[Dict]], names: Dict[str, str]) -> Li
     else:
         out.append(Target(what, None, "no runs of Hier-AVG or K-AVG"))
 
-    what = (f"int8 ends within {100 * INT8_WITHIN:g}% of uncompressed at the same schedule")
-    if have("int8", "int8_base"):
-        m, sd, d = paired(results[names["int8_base"]], results[names["int8"]])
-        out.append(Target(what, m <= INT8_WITHIN, (
-            f"{names['int8']}: {_pct(m)} ± {100 * sd:.2f} against {names['int8_base']} over "
-            f"{len(d)} seeds")))
-    else:
-        out.append(Target(what, None, "no runs of int8 or its uncompressed twin"))
+    for role, limit in (("int8", INT8_WITHIN), ("int2", INT2_WITHIN), ("topk", TOPK_WITHIN)):
+        out.append(_codec_target(results, names, role, limit))
+    out.extend(_topk_bytes_targets(results, names))
+    return out
+
+
+def _codec_target(results, names, role: str, limit: float) -> Target:
+    """The codec of ``role`` ends within ``limit`` of the same schedule uncompressed."""
+    codec = "top-k 2% + 2-bit" if role == "topk" else role
+    what = f"{codec} ends within {100 * limit:g}% of uncompressed at the same schedule"
+    base = names.get("int8_base")
+    if names.get(role) not in results or base not in results:
+        return Target(what, None, f"no runs of {codec} or its uncompressed twin")
+    m, sd, d = paired(results[base], results[names[role]])
+    return Target(what, m <= limit, f"{names[role]}: {_pct(m)} ± {100 * sd:.2f} against {base} "
+                                     f"over {len(d)} seeds")
+
+
+def _topk_bytes_targets(results, names) -> List[Target]:
+    """Top-k's bytes between nodes over the whole run, against Hier-AVG and against sync."""
+    out = []
+    for role, want in (("hier", TOPK_FEWER_THAN_HIER), ("sync", TOPK_FEWER_THAN_SYNC)):
+        what = f"top-k 2% + 2-bit sends at least {want:g}x fewer bytes across nodes than {role}"
+        if names.get("topk") not in results or names.get(role) not in results:
+            out.append(Target(what, None, f"no runs of top-k or of {role}"))
+            continue
+        mine, theirs = (link_bytes(results[names[r]][0], results[names[r]][0]["evals"][-1])
+                        for r in ("topk", role))
+        ratio = theirs / mine if mine else float("inf")
+        out.append(Target(what, ratio >= want, f"{ratio:.0f}x ({theirs / 1e6:.1f} MB against "
+                                                f"{mine / 1e6:.2f} MB over the same tokens)"))
     return out
 
 
