@@ -227,8 +227,25 @@ def time_kernels(device: torch.device, model: str, repeats: int, warmup: int) ->
 # The compressed-delta kernels: (op, codec, with residuals) and the bytes each element moves
 # (float32 tensors): encode reads x and the anchor (and the residual, which it writes back) and
 # writes the codes; apply reads the codes and the anchor and writes x and the anchor.
+# "topk": 41 of each 2048 elements kept, 2-bit values (112-byte records).
 CODEC_CASES = [("encode", "int8", True, 4 + 4 + 4 + 4 + 1), ("apply", "int8", False, 1 + 4 + 4 + 4),
-               ("encode", "bf16", False, 4 + 4 + 2), ("apply", "bf16", False, 2 + 4 + 4 + 4)]
+               ("encode", "bf16", False, 4 + 4 + 2), ("apply", "bf16", False, 2 + 4 + 4 + 4),
+               ("encode", "int4", True, 4 + 4 + 4 + 4 + 0.5), ("apply", "int4", False, 0.5 + 4 + 4 + 4),
+               ("encode", "int2", True, 4 + 4 + 4 + 4 + 0.25), ("apply", "int2", False, 0.25 + 4 + 4 + 4),
+               ("encode", "topk", True, 4 + 4 + 4 + 4 + 112 / 2048),
+               ("apply", "topk", False, 112 / 2048 + 4 + 4 + 4)]
+TOPK_SLOTS, TOPK_VALUES = 41, "int2"
+
+
+def codec_ops(C, codec):
+    """(encoded bytes of n, encode, apply) for a CODEC_CASES codec."""
+    if codec == "topk":
+        return (lambda n: C.topk_encoded_bytes(n, TOPK_SLOTS, TOPK_VALUES),
+                lambda x, a, r, out: C.encode_topk(x, a, r, out, TOPK_SLOTS, TOPK_VALUES),
+                lambda out, x, a: C.apply_topk(out, 1, x, a, TOPK_SLOTS, TOPK_VALUES, 1.0))
+    return (lambda n: C.encoded_bytes(codec, n),
+            lambda x, a, r, out: C.encode_delta(x, a, r, out, codec),
+            lambda out, x, a: C.apply_delta(out, x, a, codec))
 
 
 def time_codec_kernels(device: torch.device, model: str, repeats: int, warmup: int) -> list:
@@ -248,17 +265,17 @@ def time_codec_kernels(device: torch.device, model: str, repeats: int, warmup: i
     tables = [slice(i, i + step) for i in range(0, len(shapes), step)]
     rows = []
     for op, codec, with_residual, per_element in CODEC_CASES:
-        codes = [torch.zeros(C.encoded_bytes(codec, sum(t.numel() for t in x[sl])),
-                             dtype=torch.uint8, device=device) for sl in tables]
+        size, encode, apply = codec_ops(C, codec)
+        codes = [torch.zeros(size(sum(t.numel() for t in x[sl])), dtype=torch.uint8,
+                             device=device) for sl in tables]
         for sl, out in zip(tables, codes):  # valid codes for apply
-            C.encode_delta(x[sl], a[sl], [], out, codec)
+            encode(x[sl], a[sl], [], out)
         if op == "encode":
-            t = timer(lambda: [C.encode_delta(x[sl], a[sl], r[sl] if with_residual else [], out,
-                                              codec) for sl, out in zip(tables, codes)])
-        else:
-            t = timer(lambda: [C.apply_delta(out, x[sl], a[sl], codec)
+            t = timer(lambda: [encode(x[sl], a[sl], r[sl] if with_residual else [], out)
                                for sl, out in zip(tables, codes)])
-        moved = n * per_element
+        else:
+            t = timer(lambda: [apply(out, x[sl], a[sl]) for sl, out in zip(tables, codes)])
+        moved = int(n * per_element)
         src = torch.randn(moved // 8, generator=g).to(device)
         c = best_copy(timer, src, torch.empty_like(src))
         rows.append({

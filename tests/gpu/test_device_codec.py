@@ -10,7 +10,9 @@ import torch
 
 from gpu_device import C, DEVICE, KIND, cpu_path, synchronize
 
-CODECS = ["fp16", "bf16", "int8"]
+CODECS = ["fp16", "bf16", "int8", "int4", "int2"]
+REDUCED = ["fp16", "bf16", "int8"]  # the codecs reduce_encoded takes
+TOPK = [(41, "int2"), (205, "int8"), (103, "int4"), (2048, "int2")]  # (slots, values)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 CHUNK = C.CODEC_CHUNK
 # around the chunk (one record, one CUDA block), with empty tensors between others
@@ -69,7 +71,7 @@ def test_encode_delta_matches_cpu(dtype, codec, with_residuals):
 
 
 @pytest.mark.parametrize("count", [1, 3, 8])
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", REDUCED)
 def test_reduce_encoded_matches_cpu(codec, count):
     seed = random.randrange(2**31)
     bufs = [encode_both(codec, *inputs(torch.float32, seed + 3 * k)[:2], [])[1] for k in range(count)]
@@ -104,6 +106,56 @@ def test_apply_delta_and_decode_into_match_cpu(dtype, codec):
     assert all(same_bits(a, b) for a, b in zip(dev_x, cpu_x))
     assert all(same_bits(a, b) for a, b in zip(dev_a, cpu_x))  # the anchors end equal to x
     assert all(same_bits(a, b) for a, b in zip(dev_t, cpu_t))
+
+
+@pytest.mark.parametrize("anchored", [True, False], ids=["anchored", "gradient"])
+@pytest.mark.parametrize("codec", ["int4", "int2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_apply_sum_matches_cpu(dtype, codec, anchored):
+    seed = random.randrange(2**31)
+    src = torch.cat([encode_both(codec, *inputs(torch.float32, seed + 3 * k)[:2], [])[1]
+                     for k in range(3)])
+    anchors = inputs(dtype, seed + 99)[1]
+    dev_x, dev_a = [torch.full_like(a, float("nan")) for a in on_device(anchors)], on_device(anchors)
+    C.apply_sum(src.to(DEVICE), 3, dev_x, dev_a if anchored else [], codec, 1 / 3)
+    synchronize()
+    with cpu_path():
+        cpu_x, cpu_a = [torch.full_like(a, float("nan")) for a in anchors], [a.clone() for a in anchors]
+        C.apply_sum(src, 3, cpu_x, cpu_a if anchored else [], codec, 1 / 3)
+    assert all(same_bits(a, b) for a, b in zip(dev_x, cpu_x))
+    assert all(same_bits(a, b) for a, b in zip(dev_a, cpu_a))
+
+
+def topk_both(slots, values, xs, anchors, residuals):
+    """encode_topk on the device and with the CPU loop, as encode_both."""
+    n = sum(t.numel() for t in xs)
+    out, dev_res = poisoned_bytes(C.topk_encoded_bytes(n, slots, values)), on_device(residuals)
+    assert C.encode_topk(on_device(xs), on_device(anchors), dev_res, out, slots, values) == n
+    synchronize()
+    with cpu_path():
+        cpu_out, cpu_res = poisoned_bytes(out.numel(), "cpu"), [r.clone() for r in residuals]
+        C.encode_topk(xs, anchors, cpu_res, cpu_out, slots, values)
+    return out, cpu_out, dev_res, cpu_res
+
+
+@pytest.mark.parametrize("slots,values", TOPK)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk_encode_and_apply_match_cpu(dtype, slots, values):
+    seed = random.randrange(2**31)
+    xs, anchors, residuals = inputs(dtype, seed)
+    out, cpu_out, dev_res, cpu_res = topk_both(slots, values, xs, anchors, residuals)
+    assert same_bits(out, cpu_out)
+    assert all(same_bits(a, b) for a, b in zip(dev_res, cpu_res))
+    src = torch.cat([cpu_out] + [topk_both(slots, values, *inputs(dtype, seed + k)[:2], [])[1]
+                                 for k in (1, 2)])
+    dev_x, dev_a = [torch.full_like(a, float("nan")) for a in on_device(anchors)], on_device(anchors)
+    C.apply_topk(src.to(DEVICE), 3, dev_x, dev_a, slots, values, 1 / 3)
+    synchronize()
+    with cpu_path():
+        cpu_x, cpu_a = [torch.full_like(a, float("nan")) for a in anchors], [a.clone() for a in anchors]
+        C.apply_topk(src, 3, cpu_x, cpu_a, slots, values, 1 / 3)
+    assert all(same_bits(a, b) for a, b in zip(dev_x, cpu_x))
+    assert all(same_bits(a, b) for a, b in zip(dev_a, cpu_a))
 
 
 def test_resnet50_sized_int8_encode_matches_cpu():

@@ -84,7 +84,13 @@ def test_cpu_rehearsal_end_to_end(tmp_path):
                    ("encode", "float32", "int8 codes + residual", 1.0, "codec"),
                    ("apply", "float32", "int8 codes", 1.0, "codec"),
                    ("encode", "float32", "bf16 codes", 1.0, "codec"),
-                   ("apply", "float32", "bf16 codes", 1.0, "codec")]
+                   ("apply", "float32", "bf16 codes", 1.0, "codec"),
+                   ("encode", "float32", "int4 codes + residual", 1.0, "codec"),
+                   ("apply", "float32", "int4 codes", 1.0, "codec"),
+                   ("encode", "float32", "int2 codes + residual", 1.0, "codec"),
+                   ("apply", "float32", "int2 codes", 1.0, "codec"),
+                   ("encode", "float32", "topk codes + residual", 1.0, "codec"),
+                   ("apply", "float32", "topk codes", 1.0, "codec")]
     assert all(r["kernel_us"] > 0 and r["copy_us"] > 0 and r["target"] is None for r in report["timings"])
     table = (out / "gpu_check.md").read_text()
     assert proc.stdout.endswith(table)  # the table is printed last
