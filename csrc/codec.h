@@ -438,6 +438,19 @@ HVD_HIER_HD T apply_value(T a, float d) {
   return static_cast<T>(static_cast<acc>(a) + static_cast<acc>(d));
 }
 
+// apply_sum and apply_topk: element k takes the scaled sum m: x = a = cast_T(a + m) where there
+// are anchors (a not null), else x = cast_T(m).
+template <typename T>
+HVD_HIER_HD void store_sum(T* x, T* a, int64_t k, float m) {
+  if (a != nullptr) {
+    const T v = apply_value(a[k], m);
+    x[k] = v;
+    a[k] = v;
+  } else {
+    x[k] = static_cast<T>(m);
+  }
+}
+
 // decode_into: t = cast_T(d * scale), in float64 for float64 tensors.
 template <typename T>
 HVD_HIER_HD T scaled_value(float d, delta_acc_t<T> scale) {

@@ -232,14 +232,7 @@ HVD_HIER_HD void apply_sum_lane(const DeltaTable& t, const uint8_t* src, int64_t
         const float d = decode_value<C>(code_at<C>(record_values<C>(rec), at - begin + k), record_scale<C>(rec));
         s = r == 0 ? d : add_rn(s, d);
       }
-      const float m = mul_rn(s, scale);
-      if (a != nullptr) {
-        const T v = apply_value(a[k], m);
-        x[k] = v;
-        a[k] = v;
-      } else {
-        x[k] = static_cast<T>(m);
-      }
+      store_sum(x, a, k, mul_rn(s, scale));
     }
   });
 }

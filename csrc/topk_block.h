@@ -249,14 +249,7 @@ HVD_HIER_HD void topk_write_lane(const DeltaTable& t, const TopkSums& sh, int64_
     T* x = static_cast<T*>(t.tensors[i]) + lo;
     T* a = t.with_anchors ? static_cast<T*>(t.anchors[i]) + lo : nullptr;
     for (int64_t k = lane; k < hi - lo; k += kCudaThreads) {
-      const float m = mul_rn(sh.sums[at - begin + k], scale);
-      if (a != nullptr) {
-        const T v = apply_value(a[k], m);
-        x[k] = v;
-        a[k] = v;
-      } else {
-        x[k] = static_cast<T>(m);
-      }
+      store_sum(x, a, k, mul_rn(sh.sums[at - begin + k], scale));
     }
   });
 }

@@ -346,19 +346,7 @@ def codec_round_trip(d, codec):
         return round_bf16(d)
     out = np.empty_like(d)
     for c in range(0, len(d), CODEC_CHUNK):
-        v = d[c:c + CODEC_CHUNK]
-        if codec == "int2":
-            scale = _int2_scale(v)
-        else:
-            levels = np.float32(127.0 if codec == "int8" else 7.0)
-            scale = np.float32(np.max(np.abs(v)) / levels) if len(v) else np.float32(0)
-        inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
-        t = v * inv
-        if codec == "int2":
-            q = np.where(t >= 2, 3, np.where(t >= 0, 1, np.where(t >= -2, -1, -3)))
-        else:
-            q = np.clip(np.rint(t), -levels, levels)
-        out[c:c + CODEC_CHUNK] = q.astype(np.float32) * scale
+        out[c:c + CODEC_CHUNK] = _values_round_trip(d[c:c + CODEC_CHUNK], codec)
     return out
 
 
