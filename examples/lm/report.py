@@ -139,6 +139,13 @@ def _codec_target(results, names, role: str, limit: float) -> Target:
                                      f"over {len(d)} seeds")
 
 
+def _size(nbytes: float) -> str:
+    """A byte count for a sentence: MB with 1 or 2 decimals, kB below a megabyte."""
+    if nbytes >= 1e6:
+        return f"{nbytes / 1e6:.{1 if nbytes >= 1e7 else 2}f} MB"
+    return f"{nbytes / 1e3:.1f} kB"
+
+
 def _topk_bytes_targets(results, names) -> List[Target]:
     """Top-k's bytes between nodes over the whole run, against Hier-AVG and against sync."""
     out = []
@@ -150,8 +157,8 @@ def _topk_bytes_targets(results, names) -> List[Target]:
         mine, theirs = (link_bytes(results[names[r]][0], results[names[r]][0]["evals"][-1])
                         for r in ("topk", role))
         ratio = theirs / mine if mine else float("inf")
-        out.append(Target(what, ratio >= want, f"{ratio:.0f}x ({theirs / 1e6:.1f} MB against "
-                                                f"{mine / 1e6:.2f} MB over the same tokens)"))
+        out.append(Target(what, ratio >= want, f"{ratio:.0f}x ({_size(theirs)} against "
+                                                f"{_size(mine)} over the same tokens)"))
     return out
 
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.parallel
 
 METHODS = ["sync", "torch_S2_K11_K24", "kavg_K4", "hier_S2_K11_K24",
            "hier_S2_K11_K22_outer0.7m0.9", "hier_S2_K11_K24_outer0.7m0.9",
-           "hier_S2_K11_K24_outer0.7m0.9_int8", "hier_S2_K11_K24_outer0.7m0.9_int8_ov1"]
+           "hier_S2_K11_K24_outer0.7m0.9_int8", "hier_S2_K11_K24_outer0.7m0.9_int8_ov1",
+           "hier_S2_K11_K24_outer0.7m0.9_int4", "hier_S2_K11_K24_outer0.7m0.9_int2",
+           "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2"]
 
 
 def test_lm_sweep_smoke(tmp_path):
@@ -37,7 +39,10 @@ def test_lm_sweep_smoke(tmp_path):
                       "hier_S2_K11_K24": (2, 6), "hier_S2_K11_K22_outer0.7m0.9": (4, 4),
                       "hier_S2_K11_K24_outer0.7m0.9": (2, 6),
                       "hier_S2_K11_K24_outer0.7m0.9_int8": (2, 6),
-                      "hier_S2_K11_K24_outer0.7m0.9_int8_ov1": (2, 8)}, counts
+                      "hier_S2_K11_K24_outer0.7m0.9_int8_ov1": (2, 8),
+                      "hier_S2_K11_K24_outer0.7m0.9_int4": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_int2": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2": (2, 6)}, counts
     for m, r in runs.items():
         assert [e["steps"] for e in r["evals"]] == [0, 4, 8], m
         assert r["evals"][0]["train_bpb"] is None and r["evals"][-1]["train_bpb"] > 0, m
@@ -51,13 +56,18 @@ def test_lm_sweep_smoke(tmp_path):
     plain = runs["hier_S2_K11_K24_outer0.7m0.9"]["evals"][-1]["bytes_global"]
     int8 = runs["hier_S2_K11_K24_outer0.7m0.9_int8"]["evals"][-1]["bytes_global"]
     assert plain == 2 * 21_984 * 4 and 0.25 < int8 / plain < 0.3, (plain, int8)
+    # the 21,984 parameters in 11 chunks of 2048: records of 1040 bytes (int4), 528 (int2)
+    # and, for top-k, 16 + 41 two-byte offsets + 41 two-bit codes padded to 16 = 112 bytes
+    sent = {c: runs[f"hier_S2_K11_K24_outer0.7m0.9_{c}"]["evals"][-1]["bytes_global"]
+            for c in ("int4", "int2", "topk0.02_int2")}
+    assert sent == {"int4": 2 * 11 * 1040, "int2": 2 * 11 * 528, "topk0.02_int2": 2 * 11 * 112}
 
     table = (tmp_path / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test bits/byte |") and len(rows) == 1 + len(METHODS)
     assert rows[1].startswith("| sync SGD |") and rows[2].startswith("| PyTorch averager S=2")
     targets = table.split("## Targets\n\n", 1)[1].splitlines()
-    assert len(targets) == 3 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
+    assert len(targets) == 7 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
     for png in ("val_vs_steps.png", "val_vs_link_bytes.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
