@@ -48,6 +48,8 @@ class Config:
     compression: Optional[str] = None  # the global level's codec
     overlap: int = 0  # the global level's overlap_steps
     lr: Optional[float] = None  # the inner learning rate, where it is not the preset's
+    feedback: bool = True  # False: the global codec without error feedback
+    fragments: int = 1  # the global level's fragments
 
     @property
     def name(self) -> str:
@@ -59,6 +61,8 @@ class Config:
             base = f"{self.algo}_S{self.s}_K1{self.k1}_K2{self.k2}"
         return (base + (f"_outer{self.outer[0]:g}m{self.outer[1]:g}" if self.outer else "")
                 + (f"_{self.compression}" if self.compression else "")
+                + ("_noef" if not self.feedback else "")
+                + (f"_frag{self.fragments}" if self.fragments > 1 else "")
                 + (f"_ov{self.overlap}" if self.overlap else "")
                 + (f"_lr{self.lr:g}" if self.lr is not None else ""))
 
@@ -73,6 +77,8 @@ class Config:
                     f"K1={self.k1} K2={self.k2}")
         return (base + (f" + outer lr={self.outer[0]:g} m={self.outer[1]:g}" if self.outer else "")
                 + (f" + {self.compression}" if self.compression else "")
+                + (" without error feedback" if not self.feedback else "")
+                + (f" + {self.fragments} fragments" if self.fragments > 1 else "")
                 + (f" + overlap {self.overlap}" if self.overlap else "")
                 + (f", lr {self.lr:g}" if self.lr is not None else ""))
 
@@ -84,9 +90,11 @@ class Config:
                  if self.outer else [])
         codec = ["--global-compression", self.compression] if self.compression else []
         overlap = ["--overlap-steps", str(self.overlap)] if self.overlap else []
+        extra = (["--no-error-feedback"] if not self.feedback else []) + (
+            ["--global-fragments", str(self.fragments)] if self.fragments > 1 else [])
         return ["--algo", self.algo, "--local-steps", str(self.k1), "--local-rounds",
                 str(self.k2), *(["--group-size", str(self.s)] if self.algo != "kavg" else []),
-                *outer, *codec, *overlap, *lr]
+                *outer, *codec, *overlap, *extra, *lr]
 
 
 # Each preset: the training arguments shared by every run, and the configurations. The

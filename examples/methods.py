@@ -66,6 +66,12 @@ def add_method_args(p, algos=HVD_ALGOS):
                    help="the outer optimizer's momentum (Nesterov when > 0)")
     p.add_argument("--global-compression", type=compression_arg, default=None,
                    help="hier/kavg: reduce the global level's deltas in this encoding")
+    p.add_argument("--no-error-feedback", action="store_true",
+                   help="hier/kavg: drop what --global-compression's encoding lost (int8, int4, "
+                        "int2, top-k) instead of adding it to the next delta")
+    p.add_argument("--global-fragments", type=int, default=1,
+                   help="hier/kavg: reduce the global level's tensors in this many fragments, "
+                        "one every K1*K2/F steps in turn (Streaming DiLoCo)")
     p.add_argument("--overlap-steps", type=int, default=None,
                    help="hier/kavg: the global reduction runs behind this many steps "
                         "(1 <= D < K1*K2)")
@@ -92,6 +98,8 @@ def check_method_args(p, args):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup_steps < 0:
         p.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if args.global_fragments < 1:
+        p.error(f"--global-fragments must be >= 1, got {args.global_fragments}")
     try:
         args.seeds = [int(v) for v in str(args.seed).split(",")]
     except ValueError:
@@ -110,6 +118,9 @@ def describe(args) -> str:
             + (f" outer lr={args.outer_lr:g} m={args.outer_momentum:g}"
                if args.outer_lr is not None else "")
             + (f" {args.global_compression}" if args.global_compression else "")
+            + (" without error feedback" if getattr(args, "no_error_feedback", False) else "")
+            + (f" {args.global_fragments} fragments"
+               if getattr(args, "global_fragments", 1) > 1 else "")
             + (f" overlap {args.overlap_steps}" if args.overlap_steps else ""))
 
 
@@ -134,13 +145,27 @@ def make_optimizer(args, base: torch.optim.Optimizer, model: torch.nn.Module, co
     if args.algo == "sync":
         return hvd.DistributedOptimizer(base, named_parameters=model.named_parameters())
     return hvd_hier.DistributedOptimizer(
-        base, named_parameters=model.named_parameters(), local_steps=args.local_steps,
-        local_rounds=args.local_rounds, warmup_steps=args.warmup_steps,
-        group_size=1 if args.algo == "kavg" else args.group_size,
-        buffers=model.buffers(), flat_storage=args.flat_storage,
-        global_compression=compression_of(args.global_compression),
-        overlap_steps=args.overlap_steps,
-        outer=outer_factory(args.outer_lr, args.outer_momentum))
+        base, named_parameters=model.named_parameters(), warmup_steps=args.warmup_steps,
+        buffers=model.buffers(), flat_storage=args.flat_storage, **schedule_args(args))
+
+
+def schedule_args(args) -> Dict[str, object]:
+    """hvd_hier's schedule for ``args``: the two-level shorthand, or ``levels=`` where the
+    global level takes options the shorthand has no word for (error_feedback, fragments)."""
+    size = 1 if args.algo == "kavg" else args.group_size
+    options = {"outer": outer_factory(args.outer_lr, args.outer_momentum),
+               "overlap_steps": args.overlap_steps}
+    codec = compression_of(args.global_compression)
+    extra = {"error_feedback": False} if getattr(args, "no_error_feedback", False) else {}
+    if getattr(args, "global_fragments", 1) > 1:
+        extra["fragments"] = args.global_fragments
+    if not extra:
+        return {"local_steps": args.local_steps, "local_rounds": args.local_rounds,
+                "group_size": size, "global_compression": codec, **options}
+    import hvd_hier
+    k1 = args.local_steps
+    return {"levels": [(k1, size), hvd_hier.Level(k1 * args.local_rounds, "all",
+                                                  compression=codec, **options, **extra)]}
 
 
 def group_size(value, local_size: int) -> int:

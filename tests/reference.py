@@ -94,6 +94,16 @@ def lower_groups_within(group, lower):
     return inside
 
 
+class NoFeedback:
+    """A level's codec with ``error_feedback=False``: what the round trip loses is dropped."""
+
+    def __init__(self, codec):
+        self.codec = codec
+
+    def __repr__(self):
+        return f"NoFeedback({self.codec!r})"
+
+
 def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, lower=None):
     """Level ``level`` averages ``w`` (rank -> array) within each of ``groups``: the plain
     mean, or with an outer optimizer (``outer[level][r]``, ``anchor[level][r]``) the anchor's
@@ -106,6 +116,8 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, l
     groups of one size (two stages), a compressed level encodes one delta per lower group,
     from its mean (the residual is its first rank's), and takes the mean of those."""
     codec = (codecs or {}).get(level)
+    feedback = not isinstance(codec, NoFeedback)
+    codec = codec.codec if not feedback else codec
     for g in groups:
         if codec is not None and len(g) > 1:
             parts = lower_groups_within(g, lower)
@@ -116,7 +128,7 @@ def average_level(w, groups, level, anchor, outer, codecs=None, residual=None, l
             deltas = []
             for r, value in sources:
                 d = value - anchor[level][r]
-                if not isinstance(codec, str) or codec in RESIDUAL:
+                if feedback and (not isinstance(codec, str) or codec in RESIDUAL):
                     d = (d + residual[level][r]).astype(np.float32)
                     residual[level][r] = d - codec_round_trip(d, codec)
                 deltas.append(d.astype(np.float32))

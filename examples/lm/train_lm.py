@@ -89,9 +89,11 @@ def parse_args(argv=None):
     if not 0.0 <= args.min_lr_ratio <= 1.0:
         p.error(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
     if args.algo == "torch" and (args.global_compression or args.overlap_steps
+                                 or args.no_error_feedback or args.global_fragments > 1
                                  or args.outer_lr is not None or args.flat_storage
                                  or args.warmup_steps):
-        p.error("--algo torch takes no --global-compression, --overlap-steps, --outer-lr, "
+        p.error("--algo torch takes no --global-compression, --no-error-feedback, "
+                "--global-fragments, --overlap-steps, --outer-lr, "
                 "--flat-storage or --warmup-steps (hvd_hier's options)")
     return args
 

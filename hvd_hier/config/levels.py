@@ -17,17 +17,17 @@ from __future__ import annotations
 import functools
 from typing import Optional, Tuple
 
-from .codecs import TopK
+from .level_checks import CODECS, OUTER_EXAMPLE, at, check_fragments, check_options, \
+    check_overlap
 from .schedule import check_int, check_periods
 
-__all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "CODECS", "check_group_size", "check_levels",
-           "levels_from_args", "describe_callable", "check_options", "check_overlap", "at"]
+__all__ = ["ALL", "LOCAL", "Level", "KNOWN_OPTIONS", "CODECS", "OUTER_EXAMPLE", "check_group_size", "check_levels",
+           "levels_from_args", "describe_callable", "check_options", "check_overlap", "check_fragments", "at"]
 
 ALL = "all"
 LOCAL = "local"
-KNOWN_OPTIONS = frozenset({"outer", "compression", "overlap_steps"})  # per-level options (see Level)
-CODECS = ("fp16", "bf16", "int8", "int4", "int2")  #: the values of a level's ``compression``
-OUTER_EXAMPLE = "functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)"
+KNOWN_OPTIONS = frozenset({"outer", "compression", "overlap_steps", "fragments",
+                           "error_feedback"})  # per-level options (see Level)
 
 def check_group_size(group_size, set_size: Optional[int] = None):
     """Validate ``group_size`` against a process set of ``set_size`` ranks.
@@ -76,8 +76,10 @@ def describe_callable(f) -> str:
 
 
 def _no_overlap(name, value) -> bool:
-    """``overlap_steps=0``: the same level as without the option."""
-    return name == "overlap_steps" and type(value) is int and value == 0
+    """``overlap_steps=0``, ``fragments=1`` and ``error_feedback=True``: the same level as
+    without the option."""
+    return (name, type(value), value) in (("overlap_steps", int, 0), ("fragments", int, 1),
+                                          ("error_feedback", bool, True))
 
 
 def _describe_option(value):
@@ -108,6 +110,16 @@ class Level:
       first, the result s is reduced in the background, and at the end of step t + D every
       rank adds r − s (r: the level's result) to its parameters. 0 (the default) waits for
       the reduction at step t.
+    * ``fragments``: F >= 1, the outermost level only (Streaming DiLoCo). The level's tensors
+      are split into F fragments of about equal bytes (``hvd_hier.runtime.fragments``), and
+      fragment f is reduced alone at the steps u = (f + 1)·period/F (mod period), so each
+      reduction carries about 1/F of the model; at those steps the level below averages the
+      whole model first. period/F must be a multiple of the period below, and
+      ``overlap_steps`` smaller than period/F. Each fragment has its own anchor, outer
+      optimizer and residuals. Not with ``flat_storage=True``.
+    * ``error_feedback``: True (the default) or False, with an integer codec or a ``TopK``:
+      False drops what the encoding lost instead of adding it to the next delta (the
+      ablation that shows what error feedback buys).
 
     A tuple ``(period, group_size)`` in ``levels=`` is a ``Level`` without options.
     """
@@ -206,6 +218,9 @@ def check_levels(levels) -> Tuple[Level, ...]:
         period = check_int(f"the period of {where}", period, 1)
         check_overlap(where, options, period)
         out.append(Level(period, _check_size(where, size), **options))
+    for i, lv in enumerate(out):
+        check_fragments(f"levels[{i}]", lv, out[i - 1].period if i else None,
+                        outermost=i == len(out) - 1)
     check_periods([lv.period for lv in out])
     for i in range(1, len(out)):
         below, above = out[i - 1].group_size, out[i].group_size
@@ -218,38 +233,6 @@ def check_levels(levels) -> Tuple[Level, ...]:
         raise ValueError(f"levels[{len(out) - 1}], the outermost level, must span the whole "
                          f"process set (group_size 'all' or its size), got {top!r}")
     return tuple(out)
-
-
-def check_overlap(where: str, options, period: int,
-                  period_name: str = "the level's period") -> None:
-    """``overlap_steps`` (already an int >= 0) must end the reduction before the level's next
-    one: D < period."""
-    d = options.get("overlap_steps")
-    if d is not None and d >= period:
-        raise ValueError(at(where, f"overlap_steps={d} must be smaller than {period_name} "
-                                    f"{period}: the overlapped reduction ends D steps after it "
-                                    "starts, before the level's next one"))
-
-
-def check_options(where: str, options, compression_name: str = "compression") -> None:
-    """The values of a level's known options (``where`` names the level; "" for none;
-    ``compression_name``: what the user called the codec's argument)."""
-    if "overlap_steps" in options:
-        d = options["overlap_steps"]
-        if type(d) is not int or d < 0:
-            raise ValueError(at(where, f"overlap_steps must be an integer >= 0 (steps the "
-                                        f"reduction runs behind), got {d!r}"))
-    codec = options.get("compression")
-    if isinstance(codec, TopK):
-        codec.check(at(where, compression_name) if where else compression_name)
-    elif codec is not None and codec not in CODECS:
-        raise ValueError(at(where, f"{compression_name} must be one of {', '.join(CODECS)}, "
-                                    f"a TopK (or None), got {codec!r}"))
-    outer = options.get("outer")
-    if outer is not None and not callable(outer):
-        raise ValueError(at(where, "outer must be a callable that returns a torch.optim.Optimizer "
-                                    f"over the tensors it is given (e.g. {OUTER_EXAMPLE}), got "
-                                    f"{outer!r}"))
 
 
 def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
@@ -281,6 +264,3 @@ def levels_from_args(levels, local_steps, local_rounds, group_size, outer=None,
     return (Level(k1, size), Level(k1 * k2, ALL, **options))
 
 
-def at(where: str, message: str) -> str:
-    """``message`` about the level ``where`` ("" for the two-level shorthand: no prefix)."""
-    return f"{where}: {message}" if where else message

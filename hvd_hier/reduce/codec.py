@@ -137,10 +137,13 @@ class DeltaReducer:
         anchor: the level's anchor, one tensor per tensor (same shapes and dtypes).
         bucket_cap_bytes: the largest bucket of tensor elements.
         exchange: the collectives (``HorovodExchange()`` by default).
+        error_feedback: keep residuals (the integer codecs and TopK); False drops what the
+            encoding lost.
     """
 
     def __init__(self, codec: str, tensors: Sequence[torch.Tensor],
-                 anchor: Sequence[torch.Tensor], bucket_cap_bytes: int, exchange=None):
+                 anchor: Sequence[torch.Tensor], bucket_cap_bytes: int, exchange=None,
+                 error_feedback: bool = True):
         if not isinstance(codec, TopK) and codec not in CODECS:
             raise ValueError(f"compression must be one of {', '.join(CODECS)}, a TopK, got "
                              f"{codec!r}")
@@ -152,7 +155,8 @@ class DeltaReducer:
         # what quantisation lost, added to this rank's next delta of the level
         self.residuals = ([torch.zeros(t.shape, dtype=torch.float32, device=t.device)
                            for t in self.tensors]
-                          if isinstance(codec, TopK) or codec in ERROR_FEEDBACK else [])
+                          if error_feedback and (isinstance(codec, TopK) or codec in ERROR_FEEDBACK)
+                          else [])
         self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
                                     ext.MAX_TENSORS_PER_DELTA_LAUNCH)
         self.record_bytes = encoded_bytes(codec, ext.CODEC_CHUNK)
@@ -202,7 +206,12 @@ class DeltaReducer:
         return (yield self.start_gather(i, mine, process_set, tag), self.exchange.wait)
 
     def describe(self) -> str:
-        return f"{self.codec} deltas"
+        return f"{self.codec} deltas{self.feedback_note()}"
+
+    def feedback_note(self) -> str:
+        """", without error feedback" where the codec could keep residuals and does not."""
+        feedback = isinstance(self.codec, TopK) or self.codec in ERROR_FEEDBACK
+        return ", without error feedback" if feedback and not self.residuals else ""
 
     def _encode_into(self, xs, anchor, res, encoded) -> None:
         self._ext.encode_delta(xs, anchor, res, encoded, self.codec)

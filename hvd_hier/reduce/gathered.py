@@ -36,7 +36,7 @@ class GatheredDeltas(DeltaReducer):
         return (yield self.exchange.allgather(encoded, name, process_set), self.exchange.wait)
 
     def describe(self) -> str:
-        return f"{self.codec} deltas, all gathered"
+        return f"{self.codec} deltas, all gathered{self.feedback_note()}"
 
     def mean_bytes(self, i: int, count: int) -> int:
         return count * self.encoded_sizes[i]
@@ -67,7 +67,7 @@ class TopkDeltas(GatheredDeltas):
 
     def describe(self) -> str:
         return (f"top {self.codec.fraction:.3g} ({self.slots} of 2048) {self.codec.values} "
-                "deltas, all gathered")
+                f"deltas, all gathered{self.feedback_note()}")
 
     def _encode_into(self, xs, anchor, res, encoded) -> None:
         self._ext.encode_topk(xs, anchor, res, encoded, self.slots, self.codec.values)
@@ -77,9 +77,9 @@ class TopkDeltas(GatheredDeltas):
 
 
 def make_reducer(codec, tensors: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor],
-                 bucket_cap_bytes: int, exchange=None) -> DeltaReducer:
+                 bucket_cap_bytes: int, exchange=None, error_feedback: bool = True) -> DeltaReducer:
     """The reducer of ``codec``: ``TopkDeltas`` for a TopK, ``GatheredDeltas`` for int4 and
-    int2, else ``DeltaReducer``."""
+    int2, else ``DeltaReducer`` (``error_feedback=False``: no residuals)."""
     cls = TopkDeltas if isinstance(codec, TopK) else \
         GatheredDeltas if gathered(codec) else DeltaReducer
-    return cls(codec, tensors, anchor, bucket_cap_bytes, exchange)
+    return cls(codec, tensors, anchor, bucket_cap_bytes, exchange, error_feedback)

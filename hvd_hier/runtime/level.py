@@ -207,7 +207,8 @@ def build_levels(config, tensors, averager, ctx: Context) -> List[LevelRuntime]:
         if codec is not None:
             cap = piece_bucket_cap(codec) if spec.options.get("overlap_steps") \
                 else config.bucket_cap_bytes
-            reducer = make_reducer(codec, tensors.all, anchor.anchor, cap)
+            reducer = make_reducer(codec, tensors.all, anchor.anchor, cap,
+                                   error_feedback=spec.options.get("error_feedback", True))
         out.append(LevelRuntime(i, spec, level_name(config, i), tensors.all, ctx, list(out),
                                 anchor, reducer))
     return out

@@ -53,6 +53,19 @@ def test_reducer_plans_tables_within_the_kernel_limit_and_counts_encoded_bytes()
     assert make_reducer("int4", tensors, anchor, 1 << 20).nbytes == 2 * 1040
 
 
+@pytest.mark.parametrize("codec, described", [
+    ("int8", "int8 deltas"), ("int2", "int2 deltas, all gathered"),
+    (TopK(0.02, values="int2"), "top 0.02 (41 of 2048) int2 deltas, all gathered")])
+def test_without_error_feedback_a_reducer_keeps_no_residuals(codec, described):
+    tensors = [torch.zeros(10), torch.zeros(3)]
+    anchor = [t.clone() for t in tensors]
+    kept = make_reducer(codec, tensors, anchor, 1 << 20)
+    dropped = make_reducer(codec, tensors, anchor, 1 << 20, error_feedback=False)
+    assert len(kept.residuals) == 2 and dropped.residuals == []
+    assert kept.describe() == described
+    assert dropped.describe() == described + ", without error feedback"
+
+
 class GatherAll:
     """A stand-in for Horovod's allgather among ranks simulated in one process: it returns
     the contributions the test set in ``parts``, in rank order."""

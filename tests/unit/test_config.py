@@ -51,7 +51,7 @@ from hvd_hier.config.options import collect_tensors, make_config
                                           "(group_size 'all' or its size), got 'local'"),
     (dict(levels=[Level(1, 2, codec="int8"), (2, "all")]),
      "levels[0]: unknown Level option 'codec' (= 'int8'); the known options are: compression, "
-     "outer, overlap_steps"),
+     "error_feedback, fragments, outer, overlap_steps"),
     (dict(overlap_steps=16), "overlap_steps=16 must be smaller than local_steps * local_rounds = "
                              "16: the overlapped reduction ends D steps after it starts, before "
                              "the level's next one"),

@@ -96,8 +96,33 @@ def test_level_objects():
     ([(0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 0"),
     ([(2.0, 2), (4, "all")], "the period of levels[0] must be an integer >= 1, got 2.0 (float)"),
     ([Level(2, 2, momentum=0.7), (4, "all")], "levels[0]: unknown Level option 'momentum' (= 0.7); "
-                                              "the known options are: compression, outer, "
-                                              "overlap_steps"),
+                                              "the known options are: compression, "
+                                              "error_feedback, fragments, outer, overlap_steps"),
+    # fragments
+    ([(1, 2), Level(8, "all", fragments=3)], "levels[1]: fragments=3 must divide the level's "
+                                             "period 8: fragment f is reduced every "
+                                             "period/fragments steps in turn"),
+    ([(4, 2), Level(8, "all", fragments=4)], "levels[1]: period/fragments = 8/4 = 2 must be a "
+                                             "multiple of the period 4 of the level below, which "
+                                             "averages the whole model at every fragment's step"),
+    ([Level(2, 2, fragments=2), (8, "all")], "levels[0]: fragments=2 is for the outermost level "
+                                             "only (the one across the slow link)"),
+    ([(1, 2), Level(8, "all", fragments=4, overlap_steps=2)],
+     "levels[1]: overlap_steps=2 must be smaller than period/fragments = 8/4 = 2: a fragment's "
+     "reduction ends before the next fragment's starts"),
+    ([(1, 2), Level(8, "all", fragments=0)], "levels[1]: fragments must be an integer >= 1 (parts "
+                                             "of the model reduced in turn), got 0"),
+    ([(1, 2), Level(8, "all", fragments=2.0)], "levels[1]: fragments must be an integer >= 1 "
+                                               "(parts of the model reduced in turn), got 2.0"),
+    # error_feedback
+    ([(1, 2), Level(8, "all", compression="fp16", error_feedback=False)],
+     "levels[1]: error_feedback=False needs an integer codec or a TopK (int8, int4, int2), got "
+     "compression='fp16'"),
+    ([(1, 2), Level(8, "all", error_feedback=False)],
+     "levels[1]: error_feedback=False needs an integer codec or a TopK (int8, int4, int2), got "
+     "compression=None"),
+    ([(1, 2), Level(8, "all", compression="int8", error_feedback=0)],
+     "levels[1]: error_feedback must be True or False, got 0"),
     ([Level(2, 2, compression="int3"), (4, "all")], "levels[0]: compression must be one of fp16, "
                                                     "bf16, int8, int4, int2, a TopK (or None), got 'int3'"),
     ([(2, 2), Level(4, "all", outer=0.7)], "levels[1]: outer must be a callable that returns a "
@@ -112,6 +137,13 @@ def test_bad_levels_name_the_level_and_the_value(levels, message):
     with pytest.raises(ValueError) as info:
         check_levels(levels)
     assert str(info.value) == message
+
+
+def test_the_defaults_of_fragments_and_error_feedback_are_no_option():
+    assert Level(8, "all", fragments=1, error_feedback=True) == Level(8, "all")
+    assert check_levels([(1, 2), Level(8, "all", fragments=4, overlap_steps=1,
+                                       compression="int2", error_feedback=False)])[1].options == {
+        "fragments": 4, "overlap_steps": 1, "compression": "int2", "error_feedback": False}
 
 
 def test_overlap_steps_zero_is_no_option():

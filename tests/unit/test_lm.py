@@ -206,8 +206,12 @@ def test_learning_rate_warms_up_then_decays_by_a_cosine():
 
 @pytest.mark.parametrize("argv, message", [
     (["--algo", "torch", "--outer-lr", "0.7"],
-     "--algo torch takes no --global-compression, --overlap-steps, --outer-lr, --flat-storage "
-     "or --warmup-steps (hvd_hier's options)"),
+     "--algo torch takes no --global-compression, --no-error-feedback, --global-fragments, "
+     "--overlap-steps, --outer-lr, --flat-storage or --warmup-steps (hvd_hier's options)"),
+    (["--algo", "torch", "--global-fragments", "2"],
+     "--algo torch takes no --global-compression, --no-error-feedback, --global-fragments, "
+     "--overlap-steps, --outer-lr, --flat-storage or --warmup-steps (hvd_hier's options)"),
+    (["--global-fragments", "0"], "--global-fragments must be >= 1, got 0"),
     (["--size", "tiny", "--context", "64"], "--context must be in [2, 32] for --size tiny, got 64"),
     (["--local-steps", "0"], "--local-steps must be >= 1, got 0"),
     (["--group-size", "two"], "--group-size must be an integer or 'local', got 'two'"),
@@ -243,6 +247,26 @@ def test_describe_names_every_option():
                                 "--group-size", "4", "--outer-lr", "0.7",
                                 "--global-compression", "int8", "--overlap-steps", "2"])
     assert methods.describe(args) == "hier K1=1 K2=8 S=4 outer lr=0.7 m=0.9 int8 overlap 2"
+    more = train_lm.parse_args(["--algo", "hier", "--local-steps", "1", "--local-rounds", "8",
+                                "--group-size", "4", "--global-compression", "int2",
+                                "--no-error-feedback", "--global-fragments", "4"])
+    assert methods.describe(more) == ("hier K1=1 K2=8 S=4 int2 without error feedback "
+                                      "4 fragments")
+
+
+def test_options_the_shorthand_lacks_go_through_levels():
+    import hvd_hier
+    plain = train_lm.parse_args(["--algo", "hier", "--local-steps", "2", "--local-rounds", "4",
+                                 "--group-size", "4", "--global-compression", "int2"])
+    assert methods.schedule_args(plain) == {
+        "local_steps": 2, "local_rounds": 4, "group_size": 4, "global_compression": "int2",
+        "outer": None, "overlap_steps": None}
+    more = train_lm.parse_args(["--algo", "kavg", "--local-steps", "2", "--local-rounds", "4",
+                                "--global-compression", "topk0.02_int2", "--no-error-feedback",
+                                "--global-fragments", "2"])
+    assert methods.schedule_args(more) == {"levels": [(2, 1), hvd_hier.Level(
+        8, "all", compression=hvd_hier.TopK(0.02, values="int2"), error_feedback=False,
+        fragments=2)]}
 
 
 # --- the sweep's report -------------------------------------------------------------------

@@ -20,7 +20,7 @@ import horovod.torch as hvd
 import hvd_hier
 from hvd_hier import Level
 from common import init, main, report
-from reference import compressed_mean, simulate_levels_sgd
+from reference import NoFeedback, compressed_mean, simulate_levels_sgd
 
 DIM = 5000  # three chunks of the wire format, the last one partial
 LR = 0.25
@@ -64,13 +64,26 @@ CONFIGS = {
                              [None, hvd_hier.TopK(0.1, values="int8"), TOPK2], None, 0, 12),
     "topk_outer": ([(2, 4), (4, "all")], [None, hvd_hier.TopK(0.05, values="int4")],
                    [None, dict(lr=0.5, momentum=0.5, nesterov=True)], 2, 14),
+    # error_feedback=False: what the encoding lost is dropped (the ablation)
+    "int2_top_no_feedback": ([(1, 2), (2, 4), (4, "all")], [None, None, NoFeedback("int2")],
+                             None, 1, 13),
+    "topk_outer_no_feedback": ([(2, 4), (4, "all")],
+                               [None, NoFeedback(hvd_hier.TopK(0.05, values="int4"))],
+                               [None, dict(lr=0.5, momentum=0.5, nesterov=True)], 2, 14),
 }
 
 
+def level_options(codec, outer):
+    """A Level's keyword options for a simulated codec (``NoFeedback``: error_feedback=False)
+    and outer optimizer."""
+    out = {} if outer is None else {"outer": sgd(**outer)}
+    if isinstance(codec, NoFeedback):
+        return {**out, "compression": codec.codec, "error_feedback": False}
+    return out if codec is None else {**out, "compression": codec}
+
+
 def build(rank, levels, codecs, outers, warmup, flat_storage=False):
-    levels = [Level(p, s, **{k: v for k, v in (("compression", c),
-                                                ("outer", None if o is None else sgd(**o)))
-                             if v is not None})
+    levels = [Level(p, s, **level_options(c, o))
               for (p, s), c, o in zip(levels, codecs, outers or [None] * len(levels))]
     w = torch.nn.Parameter(torch.tensor(init_values(0), dtype=torch.float64))
     opt = hvd_hier.DistributedOptimizer(torch.optim.SGD([w], lr=LR), named_parameters=[("w", w)],
@@ -116,6 +129,7 @@ def check_config(name, rank, size, flat_storage=False):
                TOPK2: 112, hvd_hier.TopK(0.1, values="int8"): 640,
                hvd_hier.TopK(0.05, values="int4"): 288}
     for i, codec in enumerate(codecs):
+        codec = codec.codec if isinstance(codec, NoFeedback) else codec
         lv = opt.averaging_stats()["levels"][i]
         if codec is not None:
             assert lv["bytes"] == lv["averages"] * 3 * encoded[codec], (label, i, lv)
