@@ -178,8 +178,43 @@ def add_correction(w, level, anchor, correction):
                 anchor[i][r] = anchor[i][r] + correction[r]
 
 
+def fragment_step(w, level_groups, level, idx, anchor, outer, codecs, residual, own_outer,
+                  overlap):
+    """Level ``level`` reduces the elements ``idx`` (one fragment) at its fragment's step, from
+    the definition: the level below averages the whole model first (as if due); then the
+    fragment's elements are reduced as ``average_level`` reduces a model (the fragment's own
+    outer optimizers ``own_outer``, rank -> OuterSGD, and its slices of the level's anchor and
+    residuals; a codec's chunks are those of the fragment's elements). Not overlapped, the
+    result goes into the model and the anchors below become it; overlapped (returns the
+    correction r − s per rank, zero outside ``idx``), the model stays at the snapshot s."""
+    if level > 0:
+        average_level(w, level_groups[level - 1], level - 1, anchor, outer, codecs, residual,
+                      level_groups[level - 2] if level > 1 else None)
+    sub = {r: w[r][idx].copy() for r in w}
+    snap = {r: sub[r].copy() for r in w}
+    own_anchor = {level: {r: anchor[level][r][idx].copy() for r in w}} if level in anchor else {}
+    own_res = {level: {r: residual[level][r][idx].copy() for r in w}} if level in anchor else {}
+    average_level(sub, level_groups[level], level, own_anchor, {level: own_outer} if own_outer
+                  else {}, codecs, own_res, level_groups[level - 1] if level > 0 else None)
+    for r in w:
+        if level in anchor:
+            anchor[level][r][idx] = own_anchor[level][r]
+            residual[level][r][idx] = own_res[level][r]
+    if overlap:
+        correction = {r: np.zeros_like(w[r]) for r in w}
+        for r in w:
+            correction[r][idx] = sub[r] - snap[r]
+        return correction
+    for r in w:
+        w[r][idx] = sub[r]
+    for i in anchor:
+        if i < level:
+            anchor[i] = {r: w[r].copy() for r in w}
+    return None
+
+
 def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, outers=None,
-                        codecs=None, overlaps=None):
+                        codecs=None, overlaps=None, fragments=None):
     """Plain SGD on P learners averaged by levels: ``level_groups[i]`` lists the groups of
     level ``i`` (lists of ranks). Returns, per step 1..steps, the dict rank -> array.
 
@@ -190,7 +225,9 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     ``codecs[i]``: None or the compression of level ``i`` (see ``average_level``), which keeps
     an anchor too. ``overlaps[i]``: D >= 1 makes level ``i``'s reductions overlapped
     (``start_overlapped``): its correction is added at the end of step t + D, after that
-    step's update and averaging.
+    step's update and averaging. ``fragments[i]``: None, or the element positions of each of
+    level ``i``'s F fragments: fragment f alone is reduced (``fragment_step``) at the steps
+    where u = t − warmup is (f + 1)·period/F modulo the period.
     """
     ranks = sorted(r for g in level_groups[-1] for r in g)
     w = {r: np.array(init[r], dtype=np.float64) for r in ranks}
@@ -201,10 +238,15 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
     residual = {i: {r: np.zeros(len(w[r]), dtype=np.float32) for r in ranks} for i in anchored}
     outer = {i: {r: OuterSGD(**o) for r in ranks} for i, o in enumerate(outers) if o is not None}
     overlaps = overlaps or [0] * len(periods)
+    fragments = fragments or [None] * len(periods)
+    every = [p // len(f) if f else p for p, f in zip(periods, fragments)]
+    own_outer = {(i, f): {r: OuterSGD(**outers[i]) for r in ranks}
+                 for i, parts in enumerate(fragments) if parts and outers[i] is not None
+                 for f in range(len(parts))}
     pending = []  # (due step, level, correction per rank)
     history = []
     for t in range(1, steps + 1):
-        level = reference_level(t, periods, warmup)
+        level = reference_level(t, every, warmup)
         if level == "sync":
             g = sum(np.asarray(grad(r, t), dtype=np.float64) for r in ranks) / len(ranks)
             for r in ranks:
@@ -215,7 +257,14 @@ def simulate_levels_sgd(init, grad, lr, level_groups, periods, warmup, steps, ou
                     anchor[i] = {r: w[r].copy() for r in ranks}
             for r in ranks:
                 w[r] = w[r] - lr * np.asarray(grad(r, t), dtype=np.float64)
-            if level is not None and overlaps[level]:
+            if level is not None and fragments[level]:
+                f = ((t - warmup) // every[level] - 1) % len(fragments[level])
+                correction = fragment_step(w, level_groups, level, fragments[level][f], anchor,
+                                           outer, codecs, residual, own_outer.get((level, f)),
+                                           overlaps[level])
+                if correction is not None:
+                    pending.append((t + overlaps[level], level, correction))
+            elif level is not None and overlaps[level]:
                 pending.append((t + overlaps[level], level, start_overlapped(
                     w, level_groups, level, anchor, outer, codecs, residual)))
             elif level is not None:

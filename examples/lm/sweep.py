@@ -70,6 +70,10 @@ def quality_configs(s: int, k: int, outer, overlap: int, plan: Optional[Config] 
         "int4": Config("hier", 1, k, s, outer, "int4"),
         "int2": Config("hier", 1, k, s, outer, "int2"),
         "topk": Config("hier", 1, k, s, outer, "topk0.02_int2"),
+        # the ablation: the same codecs without error feedback
+        "int2_noef": Config("hier", 1, k, s, outer, "int2", feedback=False),
+        "topk_noef": Config("hier", 1, k, s, outer, "topk0.02_int2", feedback=False),
+        "frag4": Config("hier", 1, k, s, outer, fragments=4),
     }
     configs = list(cfg.values())
     if plan is not None and plan not in configs:
@@ -108,7 +112,7 @@ PRESETS = {
 # The order the quality sweep runs its methods in: the targets' first, so that a sweep cut
 # short has the most to say (the table keeps the reading order of quality_configs).
 RUN_FIRST = ("sync", "outer8", "hier", "kavg", "int8", "torch", "outer4", "int8_overlap", "int2",
-             "topk", "int4")
+             "topk", "int4", "int2_noef", "topk_noef", "frag4")
 
 
 def run_order(configs, roles):

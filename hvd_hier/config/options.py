@@ -105,7 +105,8 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
     shorthand = levels is None
     levels = levels_from_args(levels, local_steps, local_rounds, group_size, outer,
                               global_compression, overlap_steps)
-    schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps)
+    schedule = HierSchedule(periods=[lv.period for lv in levels], warmup_steps=warmup_steps,
+                            fragments=[lv.options.get("fragments", 1) for lv in levels])
     if elastic:
         _check_elastic(levels)
     backward_passes_per_step = _check_reduction(op, backward_passes_per_step,
@@ -117,6 +118,10 @@ def make_config(*, local_steps=None, local_rounds=None, group_size=None, levels=
             groups = num_groups
     bucket_cap_mb = _positive_number("bucket_cap_mb", bucket_cap_mb)
     flat_storage = _flag("flat_storage", flat_storage)
+    if flat_storage and schedule.fragments[-1] > 1:
+        raise ValueError(f"levels[{len(levels) - 1}]: fragments={schedule.fragments[-1]} "
+                         "reduces parts of the model, which flat storage keeps in shared "
+                         "buffers; pass flat_storage=False")
     stall_timeout_s = _positive_number("stall_timeout_s", stall_timeout_s, allow_none=True)
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")

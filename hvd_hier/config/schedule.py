@@ -6,6 +6,11 @@ step is synchronous SGD (gradients averaged over all ranks). After that, with
 ``u`` (at most one averaging per step), and by none if no period divides it. Levels are
 listed innermost first; each period is a multiple of the one below.
 
+A level with F fragments (``fragments``; the outermost only) reduces one fragment every
+period/F steps: fragment f at the steps where u is (f + 1)·period/F modulo the period, so
+the last fragment at the level's own steps. For the choice of the due level, its period is
+period/F.
+
 The two-level form (``local_steps`` K1, ``local_rounds`` K2) has periods ``(K1, K1 * K2)``:
 
 * ``u % (K1 * K2) == 0``: global reduction, the model is averaged over all ranks;
@@ -89,12 +94,16 @@ class HierSchedule:
         >>> s3 = HierSchedule(periods=(1, 2, 4))
         >>> [s3.level_at(t) for t in range(1, 9)]
         [0, 1, 0, 2, 0, 1, 0, 2]
+        >>> f = HierSchedule(periods=(1, 8), fragments=(1, 4))
+        >>> [(f.level_at(t), f.fragment_at(t)) for t in (2, 4, 6, 8)]
+        [(1, 0), (1, 1), (1, 2), (1, 3)]
     """
 
     local_steps: Optional[int] = None
     local_rounds: Optional[int] = None
     warmup_steps: int = 0
     periods: Optional[tuple] = None
+    fragments: Optional[tuple] = None  #: per level (1: the whole model at once)
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -111,6 +120,12 @@ class HierSchedule:
         set_(self, "local_steps", k1)
         set_(self, "local_rounds", k2)
         set_(self, "warmup_steps", check_int("warmup_steps", self.warmup_steps, 0))
+        set_(self, "fragments", _check_fragments(self.fragments, self.periods))
+
+    @property
+    def steps(self) -> tuple:
+        """Steps between two reductions of each level: its period, over F with fragments."""
+        return tuple(p // f for p, f in zip(self.periods, self.fragments))
 
     @property
     def period(self) -> int:
@@ -125,9 +140,19 @@ class HierSchedule:
             return None
         u = t - self.warmup_steps
         for level in range(len(self.periods) - 1, -1, -1):
-            if u % self.periods[level] == 0:
+            if u % self.steps[level] == 0:
                 return level
         return None
+
+    def fragment_at(self, t: int) -> Optional[int]:
+        """The fragment the level of step ``t`` reduces (``level_at``): f where u is
+        (f + 1)·period/F modulo the period; 0 for a level without fragments; None where
+        ``level_at`` is None."""
+        level = self.level_at(t)
+        if level is None:
+            return None
+        u = t - self.warmup_steps
+        return (u // self.steps[level] - 1) % self.fragments[level]
 
     def reduction_at(self, t: int) -> Reduction:
         """The reduction of step ``t`` (``t >= 1``): the outermost level is ``GLOBAL``, every
@@ -142,10 +167,11 @@ class HierSchedule:
 
     def level_counts_through(self, t: int) -> List[int]:
         """How many averagings each level does in steps ``1..t`` (closed form): level i
-        averages where its period divides u and the next level's does not."""
+        averages where its period (over F, ``steps``) divides u and the next level's does
+        not; a fragment's reduction counts as one."""
         t = check_int("t", t, 0)
         u = t - min(t, self.warmup_steps)
-        p = self.periods
+        p = self.steps
         return [u // p[i] - (u // p[i + 1] if i + 1 < len(p) else 0) for i in range(len(p))]
 
     def counts_through(self, t: int) -> Dict[str, int]:
@@ -162,3 +188,22 @@ class HierSchedule:
             "global": global_,
             "none": t - sync - local - global_,
         }
+
+
+def _check_fragments(fragments, periods) -> tuple:
+    """Fragments per level (None: 1 each), each dividing its level's period, each level's
+    period/F a multiple of the one below's."""
+    if fragments is None:
+        return (1,) * len(periods)
+    fragments = tuple(check_int(f"the fragments of levels[{i}]", f, 1)
+                      for i, f in enumerate(fragments))
+    if len(fragments) != len(periods):
+        raise ValueError(f"fragments must give one count per level ({len(periods)}), got "
+                         f"{fragments!r}")
+    steps = []
+    for i, (p, f) in enumerate(zip(periods, fragments)):
+        if p % f or (steps and (p // f) % steps[-1]):
+            raise ValueError(f"levels[{i}]: fragments={f} must divide the period {p}, and "
+                             "period/fragments be a multiple of the step of the level below")
+        steps.append(p // f)
+    return fragments

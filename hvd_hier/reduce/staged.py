@@ -102,19 +102,21 @@ class Staged(Strategy):
 
     def _first_stage(self, red: InFlight, t: int, deadline: Optional[float]) -> int:
         """Before the snapshot: overlapped, the level below averages (as if due); not
-        overlapped, the check on the tensors, then the groups below take their plain mean.
+        overlapped, the check on the tensors, then the groups below take their plain mean
+        (neither for a fragment: the level below averaged already, ``Context.lower_done``).
         Returns the divisor so far (the group's size, or the finite ranks)."""
-        divisor = len(self.level.topology.group)
+        divisor, done = len(self.level.topology.group), self.ctx.lower_done
         if self.overlap:
-            if self.below:
+            if self.below and not done:
                 self.below[-1].immediate.start(t, deadline)
             self.ctx.relink()
             return divisor
         self.ctx.relink()
         divisor, red.dropped = self.check(t, deadline)
-        lower = self.below[-1].topology
-        self.ctx.averager.average(lower.process_set, len(lower.group),
-                                  f"{self.level.tag}.staged.lower", deadline)
+        if not done:
+            lower = self.below[-1].topology
+            self.ctx.averager.average(lower.process_set, len(lower.group),
+                                      f"{self.level.tag}.staged.lower", deadline)
         return divisor
 
     def _pieces(self, red: InFlight, copies, tag: str):
@@ -204,7 +206,7 @@ def apply_correction(ctx, red: InFlight, below: Sequence) -> None:
     into the taken anchors of the levels ``below`` it."""
     ctx.relink()
     targets = [list(ctx.averager.tensors)] + [
-        lv.anchor.anchor for lv in below if lv.anchor is not None and lv.anchor.taken]
+        ctx.pick(lv.anchor.anchor) for lv in below if lv.anchor is not None and lv.anchor.taken]
     with torch.no_grad():
         for table in targets:
             views, tensors = nonempty(red.correction, table)

@@ -34,6 +34,15 @@ class Context:
     deterministic: bool  #: one piece at a time (no fusion by Horovod)
     flat_storage: bool
     stats: object  #: the optimizer's ``Stats`` (skipped contributions)
+    #: a fragment's (``hvd_hier.runtime.fragments``): the positions of its tensors among all
+    #: the averaged tensors (None: all of them)
+    indices: Optional[Sequence[int]] = None
+    #: a fragment's: the level below averaged the whole model before this reduction
+    lower_done: bool = False
+
+    def pick(self, table: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """This context's tensors of ``table`` (one tensor per averaged tensor)."""
+        return list(table) if self.indices is None else [table[i] for i in self.indices]
 
     def relink(self) -> None:
         """Flat storage: tensors whose ``.data`` was re-assigned go back into their slots (an

@@ -174,8 +174,7 @@ def rebuild(opt) -> None:
     bind(h, topo, level_topologies)
     _adopt(h, payloads[0]["t"], topo.set_ranks[0])
     for level in h.levels:  # what this rank's codecs lost belongs to the model it had
-        if level.reducer is not None:
-            level.reducer.reset_residuals()
+        level.reset_residuals()
     _agree_anchors(h, per_group=False)
     _agree_corrections(h, per_group=False)
     h.position.agreed = True

@@ -19,7 +19,7 @@ from ..reduce.buckets import BucketAverager
 from ..reduce.flat import FlatAverager
 from ..reduce.strategy import Context
 from .agreement import bind, setup
-from .level import build_levels
+from .build import build_levels
 from .optimizer import HierAvgOptimizer
 from .state import HierState
 

@@ -17,15 +17,14 @@ import torch
 from ..config.levels import Level
 from ..outer.anchor import Anchor
 from ..reduce.choice import choose_immediate, choose_strategy
-from ..reduce.codec import DeltaReducer, piece_bucket_cap
-from ..reduce.gathered import make_reducer
+from ..reduce.codec import DeltaReducer
 from ..reduce.pieces import Copy, LevelCopies
 from ..reduce.staged import apply_correction
 from ..comm.collectives import cpu_copy
 from ..reduce.strategy import Context, InFlight, stopwatch
 from .state import LevelStats
 
-__all__ = ["level_name", "LevelRuntime", "build_levels"]
+__all__ = ["level_name", "LevelRuntime", "describe_outer"]
 
 
 def level_name(config, index: int) -> str:
@@ -168,15 +167,23 @@ class LevelRuntime:
         """Forget the anchor, the outer state and the residuals (taken afresh after warmup)."""
         if self.anchor is not None:
             self.anchor.reset()
+        self.reset_residuals()
+
+    def reset_residuals(self) -> None:
+        """Zero this rank's error residuals (an elastic rebuild: the model is rank 0's)."""
         if self.reducer is not None:
             self.reducer.reset_residuals()
+
+    def describe_reduction(self) -> str:
+        """What the level's reduction does, in a few words (its strategy's)."""
+        return self.strategy.describe()
 
     def __repr__(self) -> str:
         title = f"{self.name[0].upper()}{self.name[1:]}"
         if self.topology is None:
             return f"{title}: every {self.spec.period} steps, groups not built yet"
         parts = [f"{len(self.topology.group)} ranks", f"every {self.spec.period} steps",
-                 self.strategy.describe()]
+                 self.describe_reduction()]
         if self.anchor is not None and self.anchor.outer is not None:
             parts.append(f"outer {describe_outer(self.anchor.outer)}")
         return f"{title}: {', '.join(parts)}"
@@ -190,25 +197,3 @@ def describe_outer(opt: torch.optim.Optimizer) -> str:
     if d.get("nesterov"):
         words.append("nesterov")
     return f"{type(opt).__name__}({', '.join(words)})"
-
-
-def build_levels(config, tensors, averager, ctx: Context) -> List[LevelRuntime]:
-    """One ``LevelRuntime`` per level of ``config``, innermost first, with the anchors, outer
-    optimizers (built and checked over the anchors) and codecs the levels ask for; before any
-    collective. An overlapped compressed level's buckets are one piece each."""
-    flat = averager.buckets if config.flat_storage else None
-    out: List[LevelRuntime] = []
-    for i, spec in enumerate(config.levels):
-        outer, codec = spec.options.get("outer"), spec.options.get("compression")
-        anchor = reducer = None
-        if outer is not None or codec is not None:
-            where = "" if config.shorthand else f"levels[{i}]"
-            anchor = Anchor(where, tensors.all, len(tensors.params), outer, flat)
-        if codec is not None:
-            cap = piece_bucket_cap(codec) if spec.options.get("overlap_steps") \
-                else config.bucket_cap_bytes
-            reducer = make_reducer(codec, tensors.all, anchor.anchor, cap,
-                                   error_feedback=spec.options.get("error_feedback", True))
-        out.append(LevelRuntime(i, spec, level_name(config, i), tensors.all, ctx, list(out),
-                                anchor, reducer))
-    return out

@@ -17,10 +17,12 @@ WORKERS = {
     "compressed.py": ["fp16_top", "bf16_top", "int8_top", "int8_middle_bf16_top", "bf16_outer",
                       "int4_top", "int2_top", "int2_middle_int4_top", "int2_outer",
                       "topk_top", "topk_middle_topk_top", "topk_outer",
-                      "int8_top.flat", "int2_top.flat", "compressed_resume",
+                      "int2_top_no_feedback", "topk_outer_no_feedback", "int8_top.flat", "int2_top.flat", "compressed_resume",
                       "compressed_nonfinite_skip", "compressed_reset"],
     "overlap.py": ["k1_d2", "outer_d2", "three_levels", "outer_int8_d1", "outer_int2_d2", "k1_d2.flat",
                    "kavg_d1.shorthand", "overlap_resume", "overlap_nonfinite"],
+    "fragments.py": ["plain_f4", "outer_f4", "int8_f2", "topk_outer_f2", "overlap_f2",
+                     "overlap_int2_outer_f4", "kavg_f2", "alone_f3", "fragments_resume"],
 }
 
 

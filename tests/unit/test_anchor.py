@@ -14,7 +14,7 @@ from hvd_hier.outer.anchor import Anchor, make_outer
 from hvd_hier.reduce.buckets import BucketAverager
 from hvd_hier.reduce.flat import FlatAverager
 from hvd_hier.reduce.strategy import Context
-from hvd_hier.runtime.level import build_levels
+from hvd_hier.runtime.build import build_levels
 from hvd_hier.runtime.state import Stats
 
 SGD = functools.partial(torch.optim.SGD, lr=0.5, momentum=0.5, nesterov=True)

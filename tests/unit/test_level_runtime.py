@@ -13,7 +13,8 @@ from hvd_hier.reduce.immediate import CompressedDeltas, PlainAverage
 from hvd_hier.reduce.staged import Staged
 from hvd_hier.reduce.stages import OneStage, TwoStage
 from hvd_hier.reduce.strategy import Context
-from hvd_hier.runtime.level import build_levels, describe_outer
+from hvd_hier.runtime.build import build_levels
+from hvd_hier.runtime.level import describe_outer
 from hvd_hier.runtime.state import Stats
 from hvd_hier.topology.process_sets import LevelTopology
 

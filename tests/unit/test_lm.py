@@ -351,13 +351,17 @@ def test_the_sweeps_methods_and_their_names():
         "hier_S4_K11_K24_outer0.7m0.9", "hier_S4_K11_K28_outer0.7m0.9",
         "hier_S4_K11_K28_outer0.7m0.9_int8", "hier_S4_K11_K28_outer0.7m0.9_int8_ov2",
         "hier_S4_K11_K28_outer0.7m0.9_int4", "hier_S4_K11_K28_outer0.7m0.9_int2",
-        "hier_S4_K11_K28_outer0.7m0.9_topk0.02_int2"]
+        "hier_S4_K11_K28_outer0.7m0.9_topk0.02_int2", "hier_S4_K11_K28_outer0.7m0.9_int2_noef",
+        "hier_S4_K11_K28_outer0.7m0.9_topk0.02_int2_noef", "hier_S4_K11_K28_outer0.7m0.9_frag4"]
+    assert configs[-1].train_args()[-2:] == ["--global-fragments", "4"]
+    assert configs[-2].label == ("Hier-AVG S=4 K1=1 K2=8 + outer lr=0.7 m=0.9 + topk0.02_int2 "
+                                 "without error feedback")
     assert roles["int8_base"] == roles["outer8"] == "hier_S4_K11_K28_outer0.7m0.9"
     assert configs[1].train_args() == ["--algo", "torch", "--local-steps", "1",
                                        "--local-rounds", "8", "--group-size", "4"]
     assert Config("sync", lr=0.004).train_args() == ["--algo", "sync", "--lr", "0.004"]
     plan = Config("hier", 1, 8, 4, (0.7, 0.9), "int8", 2)
-    assert len(sweep.quality_configs(4, 8, (0.7, 0.9), 2, plan)[0]) == 11  # already there
+    assert len(sweep.quality_configs(4, 8, (0.7, 0.9), 2, plan)[0]) == 14  # already there
     assert sweep.launcher(configs[1], 8, 4, "py")[:3] == ["py", "-m", "torch.distributed.run"]
     assert sweep.launcher(configs[0], 8, 4, "/v/bin/py")[:5] == [
         "/v/bin/horovodrun", "-np", "8", "-H", "localhost:4,127.0.0.1:4"]
@@ -391,7 +395,7 @@ def test_the_planners_recommendation_joins_the_comparison(tmp_path):
     plan = sweep.plan_config(str(path), 4, (0.7, 0.9))
     assert plan == Config("hier", 4, 4, 4, (0.7, 0.9), None, 1)
     configs, _ = sweep.quality_configs(4, 8, (0.7, 0.9), 2, plan)
-    assert configs[-1].name == "hier_S4_K14_K24_outer0.7m0.9_ov1" and len(configs) == 12
+    assert configs[-1].name == "hier_S4_K14_K24_outer0.7m0.9_ov1" and len(configs) == 15
     assert sweep.plan_config(None, 4, (0.7, 0.9)) is None
 
 
@@ -402,7 +406,8 @@ def test_the_sweep_runs_the_targets_methods_first():
         "hier_S4_K11_K28_outer0.7m0.9_int8", "torch_S4_K11_K28", "hier_S4_K11_K24_outer0.7m0.9",
         "hier_S4_K11_K28_outer0.7m0.9_int8_ov2", "hier_S4_K11_K28_outer0.7m0.9_int2",
         "hier_S4_K11_K28_outer0.7m0.9_topk0.02_int2", "hier_S4_K11_K28_outer0.7m0.9_int4",
-        "hier_S4_K14_K24"]
+        "hier_S4_K11_K28_outer0.7m0.9_int2_noef", "hier_S4_K11_K28_outer0.7m0.9_topk0.02_int2_noef",
+        "hier_S4_K11_K28_outer0.7m0.9_frag4", "hier_S4_K14_K24"]
 
 
 # --- wall-clock to a target ---------------------------------------------------------------
