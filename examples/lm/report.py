@@ -26,6 +26,7 @@ INT2_WITHIN = 0.01  # 2-bit deltas with error feedback
 TOPK_WITHIN = 0.02  # top-k 2% with 2-bit values
 TOPK_FEWER_THAN_HIER = 50  # bytes across nodes, against uncompressed Hier-AVG
 TOPK_FEWER_THAN_SYNC = 400  # and against synchronous SGD over the same tokens
+FRAGMENTS_WITHIN = 0.01  # the global level in 4 streaming fragments
 
 
 def ranks_per_node(run: Dict) -> int:
@@ -44,6 +45,7 @@ def link_bytes_per_global(run: Dict, row: Dict) -> float:
     encoded, codec = None, args.get("global_compression")
     if codec and row["global_averages"]:
         encoded = row["bytes_global"] / row["global_averages"]
+    size /= args.get("global_fragments", 1)  # a fragment's reduction: 1/F of the model
     gathered = bool(codec) and (codec in ("int4", "int2") or codec.startswith("topk"))
     return global_link_bytes(size, p, l, encoded, two_stage=args["algo"] == "hier",
                              gathered=gathered)
@@ -121,15 +123,17 @@ def quality_targets(results: Dict[str, List[Dict]], names: Dict[str, str]) -> Li
     else:
         out.append(Target(what, None, "no runs of Hier-AVG or K-AVG"))
 
-    for role, limit in (("int8", INT8_WITHIN), ("int2", INT2_WITHIN), ("topk", TOPK_WITHIN)):
+    for role, limit in (("int8", INT8_WITHIN), ("int2", INT2_WITHIN), ("topk", TOPK_WITHIN),
+                        ("frag4", FRAGMENTS_WITHIN)):
         out.append(_codec_target(results, names, role, limit))
     out.extend(_topk_bytes_targets(results, names))
     return out
 
 
 def _codec_target(results, names, role: str, limit: float) -> Target:
-    """The codec of ``role`` ends within ``limit`` of the same schedule uncompressed."""
-    codec = "top-k 2% + 2-bit" if role == "topk" else role
+    """The codec (or the fragments) of ``role`` ends within ``limit`` of the same schedule
+    uncompressed (whole)."""
+    codec = {"topk": "top-k 2% + 2-bit", "frag4": "4 fragments"}.get(role, role)
     what = f"{codec} ends within {100 * limit:g}% of uncompressed at the same schedule"
     base = names.get("int8_base")
     if names.get(role) not in results or base not in results:
@@ -160,6 +164,26 @@ def _topk_bytes_targets(results, names) -> List[Target]:
         out.append(Target(what, ratio >= want, f"{ratio:.0f}x ({_size(theirs)} against "
                                                 f"{_size(mine)} over the same tokens)"))
     return out
+
+
+def ablation_section(results: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
+    """What error feedback buys: each codec with and without it, against uncompressed at the
+    same schedule, and the paired difference (without less with), over the seeds."""
+    lines = ["## Ablation: error feedback", ""]
+    base = names.get("int8_base")
+    for role, codec in (("int2", "2-bit"), ("topk", "top-k 2% + 2-bit")):
+        with_, without = names.get(role), names.get(f"{role}_noef")
+        if not all(n in results for n in (base, with_, without)):
+            lines.append(f"- {codec}: no runs with and without error feedback.")
+            continue
+        m1, sd1, _ = paired(results[base], results[with_])
+        m0, sd0, _ = paired(results[base], results[without])
+        md, sdd, d = paired(results[with_], results[without])
+        lines.append(f"- {codec}: with error feedback {_pct(m1)} ± {100 * sd1:.2f}, without "
+                     f"{_pct(m0)} ± {100 * sd0:.2f} against uncompressed; without less with "
+                     f"{_pct(md)} ± {100 * sdd:.2f}, higher on {sum(x > 0 for x in d)} of "
+                     f"{len(d)} seeds.")
+    return "\n".join(lines) + "\n"
 
 
 def targets_section(targets: List[Target]) -> str:

@@ -351,7 +351,8 @@ def main(argv=None):
     text = (f"# {args.preset}: inner lr {lr:g}, outer lr {outer[0]:g} momentum {outer[1]:g}"
             f"{' (tuned: ' + args.tuned + ')' if args.tuned else ' (not tuned)'}\n\n"
             + report.table(results, labels) + "\n"
-            + report.targets_section(report.quality_targets(results, roles)))
+            + report.targets_section(report.quality_targets(results, roles)) + "\n"
+            + report.ablation_section(results, roles))
     (out_dir / "table.md").write_text(text)
     written = plot(results, labels, out_dir)
     print("\n" + text)

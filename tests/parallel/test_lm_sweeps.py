@@ -19,7 +19,8 @@ METHODS = ["sync", "torch_S2_K11_K24", "kavg_K4", "hier_S2_K11_K24",
            "hier_S2_K11_K22_outer0.7m0.9", "hier_S2_K11_K24_outer0.7m0.9",
            "hier_S2_K11_K24_outer0.7m0.9_int8", "hier_S2_K11_K24_outer0.7m0.9_int8_ov1",
            "hier_S2_K11_K24_outer0.7m0.9_int4", "hier_S2_K11_K24_outer0.7m0.9_int2",
-           "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2"]
+           "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2", "hier_S2_K11_K24_outer0.7m0.9_int2_noef",
+           "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2_noef", "hier_S2_K11_K24_outer0.7m0.9_frag4"]
 
 
 def test_lm_sweep_smoke(tmp_path):
@@ -42,7 +43,11 @@ def test_lm_sweep_smoke(tmp_path):
                       "hier_S2_K11_K24_outer0.7m0.9_int8_ov1": (2, 8),
                       "hier_S2_K11_K24_outer0.7m0.9_int4": (2, 6),
                       "hier_S2_K11_K24_outer0.7m0.9_int2": (2, 6),
-                      "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2": (2, 6)}, counts
+                      "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_int2_noef": (2, 6),
+                      "hier_S2_K11_K24_outer0.7m0.9_topk0.02_int2_noef": (2, 6),
+                      # a quarter of the model every step, after the node's average
+                      "hier_S2_K11_K24_outer0.7m0.9_frag4": (8, 8)}, counts
     for m, r in runs.items():
         assert [e["steps"] for e in r["evals"]] == [0, 4, 8], m
         assert r["evals"][0]["train_bpb"] is None and r["evals"][-1]["train_bpb"] > 0, m
@@ -61,13 +66,17 @@ def test_lm_sweep_smoke(tmp_path):
     sent = {c: runs[f"hier_S2_K11_K24_outer0.7m0.9_{c}"]["evals"][-1]["bytes_global"]
             for c in ("int4", "int2", "topk0.02_int2")}
     assert sent == {"int4": 2 * 11 * 1040, "int2": 2 * 11 * 528, "topk0.02_int2": 2 * 11 * 112}
+    # fragments: the whole model once per period, in four parts
+    assert runs["hier_S2_K11_K24_outer0.7m0.9_frag4"]["evals"][-1]["bytes_global"] == plain
 
     table = (tmp_path / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test bits/byte |") and len(rows) == 1 + len(METHODS)
     assert rows[1].startswith("| sync SGD |") and rows[2].startswith("| PyTorch averager S=2")
-    targets = table.split("## Targets\n\n", 1)[1].splitlines()
-    assert len(targets) == 7 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
+    targets = table.split("## Targets\n\n", 1)[1].split("\n\n")[0].splitlines()
+    assert len(targets) == 8 and all(t.startswith(("- **met**", "- **missed**")) for t in targets)
+    ablation = table.split("## Ablation: error feedback\n\n", 1)[1].splitlines()
+    assert len(ablation) == 2 and ablation[0].startswith("- 2-bit: with error feedback ")
     for png in ("val_vs_steps.png", "val_vs_link_bytes.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 

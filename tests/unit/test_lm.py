@@ -319,9 +319,10 @@ def test_quality_targets_met_and_missed_with_their_figures():
     results = _results(sync=[2.0, 2.1, 2.2], kavg=[2.3, 2.3, 2.3], hier=[2.2, 2.25, 2.2],
                        outer8=[2.03, 2.13, 2.23], int8=[2.031, 2.131, 2.231])
     t = report.quality_targets(results, ROLES)
-    assert [x.status() for x in t] == ["met", "met", "met"] + ["not measured"] * 4
+    assert [x.status() for x in t] == ["met", "met", "met"] + ["not measured"] * 5
     assert t[3].figures == "no runs of int2 or its uncompressed twin"
-    assert t[5].what == "top-k 2% + 2-bit sends at least 50x fewer bytes across nodes than hier"
+    assert t[5].what == "4 fragments ends within 1% of uncompressed at the same schedule"
+    assert t[6].what == "top-k 2% + 2-bit sends at least 50x fewer bytes across nodes than hier"
     assert t[0].figures.startswith("outer: +1.4") and "(64 against 8 global reductions, 8.0x fewer)" in t[0].figures
     assert t[1].figures == ("hier_S4_K11_K28 minus kavg_K8: -0.0833 ± 0.0289 bits/byte; lower on "
                             "3 of 3 seeds (8 and 8 global reductions)")
@@ -334,6 +335,28 @@ def test_quality_targets_met_and_missed_with_their_figures():
     assert report.quality_targets(results, ROLES)[1].status() == "not measured"
     section = report.targets_section(t)
     assert section.startswith("## Targets\n\n- **missed**: With an outer optimizer")
+
+
+def test_the_ablation_pairs_each_codec_with_and_without_error_feedback():
+    results = _results(sync=[2.0] * 3, kavg=[2.3] * 3, hier=[2.2] * 3, outer8=[2.0, 2.1, 2.2],
+                       int8=[2.0] * 3)
+    results["i2"] = [_run("hier", s, v) for s, v in enumerate([2.02, 2.121, 2.222])]
+    results["i2n"] = [_run("hier", s, v) for s, v in enumerate([2.04, 2.142, 2.2])]
+    roles = {**ROLES, "int2": "i2", "int2_noef": "i2n"}
+    assert report.ablation_section(results, roles).splitlines()[2:] == [
+        # without: +2%, +2%, 0%; without less with: +0.99%, +0.99%, -0.99%
+        "- 2-bit: with error feedback +1.00% ± 0.00, without +1.33% ± 1.15 against "
+        "uncompressed; without less with +0.33% ± 1.14, higher on 2 of 3 seeds.",
+        "- top-k 2% + 2-bit: no runs with and without error feedback."]
+
+
+def test_a_fragments_reduction_sends_its_share_of_the_model():
+    whole = _run("hier", 0, 2.0, globals_=8, param_bytes=1000, group_size=4)
+    parts = _run("hier", 0, 2.0, globals_=32, param_bytes=1000, group_size=4)
+    parts["args"]["global_fragments"] = 4
+    row = {"global_averages": 32, "bytes_global": 8000}
+    assert report.link_bytes_per_global(parts, row) == \
+        report.link_bytes_per_global(whole, {**row, "global_averages": 8}) / 4
 
 
 def test_table_rows_carry_means_and_bytes():
