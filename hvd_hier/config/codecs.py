@@ -3,7 +3,10 @@ dense ones are strings, ``hvd_hier.config.levels.CODECS``)."""
 
 from __future__ import annotations
 
-__all__ = ["TOPK_VALUES", "TopK"]
+
+import re
+
+__all__ = ["TOPK_VALUES", "TopK", "codec_named"]
 
 TOPK_VALUES = ("int8", "int4", "int2")  #: the codecs a TopK's kept values can take
 
@@ -51,3 +54,13 @@ class TopK:
         if self.values not in TOPK_VALUES:
             raise ValueError(f"{what}: TopK values must be one of {', '.join(TOPK_VALUES)}, "
                              f"got {self.values!r}")
+
+
+_SHORT = re.compile(r"^topk([0-9.eE+-]+)_(int8|int4|int2)$")
+
+
+def codec_named(name):
+    """What a level's ``compression`` takes for a codec's short name: the name itself, or
+    the ``TopK`` that ``str()`` names (``topk0.02_int2``)."""
+    m = _SHORT.match(name) if isinstance(name, str) else None
+    return name if m is None else TopK(float(m.group(1)), values=m.group(2))

@@ -143,22 +143,24 @@ def _local_seconds(numel: int, node: List[int], node_set, repeats: int) -> float
 
 def _codec_seconds(codec: str, x, shares: int, repeats: int) -> float:
     """The fused kernels' time for one compressed reduction of ``x`` on this rank: encoding
-    its share (1/``shares``) and decoding the whole mean into the model."""
+    its share (1/``shares``) and decoding the whole mean into the model (``codec``: a
+    codec's short name)."""
     import torch
 
-    from ..comm.extension import extension
+    from ..config.codecs import codec_named
+    from ..reduce.gathered import make_reducer
 
-    ext = extension()
     part = x[: max(1, x.numel() // shares)]
-    anchor = torch.zeros_like(part)
-    residual = [torch.zeros_like(part)] if codec == "int8" else []
-    encoded = torch.empty(ext.encoded_bytes(codec, part.numel()), dtype=torch.uint8)
-    whole = torch.zeros(ext.encoded_bytes(codec, x.numel()), dtype=torch.uint8)
-    target, target_anchor = torch.zeros_like(x), torch.zeros_like(x)
+    mine = make_reducer(codec_named(codec), [part], [torch.zeros_like(part)], 25 << 20)
+    whole = make_reducer(codec_named(codec), [torch.zeros_like(x)], [torch.zeros_like(x)],
+                         25 << 20)
+    means = [torch.zeros(n, dtype=torch.uint8) for n in whole.encoded_sizes]
 
     def run():
-        ext.encode_delta([part], [anchor], residual, encoded, codec)
-        ext.apply_delta(whole, [target], [target_anchor], codec)
+        for i in range(len(mine.buckets)):
+            mine.encode(i)
+        for i, mean in enumerate(means):
+            whole.finish(i, mean)
 
     return _timed(run, repeats)
 
@@ -175,13 +177,14 @@ def _compressed_seconds(codec: str, numel: int, members: List[int], process_set,
 
     import horovod.torch as hvd
 
+    from ..config.codecs import codec_named
     from ..reduce.codec import run_steps
     from ..reduce.gathered import make_reducer
 
     part = max(1, numel // shares)
     source = torch.randn(part, generator=torch.Generator().manual_seed(hvd.rank()))
     x, anchor = torch.empty(part), torch.zeros(part)
-    reducer = make_reducer(codec, [x], [anchor], 25 << 20)
+    reducer = make_reducer(codec_named(codec), [x], [anchor], 25 << 20)
     rank, tag = hvd.rank(), f"plan.{codec}"
     target = torch.zeros(part)
 

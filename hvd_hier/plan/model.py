@@ -30,16 +30,43 @@ job.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from ..reduce import CHUNK_BYTES
 
-__all__ = ["INT8_BYTES_PER_ELEMENT", "HALF_BYTES_PER_ELEMENT", "ring", "global_link_bytes",
-           "step_time", "hidden_seconds", "overlap_collectives", "encoded_size", "Cluster"]
+__all__ = ["INT8_BYTES_PER_ELEMENT", "HALF_BYTES_PER_ELEMENT", "RECORD_BYTES", "record_bytes",
+           "is_gathered", "ring", "global_link_bytes", "peak_link_bytes", "step_time",
+           "hidden_seconds", "overlap_collectives", "encoded_size", "Cluster"]
 
 INT8_BYTES_PER_ELEMENT = 2064 / 2048  #: a record of 2048 values and a 16-byte header
 HALF_BYTES_PER_ELEMENT = 2.0  #: fp16, bf16
+CHUNK = 2048  #: elements per record (csrc/codec.h)
+#: bytes of one record of ``CHUNK`` elements per dense codec (csrc/codec.h)
+RECORD_BYTES = {"fp16": 4096, "bf16": 4096, "int8": 2064, "int4": 1040, "int2": 528}
+_BITS = {"int8": 8, "int4": 4, "int2": 2}
+_TOPK = re.compile(r"^topk([0-9.eE+-]+)_(int8|int4|int2)$")  # str(hvd_hier.TopK(...))
+
+
+def record_bytes(codec: str) -> int:
+    """Bytes of one record of ``codec`` (a dense codec's name, or a top-k's short name such as
+    ``topk0.02_int2``: a 16-byte header, k two-byte offsets and k codes, padded to 16 bytes,
+    k = ceil(fraction·2048); csrc/topk.h)."""
+    if codec in RECORD_BYTES:
+        return RECORD_BYTES[codec]
+    m = _TOPK.match(codec)
+    if m is None:
+        raise ValueError(f"codec must be one of {', '.join(RECORD_BYTES)} or topk<fraction>_"
+                         f"<int8|int4|int2>, got {codec!r}")
+    k = min(CHUNK, max(1, math.ceil(float(m.group(1)) * CHUNK)))
+    raw = 16 + 2 * k + math.ceil(k * _BITS[m.group(2)] / 8)
+    return -(-raw // 16) * 16
+
+
+def is_gathered(codec: Optional[str]) -> bool:
+    """Whether every rank gathers every contribution of ``codec`` (int4, int2, top-k)."""
+    return codec is not None and (codec in ("int4", "int2") or codec.startswith("topk"))
 
 
 def ring(p: int) -> float:
@@ -72,11 +99,20 @@ def global_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float
     return (l * (p - l) + (p - 1)) / p * encoded if p > 1 else 0.0
 
 
+def peak_link_bytes(size_bytes: float, p: int, l: int, encoded: Optional[float] = None,
+                    two_stage: bool = False, gathered: bool = False,
+                    fragments: int = 1) -> float:
+    """Bytes one node's uplink sends at the step of one global reduction: with F fragments,
+    about 1/F of ``global_link_bytes`` (the split's fragments differ by at most a tensor)."""
+    return global_link_bytes(size_bytes, p, l, encoded, two_stage, gathered) / fragments
+
+
 def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
               t_compute: float, b_inter: float, t_local: float, latency: float = 0.0,
               encoded: Optional[float] = None, two_stage: bool = False,
               overlap: int = 0, t_codec: float = 0.0,
-              t_global: Optional[float] = None, collectives: int = 0) -> float:
+              t_global: Optional[float] = None, collectives: int = 0,
+              gathered: bool = False, fragments: int = 1) -> float:
     """The model's seconds per step (see the module doc; ``encoded``: the global level's
     encoded bytes per rank, for a compressed reduction; ``two_stage``: hvd_hier's reduction
     through the node, which adds a local averaging and a local gather of half its cost at
@@ -87,26 +123,30 @@ def step_time(method: str, k1: int, k2: int, size_bytes: float, p: int, l: int,
     ``t_global``: the measured seconds of the global reduction after the node's averaging
     (its collectives, gather and codec passes; ``Cluster.t_global``), which then replaces
     latency, link, gather and codec terms, and of which all but ``t_codec`` can hide;
-    ``collectives``: those of one rank's overlapped reduction, for ``hidden_seconds``)."""
-    t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage) / b_inter
+    ``collectives``: those of one rank's overlapped reduction, for ``hidden_seconds``;
+    ``gathered``: every contribution allgathered (int4, int2, top-k); ``fragments``: F
+    reductions of 1/F of the model per period, each after the node's averaging, each with
+    its own latency and each hiding behind its own D steps)."""
+    t_link = global_link_bytes(size_bytes, p, l, encoded, two_stage, gathered) / b_inter
     if method == "compute":
         return t_compute
     if method == "sync":
         return t_compute + latency + t_link
-    period = k1 * k2
+    period, f = k1 * k2, fragments
     staged = two_stage and l >= 2 and p // l >= 2
     locals_ = 0 if method == "kavg" else k2 - 1
     extra = 0.0
-    if staged or overlap:  # the node's averaging at the global step; two stages: the gather
+    if staged or overlap or f > 1:  # the node averages at the global steps (f of them, of
+        # which f - 1 replace a local step); two stages: the gather
         locals_ += 1 if method != "kavg" else 0
         extra += 0.5 * t_local if staged else 0.0
     if t_global is not None:  # measured as a whole: the gather and codec passes are in it
-        comm, hideable = t_global, max(0.0, t_global - t_codec)
+        comm, hideable = t_global + (f - 1) * latency, max(0.0, t_global - t_codec)
         extra = 0.0
     else:
-        comm, hideable = latency + t_codec + t_link, t_link
-    return (period * t_compute + locals_ * t_local + extra + comm
-            - hidden_seconds(hideable, overlap, t_compute, collectives)) / period
+        comm, hideable = f * latency + t_codec + t_link, t_link
+    hidden = f * hidden_seconds(hideable / f, overlap, t_compute, -(-collectives // f))
+    return (period * t_compute + locals_ * t_local + extra + comm - hidden) / period
 
 
 def hidden_seconds(busy: float, overlap: int, t_compute: float, collectives: int = 0) -> float:
@@ -137,11 +177,12 @@ def overlap_collectives(size_bytes: float, l: int, encoded: Optional[float] = No
 
 
 def encoded_size(size_bytes: float, codec: Optional[str], element_size: int = 4) -> float:
-    """Bytes of the encoded delta of a model of ``size_bytes`` (``codec`` None: the model)."""
+    """Bytes of one rank's encoded delta of a model of ``size_bytes`` (``codec`` None: the
+    model): ``record_bytes`` per 2048 elements (a large model's last, partial record
+    neglected)."""
     if codec is None:
         return size_bytes
-    per = INT8_BYTES_PER_ELEMENT if codec == "int8" else HALF_BYTES_PER_ELEMENT
-    return size_bytes / element_size * per
+    return size_bytes / element_size / CHUNK * record_bytes(codec)
 
 
 @dataclass(frozen=True)

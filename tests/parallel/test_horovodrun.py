@@ -241,3 +241,13 @@ def test_the_planner_measures_the_job_and_recommends_a_setting():
     out = horovodrun("plan_cli.py", "--step", "plan_cli:tiny", "--periods", "8", "--repeats", 2,
                      np=4, hosts="localhost:2,127.0.0.1:2", timeout=120)
     assert f"model {4 * params / 1e6:.1f} MB" in out and "Recommended:" in out, out[-3000:]
+    # the gathered codecs and fragments: each codec's reduction measured, every setting
+    # predicted (K2 = 8 and 4 take 4 fragments, K2 = 2 does not)
+    out = horovodrun("plan_cli.py", "--model-mb", 2, "--compute-ms", 20, "--periods", "8",
+                     "--codecs", "none,int2,topk0.02_int2", "--fragments", "1,4", "--repeats", 2,
+                     "--rows", 100, np=4, hosts="localhost:2,127.0.0.1:2", timeout=120)
+    assert "a global reduction with int2" in out and \
+        "a global reduction with topk0.02_int2" in out, out[-3000:]
+    rows = [line for line in out.splitlines() if line.startswith("[0]<stdout>:| K1=")]
+    assert len(rows) == 3 * (4 + 4 + 2), rows
+    assert sum("4 fragments" in r for r in rows) == 3 * (2 + 2), rows

@@ -105,3 +105,46 @@ def test_the_grid_and_the_recommendation():
     text = plan.table(CLUSTER, 45e6, [fast, close, slow], close)
     assert "| K1=1 K2=8 **(recommended)** | 1080.0 ms | 20% |" in text
     assert "Recommended: hvd_hier.DistributedOptimizer(..., local_steps=1, local_rounds=8)" in text
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "int2", "topk0.02_int2",
+                                   "topk0.1_int8", "topk0.05_int4", "topk0.001_int2"])
+def test_the_planners_record_sizes_are_the_kernels(codec):
+    from hvd_hier.config.codecs import codec_named
+    from hvd_hier.reduce.codec import encoded_bytes
+
+    assert plan.record_bytes(codec) == encoded_bytes(codec_named(codec), 2048)
+    assert plan.is_gathered(codec) == (codec not in ("fp16", "bf16", "int8"))
+
+
+def test_gathered_codecs_and_fragments_in_closed_form():
+    # int2 at the top, two stages over 2 nodes: the other node's contribution crosses
+    encoded = 45e6 / 4 / 2048 * 528
+    (p,) = plan.predict(CLUSTER, 45e6, [plan.Setting(1, 8, "int2")])
+    assert p.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + encoded / 12.5e6) / 8)
+    assert p.peak == pytest.approx(encoded)
+    # four fragments: the same bytes per period in four reductions (four latencies), a
+    # quarter of them at each; the node averages at every fragment's step
+    lat = plan.Cluster(**{**CLUSTER.__dict__, "latency": 0.01})
+    whole, parts = plan.predict(lat, 45e6, [plan.Setting(1, 8), plan.Setting(1, 8, None, 0, 4)])
+    assert parts.step == pytest.approx(whole.step + 3 * 0.01 / 8)
+    assert parts.peak == pytest.approx(whole.peak / 4) and whole.peak == 45e6
+    # overlapped, each fragment hides behind its own D = 1 step
+    (o,) = plan.predict(lat, 45e6, [plan.Setting(1, 8, None, 1, 4)])
+    hidden = 4 * plan.hidden_seconds(0.9, 1, 0.1, 3)  # 11 pieces of the 22 per fragment
+    assert o.step == pytest.approx((8 * 0.1 + 8 * 0.2 + 0.1 + 4 * 0.01 + 3.6 - hidden) / 8)
+
+
+def test_fragments_and_topk_in_the_grid_and_the_arguments():
+    grid = plan.candidates(periods=(8,), k1s=(1, 2), codecs=(None,), fragments=(1, 4))
+    assert [s.describe() for s in grid] == [
+        "K1=1 K2=8", "K1=1 K2=8, overlap 7", "K1=1 K2=8, 4 fragments",
+        "K1=1 K2=8, overlap 1, 4 fragments", "K1=2 K2=4", "K1=2 K2=4, overlap 7",
+        "K1=2 K2=4, 4 fragments", "K1=2 K2=4, overlap 1, 4 fragments"]
+    assert plan.Setting(1, 8, "topk0.02_int2").arguments() == (
+        "local_steps=1, local_rounds=8, global_compression=hvd_hier.TopK(0.02, values='int2')")
+    assert plan.Setting(2, 4, "int8", 1, 4).arguments() == (
+        "levels=[(2, 'local'), hvd_hier.Level(8, 'all', compression='int8', overlap_steps=1, "
+        "fragments=4)]")
+    with pytest.raises(SystemExit):  # argparse names the flag and the value, before Horovod
+        plan.main(["--params", "10", "--codecs", "none,int3"])
