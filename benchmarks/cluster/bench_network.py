@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -34,8 +35,8 @@ from typing import Dict, List, Optional
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from costmodel import (Fit, global_link_bytes, predict_step, real_cluster_table, ring,  # noqa: E402
-                       run_compute, two_stage)
+from costmodel import (Fit, global_link_bytes, is_gathered, predict_step,  # noqa: E402
+                       real_cluster_table, ring, run_compute, two_stage)
 from launch import launch  # noqa: E402
 from netns import Cluster, can_create_namespaces, parse_rate, raise_on_signals  # noqa: E402
 import targets  # noqa: E402
@@ -54,37 +55,44 @@ def parse_schedules(text: str):
     return out
 
 
-# Hier-AVG variants: method name -> (global compression, overlapped). Overlapped runs use
-# overlap_steps = K1*K2 - 1, the most a schedule allows.
-HIER_METHODS = {"hier": (None, False), "hier_bf16": ("bf16", False), "hier_int8": ("int8", False),
-                "hier_overlap": (None, True), "hier_bf16_overlap": ("bf16", True),
-                "hier_int8_overlap": ("int8", True)}
+# Hier-AVG variants: method name -> (global compression, overlapped, fragments). Overlapped
+# runs use overlap_steps = K1*K2/F - 1, the most a schedule allows.
+HIER_METHODS = {"hier": (None, False, 1), "hier_bf16": ("bf16", False, 1),
+                "hier_int8": ("int8", False, 1), "hier_overlap": (None, True, 1),
+                "hier_bf16_overlap": ("bf16", True, 1), "hier_int8_overlap": ("int8", True, 1),
+                "hier_int4": ("int4", False, 1), "hier_int2": ("int2", False, 1),
+                "hier_topk": ("topk0.02_int2", False, 1), "hier_frag4": (None, False, 4),
+                "hier_int8_frag4": ("int8", False, 4)}
 
 
 def runs_for(schedules, methods):
-    """(name, method, k1, k2, codec, overlap_steps) in the order they run at each rate."""
+    """(name, method, k1, k2, codec, overlap_steps, fragments) in the order they run at each
+    rate."""
     out = []
     if "compute" in methods:
-        out.append(("compute", "compute", 1, 1, None, 0))
+        out.append(("compute", "compute", 1, 1, None, 0, 1))
     if "sync" in methods:
-        out.append(("sync", "sync", 1, 1, None, 0))
+        out.append(("sync", "sync", 1, 1, None, 0, 1))
     if "plan" in methods:  # python -m hvd_hier.plan in the cluster (after compute: its t_c)
-        out.append(("plan", "plan", 1, 1, None, 0))
+        out.append(("plan", "plan", 1, 1, None, 0, 1))
     if "raw" in methods:
-        out += [("raw_horovod", "raw_horovod", 1, 1, None, 0),
-                ("raw_torch", "raw_torch", 1, 1, None, 0)]
+        out += [("raw_horovod", "raw_horovod", 1, 1, None, 0, 1),
+                ("raw_torch", "raw_torch", 1, 1, None, 0, 1)]
     for k1, k2 in schedules:
         if "kavg" in methods:
-            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2, None, 0))
-        for m, (codec, overlapped) in HIER_METHODS.items():
+            out.append((f"kavg_K{k1 * k2}", "kavg", k1, k2, None, 0, 1))
+        for m, (codec, overlapped, f) in HIER_METHODS.items():
             if m in methods:
-                d = k1 * k2 - 1 if overlapped else 0
+                if k2 % f:
+                    continue  # F must divide K2 (period/F a multiple of K1)
+                d = k1 * k2 // f - 1 if overlapped else 0
                 if overlapped and d == 0:
                     continue  # K1*K2 = 1 leaves no step to overlap
                 out.append((f"hier_{k1}x{k2}" + (f"_{codec}" if codec else "")
-                            + (f"_ov{d}" if d else ""), "hier", k1, k2, codec, d))
+                            + (f"_frag{f}" if f > 1 else "") + (f"_ov{d}" if d else ""),
+                            "hier", k1, k2, codec, d, f))
         if "torch" in methods:
-            out.append((f"torch_{k1}x{k2}", "torch", k1, k2, None, 0))
+            out.append((f"torch_{k1}x{k2}", "torch", k1, k2, None, 0, 1))
     seen, unique = set(), []
     for run in out:  # K-AVG with the same K1*K2 from two schedules is one run
         if run[0] not in seen:
@@ -137,11 +145,13 @@ def label(name: str) -> str:
     kind, rest = name.split("_", 1)
     if kind == "kavg":
         return f"hvd_hier K-AVG K={rest[1:]}"
-    schedule, *extra = rest.split("_")
+    schedule, *extra = re.sub(r"(topk[0-9.]+)_", r"\1:", rest).split("_")
     k1, k2 = schedule.split("x")
     if kind != "hier":
         return f"PyTorch HierarchicalModelAverager K1={k1} K2={k2}"
-    words = [f"overlap {e[2:]}" if e.startswith("ov") else e for e in extra]
+    words = [f"overlap {e[2:]}" if e.startswith("ov") else
+             f"{e[4:]} fragments" if e.startswith("frag") else e.replace(":", "_")
+             for e in extra]
     return f"hvd_hier Hier-AVG K1={k1} K2={k2}" + "".join(f" + {w}" for w in words)
 
 
@@ -160,12 +170,13 @@ def analytic_link_bytes(run: Dict) -> float:
     if run["method"] == "compute":
         return 0.0
     staged = two_stage(run)
+    f = run.get("fragments", 1)  # F reductions of 1/F of the model per period
     if run.get("compression"):  # hvd_hier's alltoall + allgather of encoded deltas
         encoded = run.get("encoded_bytes") or run["global_bytes_per_average"]
-        return global_link_bytes(0, run["size"], run["ranks_per_node"], encoded,
-                                 staged) * run["global_averages"]
+        return global_link_bytes(0, run["size"], run["ranks_per_node"], encoded / f, staged,
+                                 is_gathered(run["compression"])) * run["global_averages"]
     size = run["params_bytes"] if run["method"] == "torch" else run["payload_bytes"]
-    return global_link_bytes(size, run["size"], run["ranks_per_node"],
+    return global_link_bytes(size / f, run["size"], run["ranks_per_node"],
                              two_stage=staged) * run["global_averages"]
 
 
@@ -182,6 +193,8 @@ def summarize(run: Dict) -> Dict:
         "link_bytes": statistics.mean(link), "analytic_bytes": expected,
         "link_ratio": statistics.mean(link) / expected if expected else None,
         "share_local": run["seconds_local"] / total, "share_global": run["seconds_global"] / total,
+        # the most a node's uplink sent in one step (runs from before it was recorded: None)
+        "peak_step_bytes": run.get("peak_step_tx"),
     }
 
 
@@ -314,8 +327,10 @@ def main(argv=None):
                    help="plan: python -m hvd_hier.plan's predictions, checked against the "
                         "hvd_hier runs; "
                         "raw: each library's allreduce alone (explains the averaging times); "
-                        "hier_bf16, hier_int8: Hier-AVG with the global level's deltas encoded; "
-                        "*_overlap: the global reduction overlapped with K1*K2 - 1 steps")
+                        "hier_bf16, hier_int8, hier_int4, hier_int2, hier_topk (2%% in 2-bit "
+                        "values): Hier-AVG with the global level's deltas encoded; *_frag4: the "
+                        "global level in 4 streaming fragments; *_overlap: the global reduction "
+                        "overlapped with K1*K2 - 1 steps")
     p.add_argument("--packed", action="store_true",
                    help="hvd_hier without flat storage (default: flat_storage=True)")
     p.add_argument("--steps", type=int, default=32)
@@ -333,14 +348,14 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true",
                    help="no runs: tabulate and plot the runs in --out-dir/runs")
     p.add_argument("--smoke", action="store_true",
-                   help="the harness check: tiny model, 8 steps, 1gbit, schedule 1x4, every "
-                        "method but two of the overlapped ones")
+                   help="the harness check: tiny model, 8 steps, 1gbit, schedule 1x4, the "
+                        "methods of each kind")
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.steps, args.rates, args.schedules = "tiny", 8, "1gbit", "1x4"
         args.repeats = 1
         args.methods = ("compute,plan,sync,raw,kavg,hier,hier_bf16,hier_int8,hier_int8_overlap,"
-                        "torch")
+                        "hier_topk,hier_int8_frag4,torch")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     rates = args.rates.split(",")
@@ -384,9 +399,13 @@ def run_planner(args, cluster, rate, plan, results, path, link_bw, out) -> Dict:
         raise SystemExit("--methods: plan needs compute (the computation per step it is given)")
     t_c = statistics.median(compute["step_seconds"])
     payload = compute.get("payload_bytes")
-    periods = sorted({k1 * k2 for _, m, k1, k2, _, _ in plan if m == "hier"}) or [8]
+    hier = [run for run in plan if run[1] == "hier"]
+    periods = sorted({k1 * k2 for _, _, k1, k2, *_ in hier}) or [8]
+    codecs = ["none"] + sorted({run[4] for run in hier if run[4]})
+    fragments = sorted({run[6] for run in hier} | {1})
     cmd = [sys.executable, "-m", "hvd_hier.plan", "--model-mb", f"{payload / 1e6:.6f}",
            "--compute-ms", f"{1e3 * t_c:.3f}", "--periods", ",".join(map(str, periods)),
+           "--codecs", ",".join(codecs), "--fragments", ",".join(map(str, fragments)),
            "--repeats", "5", "--rows", "0", "--json", str(path)]
     launch(cluster, args.ranks_per_node, cmd, backend="horovod", env={"OMP_NUM_THREADS": "1"},
            timeout=args.timeout, log_dir=str(out / "logs" / f"{rate}_plan"))
@@ -417,7 +436,7 @@ def planner_prediction(results: List[Dict], run: Dict, own_compute: bool = True
         figures["t_compute"] = run_compute(run) or figures["t_compute"]
     cluster = planner.Cluster(**figures)
     setting = planner.Setting(run["k1"], run["k2"], run.get("compression"),
-                              run.get("overlap_steps", 0))
+                              run.get("overlap_steps", 0), run.get("fragments", 1))
     (p,) = planner.predict(cluster, planned["size_bytes"], [setting],
                            two_stage=cluster.two_stage)
     return p.step
@@ -467,7 +486,8 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
             # one TCP stream node 0 -> node 1, about 2 s of traffic: the measured B_inter
             link_bw = cluster.throughput(0, 1, min(256 << 20, max(4 << 20, parse_rate(rate) // 4)))
             print(f"{rate:>8} one TCP stream between nodes: {link_bw / 1e6:.1f} MB/s", flush=True)
-            for rnd, (name, method, k1, k2, codec, overlap_steps) in rounds(plan, args.repeats):
+            for rnd, (name, method, k1, k2, codec, overlap_steps, fragments) in rounds(
+                    plan, args.repeats):
                 path = run_path(out, rate, name, rnd)
                 if method == "plan":
                     results.append(run_planner(args, cluster, rate, plan, results, path,
@@ -479,10 +499,12 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
                        "--k2", str(k2), "--steps", str(steps), "--model", args.model,
                        "--image-size", str(args.image_size), "--batch-size",
                        str(args.batch_size), "--out", str(path)]
-                if method in ("kavg", "hier") and not args.packed:
-                    cmd.append("--flat-storage")
+                if method in ("kavg", "hier") and not args.packed and fragments == 1:
+                    cmd.append("--flat-storage")  # (fragments take no flat storage)
                 if codec:
                     cmd += ["--global-compression", codec]
+                if fragments > 1:
+                    cmd += ["--global-fragments", str(fragments)]
                 if overlap_steps:
                     cmd += ["--overlap-steps", str(overlap_steps)]
                 t0 = time.perf_counter()

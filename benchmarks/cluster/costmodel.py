@@ -25,8 +25,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from hvd_hier.plan.model import (INT8_BYTES_PER_ELEMENT, global_link_bytes,  # noqa: F401
-                                overlap_collectives, ring, step_time)
+from hvd_hier.plan.model import (INT8_BYTES_PER_ELEMENT,  # noqa: F401
+                                global_link_bytes, is_gathered, overlap_collectives, ring,
+                                step_time)
 
 
 @dataclass
@@ -99,7 +100,8 @@ def predict_step(run: Dict, fit: Fit) -> Optional[float]:
                      t_codec=fit.t_codec.get(codec, 0.0) if codec else 0.0,
                      t_global=fit.t_global.get(codec) if codec else None,
                      collectives=overlap_collectives(size, run["ranks_per_node"], encoded,
-                                                     two_stage(run)))
+                                                     two_stage(run)),
+                     gathered=is_gathered(codec), fragments=run.get("fragments", 1))
 
 
 def two_stage(run: Dict) -> bool:

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
-from methods import Comm, torch_averaging_optimizer  # noqa: E402
+from methods import Comm, compression_arg, compression_of, torch_averaging_optimizer  # noqa: E402
 from models import ResNet18  # noqa: E402
 
 METHODS = ("compute", "sync", "kavg", "hier", "torch", "raw_horovod", "raw_torch")
@@ -69,11 +69,17 @@ def build(args, comm, model):
         return opt, lambda opt: dict(counters)
     if args.method in ("kavg", "hier"):
         import hvd_hier
-        opt = hvd_hier.DistributedOptimizer(
-            base, named_parameters=model.named_parameters(), local_steps=args.k1,
-            local_rounds=args.k2, group_size=1 if args.method == "kavg" else "local",
-            flat_storage=args.flat_storage, global_compression=args.global_compression,
-            overlap_steps=args.overlap_steps)
+        size, codec = 1 if args.method == "kavg" else "local", \
+            compression_of(args.global_compression)
+        if args.global_fragments > 1:  # levels=: the two-level form has no word for them
+            schedule = {"levels": [(args.k1, size), hvd_hier.Level(
+                args.k1 * args.k2, "all", compression=codec, overlap_steps=args.overlap_steps,
+                fragments=args.global_fragments)]}
+        else:
+            schedule = dict(local_steps=args.k1, local_rounds=args.k2, group_size=size,
+                            global_compression=codec, overlap_steps=args.overlap_steps)
+        opt = hvd_hier.DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                            flat_storage=args.flat_storage, **schedule)
 
         def read(opt):
             s = opt.averaging_stats()
@@ -131,8 +137,11 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--flat-storage", action="store_true")
-    p.add_argument("--global-compression", choices=["fp16", "bf16", "int8"], default=None,
-                   help="kavg, hier: the global level's deltas in this encoding")
+    p.add_argument("--global-compression", type=compression_arg, default=None,
+                   help="kavg, hier: the global level's deltas in this encoding (fp16, bf16, "
+                        "int8, int4, int2, topk<fraction>_<int8|int4|int2>)")
+    p.add_argument("--global-fragments", type=int, default=1,
+                   help="kavg, hier: the global level reduced in this many fragments")
     p.add_argument("--overlap-steps", type=int, default=0,
                    help="kavg, hier: the global reduction overlapped with this many steps")
     p.add_argument("--out", required=True)
@@ -171,13 +180,14 @@ def main():
         step(i)
     comm.barrier()
     before_bytes, before = iface_bytes(), read(opt)
-    times, kinds = [], []
+    times, kinds, sent = [], [], [before_bytes[0]]
     t_start = time.perf_counter()
     for i in range(args.steps):
         c0 = read(opt)
         t0 = time.perf_counter()
         step(warmup + i)
         times.append(time.perf_counter() - t0)
+        sent.append(iface_bytes()[0])  # the node's uplink after each of this rank's steps
         c1 = read(opt)
         kinds.append("global" if c1["global"] > c0["global"] else
                      "local" if c1["local"] > c0["local"] else "none")
@@ -189,6 +199,7 @@ def main():
     mine = {"rank": comm.rank, "node": int(os.environ["HVDH_NODE"]),
             "tx": after_bytes[0] - before_bytes[0], "rx": after_bytes[1] - before_bytes[1],
             "times": times, "total": total,
+            "peak_step_tx": max(b - a for a, b in zip(sent, sent[1:])),
             **{k: after[k] - before[k] for k in after}}
     everyone = comm.gather(mine)
     if comm.rank == 0:
@@ -201,10 +212,14 @@ def main():
             "warmup": warmup, "model": args.model, "image_size": side,
             "batch_size": args.batch_size, "flat_storage": args.flat_storage,
             "compression": args.global_compression, "overlap_steps": args.overlap_steps,
-            # what one rank reduces per global averaging (hvd_hier: encoded bytes if compressed)
-            # the global level's whole encoded model (E), for compressed runs
-            "encoded_bytes": (opt.hier_state().levels[-1].reducer.nbytes
-                              if args.global_compression else None),
+            "fragments": args.global_fragments,
+            # the global level's whole encoded model (E), for compressed runs (fragments: the
+            # sum of theirs)
+            "encoded_bytes": (sum(p.reducer.nbytes for p in getattr(
+                opt.hier_state().levels[-1], "parts", [opt.hier_state().levels[-1]]))
+                if args.global_compression else None),
+            # the most one node's uplink sent during one step (as its ranks saw it)
+            "peak_step_tx": max(r["peak_step_tx"] for r in everyone),
             "global_bytes_per_average": (after["bytes_global"] - before["bytes_global"])
             / max(1, after["global"] - before["global"]),
             "params_bytes": params, "payload_bytes": payload,

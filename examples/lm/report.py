@@ -133,8 +133,10 @@ def quality_targets(results: Dict[str, List[Dict]], names: Dict[str, str]) -> Li
 def _codec_target(results, names, role: str, limit: float) -> Target:
     """The codec (or the fragments) of ``role`` ends within ``limit`` of the same schedule
     uncompressed (whole)."""
-    codec = {"topk": "top-k 2% + 2-bit", "frag4": "4 fragments"}.get(role, role)
-    what = f"{codec} ends within {100 * limit:g}% of uncompressed at the same schedule"
+    codec = {"topk": "top-k 2% + 2-bit", "frag4": "the global level in 4 fragments"}.get(role,
+                                                                                       role)
+    twin = "whole-model reductions" if role == "frag4" else "uncompressed"
+    what = f"{codec} ends within {100 * limit:g}% of {twin} at the same schedule"
     base = names.get("int8_base")
     if names.get(role) not in results or base not in results:
         return Target(what, None, f"no runs of {codec} or its uncompressed twin")

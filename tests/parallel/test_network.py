@@ -112,7 +112,7 @@ def test_bench_network_smoke(tmp_path):
     runs = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     assert list(runs) == ["compute", "sync", "plan", "raw_horovod", "raw_torch", "kavg_K4",
                           "hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "hier_1x4_int8_ov3",
-                          "torch_1x4"]
+                          "hier_1x4_topk0.02_int2", "hier_1x4_int8_frag4", "torch_1x4"]
     planned = runs.pop("plan")  # python -m hvd_hier.plan on the cluster, given compute's t_c
     assert planned["cluster"]["p"] == 4 and planned["cluster"]["l"] == 2
     assert 0 < planned["cluster"]["b_inter"] < 1e9 and planned["cluster"]["t_local"] > 0
@@ -123,12 +123,17 @@ def test_bench_network_smoke(tmp_path):
         assert len(raw["local_seconds"]) == len(raw["global_seconds"]) == 4  # max(4, 8 // 4)
         assert all(0 < t < 30 for t in raw["local_seconds"] + raw["global_seconds"]), raw
     assert runs["hier_1x4"]["flat_storage"] is True  # hvd_hier's fast path by default
+    assert runs["hier_1x4_int8_frag4"]["flat_storage"] is False  # (fragments take none)
     for r in runs.values():
         assert (r["size"], r["ranks_per_node"], r["nodes"], r["steps"]) == (4, 2, 2, 8)
         assert r["params_bytes"] == 4 * (192 * 46 + 46 + 46 * 10 + 10)
     # K1=1, K2=4 over 8 timed steps (after one untimed period): 2 global and 6 local averagings
-    for name in ("hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "torch_1x4"):
+    for name in ("hier_1x4", "hier_1x4_bf16", "hier_1x4_int8", "hier_1x4_topk0.02_int2",
+                 "torch_1x4"):
         assert (runs[name]["global_averages"], runs[name]["local_averages"]) == (2, 6), name
+    # four fragments of a period of 4: one every step, after the node's averaging
+    assert (runs["hier_1x4_int8_frag4"]["global_averages"],
+            runs["hier_1x4_int8_frag4"]["local_averages"]) == (8, 8)
     # overlapped: the local groups average at the global steps too, before the snapshot
     assert (runs["hier_1x4_int8_ov3"]["global_averages"],
             runs["hier_1x4_int8_ov3"]["local_averages"]) == (2, 8)
@@ -138,9 +143,15 @@ def test_bench_network_smoke(tmp_path):
     assert runs["hier_1x4_bf16"]["global_bytes_per_average"] == records * 4096
     assert runs["hier_1x4_int8"]["global_bytes_per_average"] == records * 2064
     assert runs["hier_1x4_int8"]["compression"] == "int8"
+    assert runs["hier_1x4_topk0.02_int2"]["global_bytes_per_average"] == records * 112
+    # the four tensors (8,832, 46, 460 and 10 values) one per fragment: 5 + 1 + 1 + 1
+    # records a period, a quarter of them per fragment's reduction on average
+    assert runs["hier_1x4_int8_frag4"]["global_bytes_per_average"] == 8 * 2064 / 4
+    assert runs["hier_1x4_int8_frag4"]["summary"]["peak_step_bytes"] > 0
     assert (runs["kavg_K4"]["global_averages"], runs["kavg_K4"]["local_averages"]) == (2, 0)
     # what crossed the link: at least the analytic payload, and nothing big besides
-    for name in ("sync", "kavg_K4", "hier_1x4", "torch_1x4"):
+    for name in ("sync", "kavg_K4", "hier_1x4", "torch_1x4", "hier_1x4_topk0.02_int2",
+                 "hier_1x4_int8_frag4"):
         s = runs[name]["summary"]
         assert s["analytic_bytes"] > 0
         assert 1.0 <= s["link_ratio"] < 4.0, (name, s)

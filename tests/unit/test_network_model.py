@@ -68,13 +68,13 @@ def test_runs_for_orders_and_deduplicates():
     runs = bench_network.runs_for([(1, 8), (4, 2), (2, 4)], {"compute", "sync", "kavg", "hier"})
     assert [r[0] for r in runs] == ["compute", "sync", "kavg_K8", "hier_1x8", "hier_4x2",
                                     "hier_2x4"]
-    assert runs[3] == ("hier_1x8", "hier", 1, 8, None, 0)
+    assert runs[3] == ("hier_1x8", "hier", 1, 8, None, 0, 1)
     runs = bench_network.runs_for([(1, 8)], {"hier", "hier_int8", "hier_bf16", "torch",
                                              "hier_overlap", "hier_int8_overlap"})
     assert [r[0] for r in runs] == ["hier_1x8", "hier_1x8_bf16", "hier_1x8_int8",
                                     "hier_1x8_ov7", "hier_1x8_int8_ov7", "torch_1x8"]
-    assert runs[2] == ("hier_1x8_int8", "hier", 1, 8, "int8", 0)
-    assert runs[4] == ("hier_1x8_int8_ov7", "hier", 1, 8, "int8", 7)
+    assert runs[2] == ("hier_1x8_int8", "hier", 1, 8, "int8", 0, 1)
+    assert runs[4] == ("hier_1x8_int8_ov7", "hier", 1, 8, "int8", 7, 1)
     assert bench_network.runs_for([(1, 1)], {"hier_overlap"}) == []  # nothing to overlap
     assert bench_network.label("hier_1x8_int8") == "hvd_hier Hier-AVG K1=1 K2=8 + int8"
     assert bench_network.label("hier_1x8_int8_ov7") == \
@@ -269,3 +269,25 @@ def test_repeats_run_alternated_and_combine_to_the_median():
     # two rounds: the faster of the two middle ones
     two = bench_network.combine([run("sync", 0, 6.0), run("sync", 1, 5.0)])
     assert two[0]["repeat"] == 1 and two[0]["repeat_steps"] == [6.0, 5.0]
+
+
+def test_the_fewer_bits_methods():
+    runs = bench_network.runs_for([(1, 8), (2, 2)], {"hier_int4", "hier_topk", "hier_frag4",
+                                                      "hier_int8_frag4"})
+    assert runs == [("hier_1x8_int4", "hier", 1, 8, "int4", 0, 1),
+                    ("hier_1x8_topk0.02_int2", "hier", 1, 8, "topk0.02_int2", 0, 1),
+                    ("hier_1x8_frag4", "hier", 1, 8, None, 0, 4),
+                    ("hier_1x8_int8_frag4", "hier", 1, 8, "int8", 0, 4),
+                    ("hier_2x2_int4", "hier", 2, 2, "int4", 0, 1),  # K2 = 2: no 4 fragments
+                    ("hier_2x2_topk0.02_int2", "hier", 2, 2, "topk0.02_int2", 0, 1)]
+    assert bench_network.label("hier_1x8_topk0.02_int2") == \
+        "hvd_hier Hier-AVG K1=1 K2=8 + topk0.02_int2"
+    assert bench_network.label("hier_1x8_int8_frag4") == \
+        "hvd_hier Hier-AVG K1=1 K2=8 + int8 + 4 fragments"
+    # a fragment's reduction: a quarter of the model over the link (two stages, 2 nodes)
+    run = {"method": "hier", "size": 4, "ranks_per_node": 2, "k2": 8, "steps": 32,
+           "params_bytes": 1000, "payload_bytes": 1200, "global_averages": 16, "fragments": 4}
+    assert bench_network.analytic_link_bytes(run) == 1200 / 4 * 16
+    topk = {**run, "fragments": 1, "global_averages": 4, "compression": "topk0.02_int2",
+            "encoded_bytes": 112}
+    assert bench_network.analytic_link_bytes(topk) == 112 * 4  # the other node's, gathered
