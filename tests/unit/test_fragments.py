@@ -8,15 +8,12 @@ import torch
 
 import hvd_hier
 from hvd_hier import HierSchedule, Level
-from hvd_hier.config.options import collect_tensors, make_config
-from hvd_hier.reduce.buckets import BucketAverager
+from hvd_hier.config.options import make_config
 from hvd_hier.reduce.immediate import CompressedDeltas, PlainAverage
 from hvd_hier.reduce.staged import Staged
-from hvd_hier.reduce.strategy import Context
-from hvd_hier.runtime.build import build_levels
 from hvd_hier.runtime.fragments import FragmentedLevel, plan_fragments
-from hvd_hier.runtime.state import Stats
 from hvd_hier.topology.process_sets import LevelTopology
+from test_level_runtime import levels_of, node
 
 NESTEROV = functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)
 
@@ -46,31 +43,14 @@ def test_the_fragments_take_turns_within_the_period():
         HierSchedule(periods=(2, 8), fragments=(1, 3))
 
 
-def build(model, **kwargs):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    config = make_config(**kwargs)
-    found = collect_tensors(opt, list(model.named_parameters()))
-    averager = BucketAverager(found.all, config.bucket_cap_bytes)
-    ctx = Context(averager, config.nonfinite, config.deterministic, config.flat_storage, Stats())
-    return build_levels(config, found, averager, ctx)
-
-
 def mlp():
     return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8),
                                torch.nn.Linear(8, 4))
 
 
-def node():
-    inner = LevelTopology([[0, 1, 2, 3], [4, 5, 6, 7]], [0, 1, 2, 3], process_set=object())
-    outer = LevelTopology([list(range(8))], list(range(8)), process_set=object(),
-                          cross_groups=[[0, 4], [1, 5], [2, 6], [3, 7]], cross_group=[0, 4],
-                          cross_set=object(), share=0, shares=4)
-    return [inner, outer]
-
-
 def test_a_fragmented_level_is_one_runtime_per_fragment():
     model = mlp()
-    local, top = build(model, levels=[(1, 4), Level(8, "all", fragments=2, outer=NESTEROV,
+    local, top = levels_of(model, levels=[(1, 4), Level(8, "all", fragments=2, outer=NESTEROV,
                                                     compression="int2")])
     for lv, lt in zip((local, top), node()):
         lv.bind(lt)
@@ -96,18 +76,18 @@ def test_a_fragmented_level_is_one_runtime_per_fragment():
 
 
 def test_one_stage_fragments_reduce_at_once():
-    only = build(mlp(), levels=[Level(4, "all", fragments=2)])[0]
+    only = levels_of(mlp(), levels=[Level(4, "all", fragments=2)])[0]
     only.bind(LevelTopology([list(range(4))], list(range(4)), process_set=object()))
     assert [type(p.strategy) for p in only.parts] == [PlainAverage, PlainAverage]
     assert only.anchor is None and only.state_dict() is None
-    coded = build(mlp(), levels=[(1, 1), Level(6, "all", fragments=3, compression="int8")])[1]
+    coded = levels_of(mlp(), levels=[(1, 1), Level(6, "all", fragments=3, compression="int8")])[1]
     coded.bind(LevelTopology([list(range(4))], list(range(4)), process_set=object()))
     assert [type(p.strategy) for p in coded.parts] == [CompressedDeltas] * 3
 
 
 def test_bad_fragments_are_named_before_any_collective():
     with pytest.raises(ValueError) as info:
-        build(mlp(), levels=[(1, 2), Level(8, "all", fragments=8)])
+        levels_of(mlp(), levels=[(1, 2), Level(8, "all", fragments=8)])
     assert str(info.value) == ("levels[1]: fragments=8 is more than the 6 tensors the level "
                                "averages (a fragment holds whole tensors)")
     with pytest.raises(ValueError) as info:

@@ -21,8 +21,10 @@ from hvd_hier.topology.process_sets import LevelTopology
 NESTEROV = functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)
 
 
-def levels_of(**kwargs):
-    model = torch.nn.Linear(3, 2)
+def levels_of(model=None, **kwargs):
+    """The levels ``make_config(**kwargs)`` builds for ``model`` (a Linear(3, 2) by default),
+    without processes."""
+    model = torch.nn.Linear(3, 2) if model is None else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     config = make_config(**kwargs)
     found = collect_tensors(opt, list(model.named_parameters()))
