@@ -1,10 +1,12 @@
 """A level reduced in fragments, ``Level(..., fragments=F)`` (Streaming DiLoCo): no reduction
 carries more than about 1/F of the model across the level's link.
 
-The split (``plan_fragments``): each averaged tensor, in order, joins the fragment that holds
-the fewest bytes so far (the first such on a tie). The fragments' sizes then differ by at
-most one tensor's, and consecutive tensors (a network's layers) land in different fragments:
-strided, which the Streaming DiLoCo paper found slightly better than contiguous blocks.
+The split (``plan_fragments``): the tensors, largest first (in order among equals), each
+join the fragment that holds the fewest bytes so far (the first such on a tie). The fragments'
+sizes then differ by at most the smallest tensor that tipped the balance (ResNet-18 in 4:
+11.8, 11.0, 11.0 and 11.0 MB, where taking the tensors in order gave 13.1 MB at most), and
+layers of one shape (a transformer's blocks) go round the fragments in turn: strided, which
+the Streaming DiLoCo paper found slightly better than contiguous blocks.
 
 Each fragment is a ``LevelRuntime`` of its own over its tensors: its averager, anchor, outer
 optimizer (over its parameters), codec and residuals, the strategy it chose as any level
@@ -29,11 +31,11 @@ def plan_fragments(sizes: Sequence[int], count: int) -> List[List[int]]:
     """The positions of the tensors of each of ``count`` fragments, for tensors of ``sizes``
     bytes (see the module's docstring); positions ascending within a fragment."""
     loads, out = [0] * count, [[] for _ in range(count)]
-    for i, size in enumerate(sizes):
+    for i in sorted(range(len(sizes)), key=lambda j: (-sizes[j], j)):
         f = min(range(count), key=lambda k: (loads[k], k))
         out[f].append(i)
-        loads[f] += size
-    return out
+        loads[f] += sizes[i]
+    return [sorted(part) for part in out]
 
 
 class FragmentAnchors:

@@ -19,12 +19,14 @@ NESTEROV = functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=Tru
 
 
 @pytest.mark.parametrize("sizes, count, expected", [
-    ([700, 1500, 300, 2600, 900], 4, [[0], [1], [2, 4], [3]]),
-    ([700, 1500, 300, 2600, 900], 2, [[0, 2, 3], [1, 4]]),
+    # largest first: 2600 -> f0, 1500 -> f1, 900 -> f2, 700 -> f3, 300 -> f3 (700 the least)
+    ([700, 1500, 300, 2600, 900], 4, [[3], [1], [4], [0, 2]]),
+    ([700, 1500, 300, 2600, 900], 2, [[2, 3], [0, 1, 4]]),
     ([10] * 8, 4, [[0, 4], [1, 5], [2, 6], [3, 7]]),  # equal layers: strided
     ([5, 5], 2, [[0], [1]]),
+    ([1, 100, 1, 1], 2, [[1], [0, 2, 3]]),  # in order, the first fragment would hold both
 ])
-def test_each_tensor_joins_the_lightest_fragment(sizes, count, expected):
+def test_the_largest_tensor_left_joins_the_lightest_fragment(sizes, count, expected):
     assert plan_fragments(sizes, count) == expected
 
 
@@ -56,8 +58,9 @@ def test_a_fragmented_level_is_one_runtime_per_fragment():
         lv.bind(lt)
     assert type(top) is FragmentedLevel and len(top.parts) == 2
     ids = [id(p) for p in model.parameters()]
-    # bytes 256, 32, 256, 32, 128, 16: f0 256, f1 32, f1 288, f0 288, f0 (a tie) 416, f1 304
-    assert [[ids.index(id(t)) for t in p.tensors] for p in top.parts] == [[0, 3, 4], [1, 2, 5]]
+    # bytes 256, 32, 256, 32, 128, 16, largest first: 0 -> f0, 2 -> f1, 4 -> f0 (a tie),
+    # then 1, 3 and 5 -> f1 (288, 320, 336 against 384)
+    assert [[ids.index(id(t)) for t in p.tensors] for p in top.parts] == [[0, 4], [1, 2, 3, 5]]
     for f, part in enumerate(top.parts):
         assert part.ctx.lower_done and part.ctx.indices == tuple(
             ids.index(id(t)) for t in part.tensors)

@@ -38,14 +38,14 @@ def grad_values(rank, t):
 
 
 def split(count):
-    """The fragments' tensors from the definition: each tensor, in order, joins the
-    fragment with the fewest bytes so far, the first on a tie."""
+    """The fragments' tensors from the definition: the tensors, largest first, each join the
+    fragment with the fewest bytes so far (the first on a tie); in order within each."""
     loads, out = [0] * count, [[] for _ in range(count)]
-    for i, n in enumerate(SIZES):
+    for n, i in sorted(((n, i) for i, n in enumerate(SIZES)), key=lambda x: (-x[0], x[1])):
         f = loads.index(min(loads))
         out[f].append(i)
         loads[f] += n
-    return out
+    return [sorted(part) for part in out]
 
 
 def positions(count):
