@@ -35,7 +35,8 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
-from methods import Comm, compression_arg, compression_of, torch_averaging_optimizer  # noqa: E402
+from methods import (Comm, compression_arg, compression_of, exit_now,  # noqa: E402
+                     torch_averaging_optimizer)
 from models import ResNet18  # noqa: E402
 
 METHODS = ("compute", "sync", "kavg", "hier", "torch", "raw_horovod", "raw_torch")
@@ -241,3 +242,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # the results are written: skip torch.distributed's Gloo destructors, which can abort
+    # a rank at exit ("terminate called without an active exception", seen in CI)
+    exit_now(0)
