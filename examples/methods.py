@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import os
 import sys
 import time
@@ -26,13 +25,13 @@ from typing import Dict, List, Optional
 import torch
 
 HVD_ALGOS = ("sync", "kavg", "hier")
-CODECS = ("fp16", "bf16", "int8", "int4", "int2")  # as hvd_hier.config.levels.CODECS
-TOPK_NAME = re.compile(r"^topk([0-9.eE-]+)_(int8|int4|int2)$")  # str(hvd_hier.TopK(...))
 
 
 def compression_arg(text: str) -> str:
     """--global-compression: a codec's name, or a TopK by its short name (topk0.02_int2)."""
-    if text not in CODECS and TOPK_NAME.match(text) is None:
+    from hvd_hier.config.codecs import codec_named
+    from hvd_hier.config.levels import CODECS
+    if text not in CODECS and isinstance(codec_named(text), str):
         raise argparse.ArgumentTypeError(
             f"must be one of {', '.join(CODECS)} or topk<fraction>_<int8|int4|int2>, got {text!r}")
     return text
@@ -40,11 +39,8 @@ def compression_arg(text: str) -> str:
 
 def compression_of(name: Optional[str]):
     """What ``Level(compression=...)`` takes for --global-compression's ``name``."""
-    m = TOPK_NAME.match(name or "")
-    if m is None:
-        return name
-    from hvd_hier import TopK
-    return TopK(float(m.group(1)), values=m.group(2))
+    from hvd_hier.config.codecs import codec_named
+    return codec_named(name)
 
 
 def add_method_args(p, algos=HVD_ALGOS):
@@ -150,22 +146,29 @@ def make_optimizer(args, base: torch.optim.Optimizer, model: torch.nn.Module, co
 
 
 def schedule_args(args) -> Dict[str, object]:
-    """hvd_hier's schedule for ``args``: the two-level shorthand, or ``levels=`` where the
-    global level takes options the shorthand has no word for (error_feedback, fragments)."""
-    size = 1 if args.algo == "kavg" else args.group_size
-    options = {"outer": outer_factory(args.outer_lr, args.outer_momentum),
-               "overlap_steps": args.overlap_steps}
-    codec = compression_of(args.global_compression)
-    extra = {"error_feedback": False} if getattr(args, "no_error_feedback", False) else {}
-    if getattr(args, "global_fragments", 1) > 1:
-        extra["fragments"] = args.global_fragments
+    """hvd_hier's schedule for the method flags ``args`` (``schedule_kwargs``)."""
+    return schedule_kwargs(
+        args.local_steps, args.local_rounds, 1 if args.algo == "kavg" else args.group_size,
+        compression_of(args.global_compression),
+        outer_factory(args.outer_lr, args.outer_momentum), args.overlap_steps,
+        not getattr(args, "no_error_feedback", False), getattr(args, "global_fragments", 1))
+
+
+def schedule_kwargs(k1: int, k2: int, size, codec=None, outer=None, overlap_steps=None,
+                    error_feedback: bool = True, fragments: int = 1) -> Dict[str, object]:
+    """hvd_hier.DistributedOptimizer's schedule arguments: the two-level shorthand, or
+    ``levels=`` where the global level takes options the shorthand has no word for
+    (error_feedback, fragments)."""
+    options = {"outer": outer, "overlap_steps": overlap_steps}
+    extra = {} if error_feedback else {"error_feedback": False}
+    if fragments > 1:
+        extra["fragments"] = fragments
     if not extra:
-        return {"local_steps": args.local_steps, "local_rounds": args.local_rounds,
-                "group_size": size, "global_compression": codec, **options}
+        return {"local_steps": k1, "local_rounds": k2, "group_size": size,
+                "global_compression": codec, **options}
     import hvd_hier
-    k1 = args.local_steps
-    return {"levels": [(k1, size), hvd_hier.Level(k1 * args.local_rounds, "all",
-                                                  compression=codec, **options, **extra)]}
+    return {"levels": [(k1, size), hvd_hier.Level(k1 * k2, "all", compression=codec,
+                                                  **options, **extra)]}
 
 
 def group_size(value, local_size: int) -> int:

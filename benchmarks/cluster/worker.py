@@ -36,7 +36,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 from methods import (Comm, compression_arg, compression_of, exit_now,  # noqa: E402
-                     torch_averaging_optimizer)
+                     schedule_kwargs, torch_averaging_optimizer)
 from models import ResNet18  # noqa: E402
 
 METHODS = ("compute", "sync", "kavg", "hier", "torch", "raw_horovod", "raw_torch")
@@ -70,15 +70,10 @@ def build(args, comm, model):
         return opt, lambda opt: dict(counters)
     if args.method in ("kavg", "hier"):
         import hvd_hier
-        size, codec = 1 if args.method == "kavg" else "local", \
-            compression_of(args.global_compression)
-        if args.global_fragments > 1:  # levels=: the two-level form has no word for them
-            schedule = {"levels": [(args.k1, size), hvd_hier.Level(
-                args.k1 * args.k2, "all", compression=codec, overlap_steps=args.overlap_steps,
-                fragments=args.global_fragments)]}
-        else:
-            schedule = dict(local_steps=args.k1, local_rounds=args.k2, group_size=size,
-                            global_compression=codec, overlap_steps=args.overlap_steps)
+        schedule = schedule_kwargs(args.k1, args.k2, 1 if args.method == "kavg" else "local",
+                                   compression_of(args.global_compression),
+                                   overlap_steps=args.overlap_steps,
+                                   fragments=args.global_fragments)
         opt = hvd_hier.DistributedOptimizer(base, named_parameters=model.named_parameters(),
                                             flat_storage=args.flat_storage, **schedule)
 

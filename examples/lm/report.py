@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hvd_hier.plan.model import global_link_bytes, ring
+from hvd_hier.plan.model import global_link_bytes, is_gathered, ring
 
 #: the quality targets' margins (relative to the baseline's test loss)
 OUTER_WITHIN = 0.02
@@ -46,9 +46,8 @@ def link_bytes_per_global(run: Dict, row: Dict) -> float:
     if codec and row["global_averages"]:
         encoded = row["bytes_global"] / row["global_averages"]
     size /= args.get("global_fragments", 1)  # a fragment's reduction: 1/F of the model
-    gathered = bool(codec) and (codec in ("int4", "int2") or codec.startswith("topk"))
     return global_link_bytes(size, p, l, encoded, two_stage=args["algo"] == "hier",
-                             gathered=gathered)
+                             gathered=is_gathered(codec))
 
 
 def link_bytes(run: Dict, row: Dict) -> float:

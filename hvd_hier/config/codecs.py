@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TOPK_VALUES", "TopK", "codec_named"]
+__all__ = ["TOPK_VALUES", "GATHERED", "ERROR_FEEDBACK", "TopK", "codec_named", "gathered",
+           "feeds_back"]
 
 TOPK_VALUES = ("int8", "int4", "int2")  #: the codecs a TopK's kept values can take
+#: the codecs whose contributions every rank gathers and sums (a ``TopK`` too)
+GATHERED = frozenset({"int4", "int2"})
+#: the codecs that keep a residual (error feedback; a ``TopK`` too)
+ERROR_FEEDBACK = frozenset({"int8", "int4", "int2"})
 
 
 class TopK:
@@ -64,3 +69,13 @@ def codec_named(name):
     the ``TopK`` that ``str()`` names (``topk0.02_int2``)."""
     m = _SHORT.match(name) if isinstance(name, str) else None
     return name if m is None else TopK(float(m.group(1)), values=m.group(2))
+
+
+def gathered(codec) -> bool:
+    """Whether every rank gathers every contribution of ``codec`` (int4, int2, a ``TopK``)."""
+    return isinstance(codec, TopK) or codec in GATHERED
+
+
+def feeds_back(codec) -> bool:
+    """Whether ``codec`` can keep a residual (int8, int4, int2, a ``TopK``)."""
+    return isinstance(codec, TopK) or codec in ERROR_FEEDBACK

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .codecs import TopK
+from .codecs import TopK, feeds_back
 
 __all__ = ["CODECS", "OUTER_EXAMPLE", "at", "check_options", "check_overlap",
            "check_fragments"]
@@ -85,7 +85,7 @@ def _check_error_feedback(where: str, options, compression_name: str) -> None:
     ef, codec = options["error_feedback"], options.get("compression")
     if type(ef) is not bool:
         raise ValueError(at(where, f"error_feedback must be True or False, got {ef!r}"))
-    if not isinstance(codec, TopK) and codec not in ("int8", "int4", "int2"):
+    if not feeds_back(codec):
         raise ValueError(at(where, f"error_feedback={ef} needs an integer codec or a TopK "
                                     f"(int8, int4, int2), got {compression_name}={codec!r}"))
 

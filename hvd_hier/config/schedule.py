@@ -138,9 +138,9 @@ class HierSchedule:
         t = check_int("t", t, 1)
         if t <= self.warmup_steps:
             return None
-        u = t - self.warmup_steps
-        for level in range(len(self.periods) - 1, -1, -1):
-            if u % self.steps[level] == 0:
+        u, steps = t - self.warmup_steps, self.steps
+        for level in range(len(steps) - 1, -1, -1):
+            if u % steps[level] == 0:
                 return level
         return None
 

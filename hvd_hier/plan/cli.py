@@ -14,6 +14,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from ..config.codecs import TopK, codec_named
 from .measure import measure
 from .model import (HALF_BYTES_PER_ELEMENT, INT8_BYTES_PER_ELEMENT,  # noqa: F401  (re-exported)
                         Cluster, encoded_size, global_link_bytes, hidden_seconds, is_gathered,
@@ -49,11 +50,8 @@ class Setting:
         """The keyword arguments of ``hvd_hier.DistributedOptimizer`` for this setting: the
         two-level form, or ``levels=`` with fragments (which it has no word for)."""
         codec = self.compression
-        if codec and codec.startswith("topk"):
-            fraction, values = codec[4:].split("_")
-            codec_text = f"hvd_hier.TopK({fraction}, values={values!r})"
-        else:
-            codec_text = repr(codec)
+        named = codec_named(codec)
+        codec_text = f"hvd_hier.{named!r}" if isinstance(named, TopK) else repr(codec)
         if self.fragments > 1:
             opts = "".join(f", {k}={v}" for k, v in (
                 ("compression", codec_text if codec else None),

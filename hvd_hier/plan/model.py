@@ -30,10 +30,10 @@ job.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
+from ..config.codecs import TopK, codec_named, gathered
 from ..reduce import CHUNK_BYTES
 
 __all__ = ["INT8_BYTES_PER_ELEMENT", "HALF_BYTES_PER_ELEMENT", "RECORD_BYTES", "record_bytes",
@@ -46,7 +46,6 @@ CHUNK = 2048  #: elements per record (csrc/codec.h)
 #: bytes of one record of ``CHUNK`` elements per dense codec (csrc/codec.h)
 RECORD_BYTES = {"fp16": 4096, "bf16": 4096, "int8": 2064, "int4": 1040, "int2": 528}
 _BITS = {"int8": 8, "int4": 4, "int2": 2}
-_TOPK = re.compile(r"^topk([0-9.eE+-]+)_(int8|int4|int2)$")  # str(hvd_hier.TopK(...))
 
 
 def record_bytes(codec: str) -> int:
@@ -55,18 +54,19 @@ def record_bytes(codec: str) -> int:
     k = ceil(fraction·2048); csrc/topk.h)."""
     if codec in RECORD_BYTES:
         return RECORD_BYTES[codec]
-    m = _TOPK.match(codec)
-    if m is None:
+    topk = codec_named(codec)
+    if not isinstance(topk, TopK):
         raise ValueError(f"codec must be one of {', '.join(RECORD_BYTES)} or topk<fraction>_"
                          f"<int8|int4|int2>, got {codec!r}")
-    k = min(CHUNK, max(1, math.ceil(float(m.group(1)) * CHUNK)))
-    raw = 16 + 2 * k + math.ceil(k * _BITS[m.group(2)] / 8)
+    k = min(CHUNK, max(1, math.ceil(topk.fraction * CHUNK)))
+    raw = 16 + 2 * k + math.ceil(k * _BITS[topk.values] / 8)
     return -(-raw // 16) * 16
 
 
 def is_gathered(codec: Optional[str]) -> bool:
-    """Whether every rank gathers every contribution of ``codec`` (int4, int2, top-k)."""
-    return codec is not None and (codec in ("int4", "int2") or codec.startswith("topk"))
+    """Whether every rank gathers every contribution of ``codec`` (a codec's short name:
+    int4, int2, top-k)."""
+    return gathered(codec_named(codec))
 
 
 def ring(p: int) -> float:

@@ -35,7 +35,7 @@ import torch
 
 from ..comm.collectives import wait
 from ..comm.extension import extension
-from ..config.codecs import TopK
+from ..config.codecs import ERROR_FEEDBACK, GATHERED, TopK, feeds_back, gathered
 from ..config.levels import CODECS
 from . import CHUNK_BYTES
 from .buckets import flat_view, plan_buckets
@@ -43,17 +43,6 @@ from .buckets import flat_view, plan_buckets
 __all__ = ["CODECS", "GATHERED", "ERROR_FEEDBACK", "gathered", "encoded_bytes", "shard_records",
            "exchange_factor",
            "link_bytes", "piece_bucket_cap", "HorovodExchange", "DeltaReducer", "run_steps"]
-
-#: the codecs whose contributions every rank gathers and sums (``GatheredDeltas``)
-GATHERED = frozenset({"int4", "int2"})
-#: the codecs that keep a residual (error feedback; a ``TopK`` too)
-ERROR_FEEDBACK = frozenset({"int8", "int4", "int2"})
-
-
-def gathered(codec) -> bool:
-    """Whether every rank gathers every contribution of ``codec`` (int4, int2, ``TopK``)."""
-    return isinstance(codec, TopK) or codec in GATHERED
-
 
 def encoded_bytes(codec, numel: int) -> int:
     """Bytes of one rank's encoding of ``numel`` elements in ``codec`` (a name or a TopK)."""
@@ -155,8 +144,7 @@ class DeltaReducer:
         # what quantisation lost, added to this rank's next delta of the level
         self.residuals = ([torch.zeros(t.shape, dtype=torch.float32, device=t.device)
                            for t in self.tensors]
-                          if error_feedback and (isinstance(codec, TopK) or codec in ERROR_FEEDBACK)
-                          else [])
+                          if error_feedback and feeds_back(codec) else [])
         self.buckets = plan_buckets(self.tensors, bucket_cap_bytes,
                                     ext.MAX_TENSORS_PER_DELTA_LAUNCH)
         self.record_bytes = encoded_bytes(codec, ext.CODEC_CHUNK)
@@ -210,8 +198,8 @@ class DeltaReducer:
 
     def feedback_note(self) -> str:
         """", without error feedback" where the codec could keep residuals and does not."""
-        feedback = isinstance(self.codec, TopK) or self.codec in ERROR_FEEDBACK
-        return ", without error feedback" if feedback and not self.residuals else ""
+        return ", without error feedback" if feeds_back(self.codec) and not self.residuals \
+            else ""
 
     def _encode_into(self, xs, anchor, res, encoded) -> None:
         self._ext.encode_delta(xs, anchor, res, encoded, self.codec)
