@@ -14,7 +14,7 @@ NP ?= 4
 
 EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu cmake/*.cmake) CMakeLists.txt setup.py
 
-.PHONY: install test unit coverage demo results lm-tune lm-quality lm-cluster bench bench-e2e bench-network soak cuda-check gpu-check clean
+.PHONY: install test unit coverage demo results lm-tune lm-quality lm-cluster lm-cluster-bits bench bench-e2e bench-network soak cuda-check gpu-check clean
 
 $(VENV)/.deps: requirements.txt scripts/build_horovod.sh
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ gpu-check:  ## one GPU: build the CUDA kernels, test them, time them; results in
 	scripts/gpu_check.sh --python $(PYTHON) $(GPU_CHECK_OUT)
 
 test: install cuda-check  ## the whole suite (unit + horovodrun --gloo)
-	rc=0; OMP_NUM_THREADS=1 $(PY) -m pytest tests -v || rc=$$?
+	rc=0; OMP_NUM_THREADS=1 $(PY) -m pytest tests -v --durations=40 || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which is a failure"; exit 1; fi
 	exit $$rc
 
@@ -86,6 +86,13 @@ lm-quality: install  ## the LM comparison at equal tokens, 8 ranks, 3 seeds: doc
 lm-cluster: install  ## the LM's wall-clock to a target loss on the simulated cluster (root): docs/results/lm_cluster/
 	$(PY) examples/lm/sweep.py --preset cluster --out-dir docs/results/lm_cluster \
 	  $$([ -f $(LM_TUNED) ] && echo --tuned $(LM_TUNED)) $$([ -f $(LM_PLAN) ] && echo --plan $(LM_PLAN))
+
+LM_BITS_ROLES = sync,torch,outer8,int8,int2,topk,frag4
+lm-cluster-bits: install  ## the same, for the fewer-bits codecs and fragments beside their baselines (root): docs/results/lm_cluster_fewer_bits/
+	mkdir -p docs/results/lm_cluster_fewer_bits
+	[ -f docs/results/lm_cluster_fewer_bits/target.json ] || cp docs/results/lm_cluster/target.json docs/results/lm_cluster_fewer_bits/
+	$(PY) examples/lm/sweep.py --preset cluster --repeats 2 --out-dir docs/results/lm_cluster_fewer_bits \
+	  --tuned $(LM_TUNED) --roles $(LM_BITS_ROLES)
 
 bench: install  ## the memory side of an averaging: fused vs PyTorch vs Horovod vs copy bound
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench_average.py --json bench.json

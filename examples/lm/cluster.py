@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import threading
@@ -49,16 +50,25 @@ def _follow(path: Path, on_line, stop: threading.Event):
         stop.wait(1.0)
 
 
+GLOO_TIMEOUT = "Timed out waiting 30000ms for"
+ATTEMPTS = 3  # launches of one run at the most
+
+
+def retried(error: str) -> bool:
+    """Whether a failed launch is started once more (see ``_train``)."""
+    return error.startswith("timeout after") or GLOO_TIMEOUT in error
+
+
 def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout):
+    """One run on the cluster (``argv``: train_lm.py's arguments), its JSON moved to ``path``."""
     from launch import LaunchError
 
-    """One run on the cluster (``argv``: train_lm.py's arguments), its JSON moved to ``path``."""
     part = path.with_name(path.name + ".part")
     logs = path.parent.parent / "logs" / path.stem
     cmd = [sys.executable, str(HERE / "train_lm.py"), *argv, "--seed", "0", "--no-progress",
            "--out", str(part)]
     timeout = preset.get("run_timeout", timeout)
-    for attempt in (1, 2):
+    for attempt in range(1, ATTEMPTS + 1):
         progress.start(path.stem, 1)
         stop = threading.Event()
         follower = threading.Thread(target=_follow, args=(logs / "rank0.log", progress.line,
@@ -70,11 +80,18 @@ def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout)
                    env={"OMP_NUM_THREADS": "1"}, timeout=timeout, log_dir=str(logs))
             break
         except LaunchError as e:
-            # A job that never got going (seen once in a while on these loaded cores: the
-            # ranks of one node silent while the other's waited in hvd.add_process_set) is
-            # started once more; the retry is recorded in the run's JSON.
-            if attempt == 2 or not str(e).startswith("timeout after"):
+            # Started again (up to ATTEMPTS launches), the attempts recorded in the run's
+            # JSON and each failed one's logs kept beside: a job that never got going (seen
+            # once in a while on these loaded cores: the ranks of one node silent while the
+            # other's waited in hvd.add_process_set), and one whose Gloo transfer timed out
+            # (one rank of a global collective waiting to receive what the others never sent:
+            # seen in hvd_hier runs of the fewer-bits sweep, never in sync's or PyTorch's;
+            # docs/LM.md).
+            if attempt == ATTEMPTS or not retried(str(e)):
                 raise
+            kept = logs.with_name(f"{logs.name}.attempt{attempt}")
+            shutil.rmtree(kept, ignore_errors=True)
+            os.replace(logs, kept)
             print(f"{path.stem}: {str(e).splitlines()[0]}; started again", flush=True)
         finally:
             stop.set()

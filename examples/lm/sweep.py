@@ -25,6 +25,9 @@ for every method.
 * ``cluster`` (root) trains the same GPT on the simulated two-node cluster (2 x 2 ranks) at
   100 Mbit/s and 1 Gbit/s, 3 rounds per rate alternated, each run to the target loss
   (cluster.py), and reports the time to target with its targets.
+  ``--roles`` (or ``--only``) runs other methods there instead, for example the fewer-bits
+  codecs and fragments beside their baselines (``make lm-cluster-bits``: 2 rounds per rate,
+  the target copied from docs/results/lm_cluster, the same training).
 * ``smoke`` and ``cluster-smoke`` drive the same pipelines for a few steps of a tiny model.
 
 Finished runs (``runs/<method>_seed<k>.json``) are reused; each launch shows a progress bar.
@@ -270,10 +273,20 @@ def plot(results, labels, out_dir: Path) -> List[str]:
     return written
 
 
-# The cluster's methods: those of the time targets (the ones of K-AVG and of the outer
-# optimizer at 4x are quality questions, answered on one host)
+# The cluster's methods by default: those of the time targets (the ones of K-AVG and of the
+# outer optimizer at 4x are quality questions, answered on one host). ``--only`` runs any
+# others there (the fewer-bits codecs and fragments: docs/LM.md).
 CLUSTER_ROLES = ("sync", "torch", "hier", "outer8", "int8", "int8_overlap")
-HVD_ROLES = ("hier", "outer8", "int8", "int8_overlap")
+
+
+def cluster_methods(configs, roles, only: Optional[str]):
+    """The configs the cluster sweep runs (``only`` given: those it named, already selected;
+    otherwise the CLUSTER_ROLES' and the planner's), and the hvd_hier ones among them that the
+    time targets choose the best setting from."""
+    if not only:
+        keep = {roles[r] for r in CLUSTER_ROLES}
+        configs = [c for c in configs if c.name in keep or c.name not in roles.values()]
+    return configs, [c.name for c in configs if c.algo == "hier"]
 
 
 def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
@@ -281,10 +294,7 @@ def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
     targets and the loss against wall-clock time."""
     import cluster
 
-    keep = {roles[r] for r in CLUSTER_ROLES}
-    plan = [c for c in configs if c.name not in roles.values()]  # the planner's, if given
-    configs = [c for c in configs if c.name in keep] + plan
-    candidates = [roles[r] for r in HVD_ROLES] + [c.name for c in plan]
+    configs, candidates = cluster_methods(configs, roles, args.only)
     progress = Progress(int(preset["train"][preset["train"].index("--steps") + 1]))
     sync = next(c for c in configs if c.algo == "sync")
     if args.report_only:
@@ -310,6 +320,17 @@ def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
     return by_rate
 
 
+def wanted(only: Optional[str], by_role: Optional[str], roles: Dict[str, str]) -> Optional[str]:
+    """``--only`` with the methods ``--roles`` names added (None: every method)."""
+    if not by_role:
+        return only
+    unknown = sorted(set(by_role.split(",")) - set(roles))
+    if unknown:
+        raise SystemExit(f"--roles: unknown roles {unknown}; the roles are {sorted(roles)}")
+    names = [roles[r] for r in by_role.split(",")]
+    return ",".join(([only] if only else []) + names)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="quality")
@@ -320,13 +341,23 @@ def main(argv=None):
     p.add_argument("--plan", default=None,
                    help="python -m hvd_hier.plan --json output: add its recommendation")
     p.add_argument("--only", default=None, help="comma-separated method names to run")
+    p.add_argument("--roles", default=None,
+                   help="comma-separated methods by role (sync, torch, kavg, hier, outer4, "
+                        "outer8, int8, int8_overlap, int4, int2, topk, int2_noef, topk_noef, "
+                        "frag4), besides --only")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="cluster presets: rounds per rate (preset: 3)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per launch")
     p.add_argument("--report-only", action="store_true", help="no runs: report what exists")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
     p.add_argument("--prefix", default="hvdlm",
                    help="cluster presets: the namespaces' names, <prefix>-n<i>")
     args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
+    preset = dict(PRESETS[args.preset])
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+        preset["repeats"] = args.repeats
     out_dir = Path(args.out_dir or f"lm_{args.preset}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.preset == "tune":
@@ -336,6 +367,7 @@ def main(argv=None):
     outer = (tuned.get("outer_lr", DEFAULT_OUTER[0]), tuned.get("outer_momentum", DEFAULT_OUTER[1]))
     configs, roles = quality_configs(preset["node"], preset["k"], outer, preset["overlap"],
                                      plan_config(args.plan, preset["node"], outer))
+    args.only = wanted(args.only, args.roles, roles)
     configs = select(configs, args.only, "methods")
     seeds = args.seeds or preset["seeds"]
     lr = preset.get("lr", lr)

@@ -76,6 +76,12 @@ def test_a_fragmented_level_is_one_runtime_per_fragment():
     top.anchor.take()
     assert top.anchor.taken and top.state_dict()["taken"]
     assert len(top.state_dict()["fragments"]) == 2
+    # an elastic reset (agreement.rebuild) zeroes what every fragment's codec lost
+    for part in top.parts:
+        for r in part.reducer.residuals:
+            r.fill_(0.25)
+    top.reset_residuals()
+    assert all(r.abs().max() == 0 for p in top.parts for r in p.reducer.residuals)
 
 
 def test_one_stage_fragments_reduce_at_once():

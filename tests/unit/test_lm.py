@@ -434,7 +434,39 @@ def test_the_sweep_runs_the_targets_methods_first():
         "hier_S4_K11_K28_outer0.7m0.9_frag4", "hier_S4_K14_K24"]
 
 
+def test_the_cluster_runs_the_time_targets_methods_or_those_named():
+    plan = Config("hier", 4, 4, 4)
+    configs, roles = sweep.quality_configs(2, 8, (0.7, 0.5), 2, plan)
+    kept, candidates = sweep.cluster_methods(configs, roles, None)
+    assert [c.name for c in kept] == [
+        "sync", "torch_S2_K11_K28", "hier_S2_K11_K28", "hier_S2_K11_K28_outer0.7m0.5",
+        "hier_S2_K11_K28_outer0.7m0.5_int8", "hier_S2_K11_K28_outer0.7m0.5_int8_ov2",
+        "hier_S4_K14_K24"]
+    assert candidates == [c.name for c in kept[2:]]  # every hvd_hier setting
+    only = sweep.wanted(None, "sync,torch,int2,frag4", roles)
+    assert only == ("sync,torch_S2_K11_K28,hier_S2_K11_K28_outer0.7m0.5_int2,"
+                    "hier_S2_K11_K28_outer0.7m0.5_frag4")
+    kept, candidates = sweep.cluster_methods(sweep.select(configs, only), roles, only)
+    assert [c.name for c in kept] == only.split(",") and candidates == only.split(",")[2:]
+    assert sweep.wanted("kavg_K8", "hier", roles) == "kavg_K8,hier_S2_K11_K28"
+    assert sweep.wanted("kavg_K8", None, roles) == "kavg_K8"
+    with pytest.raises(SystemExit) as info:
+        sweep.wanted(None, "sync,int3", roles)
+    assert str(info.value).startswith("--roles: unknown roles ['int3']; the roles are [")
+
+
 # --- wall-clock to a target ---------------------------------------------------------------
+
+def test_a_run_is_started_again_only_after_a_stalled_start_or_a_gloo_timeout():
+    import cluster
+
+    assert cluster.retried("timeout after 3600 s: rank 0 ...")
+    assert cluster.retried("rank 0 (node 0) exited with 1; the others were stopped. Its output:\n"
+                           "RuntimeError: [gloo/transport/tcp/unbound_buffer.cc:81] Timed out "
+                           "waiting 30000ms for recv operation to complete")
+    assert not cluster.retried("rank 1 (node 0) exited with 1; the others were stopped. Its "
+                               "output:\nValueError: levels[1]: fragments=3 must divide ...")
+
 
 def _timed(algo, rnd, curve, steps=64, compression=None):
     """A cluster run: curve is [(steps, seconds, val_bpb), ...]."""
