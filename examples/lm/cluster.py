@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import sys
 import threading
@@ -59,6 +58,19 @@ def retried(error: str) -> bool:
     return error.startswith("timeout after") or GLOO_TIMEOUT in error
 
 
+def failed_logs(logs: Path, n: int) -> Path:
+    """Where the logs of a run's n-th failed launch are kept, beside the run's own."""
+    return logs.with_name(f"{logs.name}.attempt{n}")
+
+
+def failed_launches(logs: Path) -> int:
+    """How many launches of a run failed, in this sweep and any before it (their logs kept)."""
+    n = 0
+    while failed_logs(logs, n + 1).exists():
+        n += 1
+    return n
+
+
 def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout):
     """One run on the cluster (``argv``: train_lm.py's arguments), its JSON moved to ``path``."""
     from launch import LaunchError
@@ -80,25 +92,24 @@ def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout)
                    env={"OMP_NUM_THREADS": "1"}, timeout=timeout, log_dir=str(logs))
             break
         except LaunchError as e:
-            # Started again (up to ATTEMPTS launches), the attempts recorded in the run's
-            # JSON and each failed one's logs kept beside: a job that never got going (seen
-            # once in a while on these loaded cores: the ranks of one node silent while the
-            # other's waited in hvd.add_process_set), and one whose Gloo transfer timed out
-            # (one rank of a global collective waiting to receive what the others never sent:
-            # seen in hvd_hier runs of the fewer-bits sweep, never in sync's or PyTorch's;
-            # docs/LM.md).
+            # Started again (up to ATTEMPTS launches a sweep), every launch counted in the
+            # run's JSON and each failed one's logs kept beside, never overwritten: a job that
+            # never got going (seen once in a while on these loaded cores: the ranks of one
+            # node silent while the other's waited in hvd.add_process_set), and one whose Gloo
+            # transfer timed out (one rank of a global collective waiting to receive what the
+            # others never sent: seen in hvd_hier runs of the fewer-bits sweep, never in
+            # sync's or PyTorch's; docs/LM.md).
             if attempt == ATTEMPTS or not retried(str(e)):
                 raise
-            kept = logs.with_name(f"{logs.name}.attempt{attempt}")
-            shutil.rmtree(kept, ignore_errors=True)
-            os.replace(logs, kept)
+            os.replace(logs, failed_logs(logs, failed_launches(logs) + 1))
             print(f"{path.stem}: {str(e).splitlines()[0]}; started again", flush=True)
         finally:
             stop.set()
             follower.join()
             progress.close()
     os.replace(part, path)
-    run = dict(json.loads(path.read_text()), attempts=attempt)
+    # every launch of this run, an earlier sweep's failed ones included (their logs are kept)
+    run = dict(json.loads(path.read_text()), attempts=failed_launches(logs) + 1)
     path.write_text(json.dumps(run, indent=1))
     return run
 

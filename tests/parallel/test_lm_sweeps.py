@@ -132,7 +132,8 @@ def test_lm_cluster_smoke(tmp_path):
     assert 4 <= sync["steps"] <= 8 and sync["evals"][-1]["steps"] == sync["steps"], sync
     table = (tmp_path / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| method | time to target |") and len(rows) == 1 + len(CLUSTER_METHODS)
+    assert rows[0].startswith("| method | time to target |")
+    assert len(rows) == 1 + len(CLUSTER_METHODS)
     assert rows[1].startswith("| sync SGD |") and rows[1].endswith("| 2 |")
     targets = table.split("## Targets\n\n", 1)[1].splitlines()
     assert targets[0].startswith("- **not measured**: at 100mbit") and len(targets) == 3

@@ -468,6 +468,18 @@ def test_a_run_is_started_again_only_after_a_stalled_start_or_a_gloo_timeout():
                                "output:\nValueError: levels[1]: fragments=3 must divide ...")
 
 
+def test_a_failed_launchs_logs_are_kept_and_counted_across_sweeps(tmp_path):
+    import cluster
+
+    logs = tmp_path / "1gbit_hier_r1"
+    assert cluster.failed_launches(logs) == 0
+    for _ in range(2):  # two failed launches, the second in a later sweep
+        cluster.failed_logs(logs, cluster.failed_launches(logs) + 1).mkdir()
+    assert cluster.failed_launches(logs) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1gbit_hier_r1.attempt1",
+                                                         "1gbit_hier_r1.attempt2"]
+
+
 def _timed(algo, rnd, curve, steps=64, compression=None):
     """A cluster run: curve is [(steps, seconds, val_bpb), ...]."""
     rows = [{"steps": s, "seconds": t, "val_bpb": v, "global_averages": s // 8,
