@@ -286,6 +286,10 @@ def cluster_methods(configs, roles, only: Optional[str]):
     if not only:
         keep = {roles[r] for r in CLUSTER_ROLES}
         configs = [c for c in configs if c.name in keep or c.name not in roles.values()]
+    if not any(c.algo == "sync" for c in configs):
+        raise SystemExit(f"the cluster presets need sync among the methods (its run gives the "
+                         f"target and every 'vs sync' ratio): add it to --roles or --only, got "
+                         f"{[c.name for c in configs]}")
     return configs, [c.name for c in configs if c.algo == "hier"]
 
 
@@ -296,7 +300,7 @@ def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
 
     configs, candidates = cluster_methods(configs, roles, args.only)
     progress = Progress(int(preset["train"][preset["train"].index("--steps") + 1]))
-    sync = next(c for c in configs if c.algo == "sync")
+    sync = next(c for c in configs if c.algo == "sync")  # (cluster_methods checked it is there)
     if args.report_only:
         target = json.loads((out_dir / "target.json").read_text())["target_bpb"]
     else:

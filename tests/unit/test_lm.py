@@ -453,6 +453,13 @@ def test_the_cluster_runs_the_time_targets_methods_or_those_named():
     with pytest.raises(SystemExit) as info:
         sweep.wanted(None, "sync,int3", roles)
     assert str(info.value).startswith("--roles: unknown roles ['int3']; the roles are [")
+    only = sweep.wanted(None, "int2,frag4", roles)  # no sync: no target, no ratio
+    with pytest.raises(SystemExit) as info:
+        sweep.cluster_methods(sweep.select(configs, only), roles, only)
+    assert str(info.value) == (
+        "the cluster presets need sync among the methods (its run gives the target and every "
+        "'vs sync' ratio): add it to --roles or --only, got ['hier_S2_K11_K28_outer0.7m0.5_int2', "
+        "'hier_S2_K11_K28_outer0.7m0.5_frag4']")
 
 
 # --- wall-clock to a target ---------------------------------------------------------------
