@@ -1,9 +1,12 @@
 """Runs a worker script under `horovodrun --gloo` with a hard timeout."""
 
+import atexit
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 WORKERS = Path(__file__).resolve().parent / "workers"
@@ -15,16 +18,24 @@ def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc
 
     Fails the test (with the output) when the exit code differs from `expect_rc` or the run
     exceeds `timeout` seconds, killing the whole process group so nothing is left hanging.
+    The ranks start from a warm interpreter (tests/parallel/warm.py), unless
+    HVD_HIER_TEST_COLD=1 or under coverage.
     """
     return launch(["-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo"], worker, *args,
-                  timeout=timeout, env=env, expect_rc=expect_rc)
+                  timeout=timeout, env=env, expect_rc=expect_rc, warm=True)
 
 
-def launch(options, worker, *args, timeout=240, env=None, expect_rc=0):
-    """`horovodrun <options> python <worker> <args>`, as `horovodrun` above."""
+def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=False):
+    """`horovodrun <options> python <worker> <args>`, as `horovodrun` above; with `warm`, the
+    ranks start from the warm server."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
+    python = [sys.executable]
+    # (cold under coverage: each rank records its own data from the start, see make coverage)
+    if warm and os.environ.get("HVD_HIER_TEST_COLD") != "1" \
+            and "COVERAGE_PROCESS_START" not in os.environ:
+        python += [str(Path(__file__).with_name("warm.py")), "run", warm_server()]
     cmd = [str(horovodrun_bin), *map(str, options),
-           sys.executable, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
+           *python, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
     run_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
                     "PYTHONUNBUFFERED": "1"})
@@ -41,6 +52,30 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0):
         raise AssertionError(
             f"{worker} {args} exited with {proc.returncode} (expected {expect_rc}):\n{out[-8000:]}")
     return out
+
+
+_SERVER = {}
+
+
+def warm_server():
+    """The socket of this session's warm server (tests/parallel/warm.py), started on first use
+    and stopped at exit (it also stops by itself once this process is gone)."""
+    if "path" not in _SERVER:
+        folder = tempfile.mkdtemp(prefix="hvd_hier_warm_")
+        path = os.path.join(folder, "server.sock")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["OMP_NUM_THREADS"] = "1"
+        log = open(os.path.join(folder, "server.log"), "w")
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm.py")), "serve",
+                                 path], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        atexit.register(proc.kill)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the warm server did not start: {open(log.name).read()}")
+            time.sleep(0.05)
+        _SERVER["path"] = path
+    return _SERVER["path"]
 
 
 def passed_lines(out, np=4):

@@ -1,0 +1,161 @@
+"""Starts the ranks of the multi-rank tests from a warm interpreter.
+
+A rank spends seconds of CPU before it does anything: importing torch, and torch._dynamo,
+which torch loads when a process builds its first optimizer. With a hundred and more ranks
+per test run on two cores, that was a third of the run. So the harness starts one server per
+test session that does this work once (torch, one `torch.optim.SGD`, numpy) and then forks a
+process per rank from that image:
+
+    horovodrun ... python warm.py run SOCKET worker.py ARGS...
+
+runs a small client in the rank's place. The client hands the server its stdin, stdout and
+stderr, its arguments, working directory and environment; the server forks a supervisor,
+which forks the rank; the rank takes the client's file descriptors, environment, directory,
+`sys.argv` and `sys.path` (the script's folder, the client's PYTHONPATH, then site-packages)
+and runs the script as `__main__`. The client forwards the signals it gets (SIGTERM, SIGINT,
+SIGHUP, SIGUSR1, SIGUSR2) to the rank, and exits as the rank did: with its exit code, or
+killed by the same signal. When the client dies (horovodrun kills it, or the test's timeout
+kills the job), the supervisor kills the rank, so nothing is left running.
+
+The server imports neither Horovod nor hvd_hier: a rank imports them itself, in the order
+its script does, as a fresh interpreter would. `HVD_HIER_TEST_COLD=1` starts every rank as a
+fresh interpreter instead (tests/parallel/harness.py).
+"""
+
+import io
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import struct
+import sys
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+# -- the client, in the rank's place under horovodrun ----------------------------------------
+
+def run(path, argv):
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(path)
+    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    socket.send_fds(conn, [struct.pack("!I", len(payload)) + payload], [0, 1, 2])
+    for sig in FORWARDED:
+        signal.signal(sig, lambda number, _frame: conn.sendall(struct.pack("!i", number)))
+    status = _read_exact(conn, 4)
+    if status is None:
+        sys.stderr.write(f"warm.py: the server ended before {argv[0]} did\n")
+        sys.exit(1)
+    code = struct.unpack("!i", status)[0]
+    if code < 0:  # killed by a signal: die of the same one
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+def _warm_up():
+    import numpy  # noqa: F401
+    import torch
+
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # loads torch._dynamo
+
+
+def serve(path):
+    """Accept clients until the parent (the test session) is gone. Returns only in a forked
+    rank, with what it should become."""
+    site_path = list(sys.path[1:])
+    _warm_up()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".tmp")
+    listener.listen(128)
+    os.rename(path + ".tmp", path)  # the harness waits for the name
+    parent = os.getppid()
+    while os.getppid() == parent:
+        ready, _, _ = select.select([listener], [], [], 1.0)
+        _reap()
+        if ready:
+            conn, _ = listener.accept()
+            if os.fork() == 0:
+                listener.close()
+                return _supervise(conn, site_path)
+            conn.close()
+    sys.exit(0)
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _supervise(conn, site_path):
+    """In the supervisor: receive the request, fork the rank, relay signals and the status."""
+    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    size = struct.unpack("!I", head if len(head) == 4 else head + _read_exact(conn, 4 - len(head)))[0]
+    request = json.loads(_read_exact(conn, size))
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        return request, fds, site_path
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    while True:
+        ready, _, _ = select.select([conn, pidfd], [], [])
+        if pidfd in ready:
+            _, status = os.waitpid(pid, 0)
+            conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+            os._exit(0)
+        message = _read_exact(conn, 4)
+        if message is None:  # the client is gone: so is the rank
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os._exit(0)
+        os.kill(pid, struct.unpack("!i", message)[0])
+
+
+def become(request, fds, site_path):
+    """In the rank: take the client's streams, environment and arguments, run the script."""
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    script = request["argv"][0]
+    python_path = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [os.path.dirname(os.path.abspath(script))] + python_path + site_path
+    sys.argv = list(request["argv"])
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "run":
+        run(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "serve":
+        become(*serve(sys.argv[2]))
+    else:
+        sys.exit(f"usage: warm.py serve SOCKET | warm.py run SOCKET SCRIPT [ARGS...], "
+                 f"not {sys.argv[1:]}")
