@@ -18,8 +18,8 @@ def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc
 
     Fails the test (with the output) when the exit code differs from `expect_rc` or the run
     exceeds `timeout` seconds, killing the whole process group so nothing is left hanging.
-    The ranks start from a warm interpreter (tests/parallel/warm.py), unless
-    HVD_HIER_TEST_COLD=1 or under coverage.
+    With HVD_HIER_TEST_WARM=1 the ranks start from a warm interpreter
+    (tests/parallel/warm.py), except under coverage.
     """
     return launch(["-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo"], worker, *args,
                   timeout=timeout, env=env, expect_rc=expect_rc, warm=True)
@@ -30,8 +30,10 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
     ranks start from the warm server."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     python = [sys.executable]
-    # (cold under coverage: each rank records its own data from the start, see make coverage)
-    if warm and os.environ.get("HVD_HIER_TEST_COLD") != "1" \
+    # Opt-in: beside a CPU hog, 3 of the 5 8-rank levels jobs failed warm (a rank missed
+    # Gloo's 30 s rendezvous at hvd.init) where they passed cold; not understood yet.
+    # Never under coverage: each rank records its own data from the start.
+    if warm and os.environ.get("HVD_HIER_TEST_WARM") == "1" \
             and "COVERAGE_PROCESS_START" not in os.environ:
         python += [str(Path(__file__).with_name("warm.py")), "run", warm_server()]
     cmd = [str(horovodrun_bin), *map(str, options),
