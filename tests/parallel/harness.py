@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 WORKERS = Path(__file__).resolve().parent / "workers"
+WARM = Path(__file__).resolve().with_name("warm.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +37,7 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
     # Never under coverage: each rank records its own data from the start.
     if warm and os.environ.get("HVD_HIER_TEST_WARM") == "1" \
             and "COVERAGE_PROCESS_START" not in os.environ:
-        python += [str(Path(__file__).with_name("warm.py")), "run", warm_server()]
+        python += [str(WARM), "run", warm_server()]
     cmd = [str(horovodrun_bin), *map(str, options),
            *python, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
@@ -61,15 +63,17 @@ _SERVER = {}
 
 def warm_server():
     """The socket of this session's warm server (tests/parallel/warm.py), started on first use
-    and stopped at exit (it also stops by itself once this process is gone)."""
+    and stopped at exit, its folder removed (it also stops by itself once this process is
+    gone)."""
     if "path" not in _SERVER:
         folder = tempfile.mkdtemp(prefix="hvd_hier_warm_")
         path = os.path.join(folder, "server.sock")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["OMP_NUM_THREADS"] = "1"
         log = open(os.path.join(folder, "server.log"), "w")
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm.py")), "serve",
-                                 path], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, str(WARM), "serve", path], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        atexit.register(shutil.rmtree, folder, True)  # (atexit runs these last first)
         atexit.register(proc.kill)
         deadline = time.monotonic() + 120
         while not os.path.exists(path):
