@@ -16,7 +16,7 @@ EXT_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/c
 
 .PHONY: install test unit coverage demo results lm-tune lm-quality lm-cluster lm-cluster-bits bench bench-e2e bench-network soak cuda-check gpu-check clean
 
-$(VENV)/.deps: requirements.txt scripts/build_horovod.sh
+$(VENV)/.deps: requirements.txt scripts/build_horovod.sh $(wildcard scripts/patches/*.patch)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	if ! $(PY) -c 'import torch, sys; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 1))' 2>/dev/null; then
