@@ -1,11 +1,15 @@
-"""Horovod's elastic driver as our build patches it
-(scripts/patches/horovod-0.28.1-exit-of-a-replaced-worker.patch): the exit of a worker whose
-slot left the host assignments (its host removed or blacklisted) is not recorded against the
-worker started in that slot when the host comes back.
+"""horovodrun's own Python code as our build patches it (scripts/patches/), in this process:
 
-The driver runs in this process with a discovery, a rendezvous and workers that the test
-controls; no process is started."""
+- the elastic driver (horovod-0.28.1-exit-of-a-replaced-worker.patch): the exit of a worker
+  whose slot left the host assignments (its host removed or blacklisted) is not recorded
+  against the worker started in that slot when the host comes back. The driver runs with a
+  discovery, a rendezvous and workers that the test controls; no process is started.
+- the rendezvous server (horovod-0.28.1-rendezvous-backlog.patch) listens with a backlog that
+  many ranks polling at once do not overflow.
+"""
 
+import shutil
+import subprocess
 import threading
 import time
 
@@ -14,6 +18,7 @@ import pytest
 driver_module = pytest.importorskip("horovod.runner.elastic.driver")
 from horovod.runner.elastic.discovery import DiscoveredHosts, HostDiscovery  # noqa: E402
 from horovod.runner.elastic.registration import FAILURE  # noqa: E402
+from horovod.runner.http.http_server import RendezvousServer  # noqa: E402
 
 TWO_HOSTS = DiscoveredHosts({"a": 2, "b": 2}, ["a", "b"])
 ONE_HOST = DiscoveredHosts({"a": 2}, ["a"])
@@ -97,3 +102,17 @@ def test_a_worker_of_a_host_that_left_and_came_back_exits_without_failing_the_ne
 
     workers.exit(4, 1)  # the new worker of b[0] fails: that is recorded
     assert wait_for(lambda: states.get(("b", 0)) == FAILURE), states
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the backlog")
+def test_the_rendezvous_server_listens_with_a_backlog_of_1024():
+    server = RendezvousServer()
+    port = server.start()
+    try:
+        # for a listening socket, ss shows the backlog as Send-Q
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+        assert int(out[2]) == min(1024, somaxconn), out
+    finally:
+        server.stop()
