@@ -32,8 +32,8 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
     ranks start from the warm server."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     python = [sys.executable]
-    # Opt-in: beside a CPU hog, 3 of the 5 8-rank levels jobs failed warm (a rank missed
-    # Gloo's 30 s rendezvous at hvd.init) where they passed cold; not understood yet.
+    # Opt-in: beside a CPU hog, 8-rank levels jobs failed warm where they passed cold
+    # (docs/TESTING.md: one cause mended, one open).
     # Never under coverage: each rank records its own data from the start.
     if warm and os.environ.get("HVD_HIER_TEST_WARM") == "1" \
             and "COVERAGE_PROCESS_START" not in os.environ:
