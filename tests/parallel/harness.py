@@ -20,8 +20,8 @@ def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc
 
     Fails the test (with the output) when the exit code differs from `expect_rc` or the run
     exceeds `timeout` seconds, killing the whole process group so nothing is left hanging.
-    With HVD_HIER_TEST_WARM=1 the ranks start from a warm interpreter
-    (tests/parallel/warm.py), except under coverage.
+    The ranks start from a warm interpreter (tests/parallel/warm.py), unless
+    HVD_HIER_TEST_WARM=0 or under coverage.
     """
     return launch(["-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo"], worker, *args,
                   timeout=timeout, env=env, expect_rc=expect_rc, warm=True)
@@ -32,10 +32,9 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
     ranks start from the warm server."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     python = [sys.executable]
-    # Opt-in: beside a CPU hog, 8-rank levels jobs failed warm where they passed cold
-    # (docs/TESTING.md: one cause mended, one open).
-    # Never under coverage: each rank records its own data from the start.
-    if warm and os.environ.get("HVD_HIER_TEST_WARM") == "1" \
+    # On unless HVD_HIER_TEST_WARM=0 (docs/TESTING.md). Never under coverage: each rank
+    # records its own data from the start.
+    if warm and os.environ.get("HVD_HIER_TEST_WARM", "1") != "0" \
             and "COVERAGE_PROCESS_START" not in os.environ:
         python += [str(WARM), "run", warm_server()]
     cmd = [str(horovodrun_bin), *map(str, options),

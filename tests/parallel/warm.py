@@ -18,10 +18,9 @@ killed by the same signal. When the client dies (horovodrun kills it, or the tes
 kills the job), the supervisor kills the rank, so nothing is left running.
 
 The server imports neither Horovod nor hvd_hier: a rank imports them itself, in the order
-its script does, as a fresh interpreter would. It is opt-in (`HVD_HIER_TEST_WARM=1`,
-tests/parallel/harness.py): beside a CPU hog, 8-rank levels jobs failed with warm ranks where
-they passed with cold ones; docs/TESTING.md says what was found (a rendezvous backlog, now
-patched) and what is still open (a process set's setup that stalls past Gloo's timeout).
+its script does, as a fresh interpreter would. The harness uses it for the jobs of
+`harness.horovodrun` unless `HVD_HIER_TEST_WARM=0` (never under coverage); docs/TESTING.md
+says what it took to make warm ranks as robust as cold ones beside a CPU hog.
 """
 
 import io
