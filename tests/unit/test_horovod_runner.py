@@ -75,10 +75,10 @@ def driver():
     d = driver_module.ElasticDriver(Rendezvous(), Discovery(), min_num_proc=2, max_num_proc=4)
     d._create_worker_fn = Workers()
     yield d
-    for _, _, box, done in d._create_worker_fn.started:  # the others succeed: the job stops
+    workers = d._create_worker_fn
+    for i, (_, _, _, done) in enumerate(workers.started):  # the others succeed: the job stops
         if not done.is_set():
-            box.append(0)
-            done.set()
+            workers.exit(i, 0)
     for thread in list(d._results._worker_threads.queue):
         thread.join(10)
     d.stop()
@@ -112,7 +112,8 @@ def test_the_rendezvous_server_listens_with_a_backlog_of_1024():
         # for a listening socket, ss shows the backlog as Send-Q
         out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
                              text=True, check=True).stdout.split()
-        somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+        with open("/proc/sys/net/core/somaxconn") as f:
+            somaxconn = int(f.read())
         assert int(out[2]) == min(1024, somaxconn), out
     finally:
         server.stop()
