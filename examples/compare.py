@@ -233,10 +233,10 @@ def _run(cmd, env, timeout, quiet, on_line):
 
 def run_sweep(preset, out_dir: Path, seeds, np_, extra, timeout, python, quiet):
     """Every configuration of the preset through train.py under horovodrun on this host."""
-    horovodrun = str(Path(python).parent / "horovodrun")
+    horovodrun = str(Path(sys.executable).parent / "horovodrun")
 
     def command(config, missing, pattern):
-        return [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", python,
+        return [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *python,
                 str(HERE / "train.py"), *preset["train"], *config.train_args(),
                 "--seed", ",".join(map(str, missing)), "--no-progress", *extra, "--out", pattern]
 
@@ -454,6 +454,9 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     p.add_argument("--report-only", action="store_true", help="no runs: tabulate and plot what exists")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
+    p.add_argument("--python", type=shlex.split, default=[sys.executable],
+                   help="how each rank starts Python: a command line, split as a shell "
+                        "would (default: this interpreter)")
     args, extra = p.parse_known_args(argv)
     preset = dict(PRESETS[args.preset])
     preset["configs"] = select(preset["configs"], args.only)
@@ -462,7 +465,7 @@ def main(argv=None):
     out_dir = Path(args.out_dir or f"{args.preset}_results")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        run_sweep(preset, out_dir, seeds, np_, extra, args.timeout, sys.executable, args.quiet)
+        run_sweep(preset, out_dir, seeds, np_, extra, args.timeout, args.python, args.quiet)
     results = load_runs(preset, out_dir, seeds)
     if not results:
         raise SystemExit(f"no results in {out_dir / 'runs'}")

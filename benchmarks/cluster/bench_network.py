@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -343,6 +344,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     p.add_argument("--out-dir", default="bench_network")
+    p.add_argument("--python", type=shlex.split, default=[sys.executable],
+                   help="how each rank starts Python: a command line, split as a shell "
+                        "would (default: this interpreter)")
     p.add_argument("--prefix", default="hvdh",
                    help="namespace names: <prefix>-n<i>, <prefix>-sw (left-overs are removed)")
     p.add_argument("--report-only", action="store_true",
@@ -403,7 +407,7 @@ def run_planner(args, cluster, rate, plan, results, path, link_bw, out) -> Dict:
     periods = sorted({k1 * k2 for _, _, k1, k2, *_ in hier}) or [8]
     codecs = ["none"] + sorted({run[4] for run in hier if run[4]})
     fragments = sorted({run[6] for run in hier} | {1})
-    cmd = [sys.executable, "-m", "hvd_hier.plan", "--model-mb", f"{payload / 1e6:.6f}",
+    cmd = [*args.python, "-m", "hvd_hier.plan", "--model-mb", f"{payload / 1e6:.6f}",
            "--compute-ms", f"{1e3 * t_c:.3f}", "--periods", ",".join(map(str, periods)),
            "--codecs", ",".join(codecs), "--fragments", ",".join(map(str, fragments)),
            "--repeats", "5", "--rows", "0", "--json", str(path)]
@@ -477,7 +481,7 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
     if why:
         raise SystemExit(f"bench_network: cannot build the simulated cluster: {why}")
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    python = sys.executable
+    python = args.python
     results = []
     raise_on_signals()
     with Cluster(args.nodes, rates[0], prefix=args.prefix) as cluster:
@@ -495,7 +499,7 @@ def measure(args, rates, plan, out: Path) -> List[Dict]:
                     continue
                 # raw collectives: a quarter as many repetitions (each is a whole allreduce)
                 steps = max(4, args.steps // 4) if method.startswith("raw_") else args.steps
-                cmd = [python, str(HERE / "worker.py"), "--method", method, "--k1", str(k1),
+                cmd = [*python, str(HERE / "worker.py"), "--method", method, "--k1", str(k1),
                        "--k2", str(k2), "--steps", str(steps), "--model", args.model,
                        "--image-size", str(args.image_size), "--batch-size",
                        str(args.batch_size), "--out", str(path)]

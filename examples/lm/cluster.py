@@ -71,13 +71,14 @@ def failed_launches(logs: Path) -> int:
     return n
 
 
-def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout):
-    """One run on the cluster (``argv``: train_lm.py's arguments), its JSON moved to ``path``."""
+def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout, python):
+    """One run on the cluster (``argv``: train_lm.py's arguments; each rank started with the
+    command ``python``), its JSON moved to ``path``."""
     from launch import LaunchError
 
     part = path.with_name(path.name + ".part")
     logs = path.parent.parent / "logs" / path.stem
-    cmd = [sys.executable, str(HERE / "train_lm.py"), *argv, "--seed", "0", "--no-progress",
+    cmd = [*python, str(HERE / "train_lm.py"), *argv, "--seed", "0", "--no-progress",
            "--out", str(part)]
     timeout = preset.get("run_timeout", timeout)
     for attempt in range(1, ATTEMPTS + 1):
@@ -115,7 +116,7 @@ def _train(cluster, launch, preset, config, argv, path: Path, progress, timeout)
 
 
 def run(preset, out_dir: Path, sync, configs, common: List[str], timeout: float, prefix: str,
-        progress) -> float:
+        progress, python: List[str]) -> float:
     """Every round of every method at every rate (see the module doc). Returns the target."""
     sys.path.insert(0, str(CLUSTER))
     from launch import launch
@@ -129,7 +130,8 @@ def run(preset, out_dir: Path, sync, configs, common: List[str], timeout: float,
     rates, train = preset["rates"], [*preset["train"], *common]
     raise_on_signals()
     with Cluster(2, rates[-1], prefix=prefix) as cluster:
-        target = _target(cluster, launch, preset, sync, train, out_dir, progress, timeout)
+        target = _target(cluster, launch, preset, sync, train, out_dir, progress, timeout,
+                         python)
         for rate in rates:
             cluster.set_rate(rate)
             for rnd in range(preset["repeats"]):
@@ -140,7 +142,7 @@ def run(preset, out_dir: Path, sync, configs, common: List[str], timeout: float,
                     t0 = time.perf_counter()
                     r = _train(cluster, launch, preset, config,
                                [*train, *config.train_args(), "--target-bpb", repr(target)],
-                               path, progress, timeout)
+                               path, progress, timeout, python)
                     reached = time_to_target(r, target)
                     print(f"{rate:>8} round {rnd} {config.label:<55} "
                           + (f"target after {steps_to_target(r, target)} steps, {reached:.1f} s"
@@ -149,14 +151,15 @@ def run(preset, out_dir: Path, sync, configs, common: List[str], timeout: float,
     return target
 
 
-def _target(cluster, launch, preset, sync, train, out_dir: Path, progress, timeout) -> float:
+def _target(cluster, launch, preset, sync, train, out_dir: Path, progress, timeout,
+            python) -> float:
     """Sync's validation loss at half the budget (one run of sync to the end, at the fastest
     rate; kept in target.json)."""
     path = out_dir / "target.json"
     if path.exists():
         return json.loads(path.read_text())["target_bpb"]
     ref = _train(cluster, launch, preset, sync, [*train, *sync.train_args()],
-                 out_dir / "runs" / "reference_sync.json", progress, timeout)
+                 out_dir / "runs" / "reference_sync.json", progress, timeout, python)
     half = ref["args"]["steps"] // 2
     row = min(ref["evals"], key=lambda e: abs(e["steps"] - half))
     target = row["val_bpb"]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -166,20 +167,22 @@ class Progress:
             self.bar = None
 
 
-def launcher(config: Config, np_: int, node: int, python: str) -> List[str]:
+def launcher(config: Config, np_: int, node: int, python: List[str]) -> List[str]:
+    """The launch of one run's ranks, up to the script: ``python`` is how each rank starts
+    Python (``--python``); the launchers come from this interpreter's environment."""
     if config.algo == "torch":
-        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                str(np_)]
-    horovodrun = str(Path(python).parent / "horovodrun")
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", str(np_)]
+        return torchrun if python == [sys.executable] else [*torchrun, "--no-python", *python]
+    horovodrun = str(Path(sys.executable).parent / "horovodrun")
     return [horovodrun, "-np", str(np_), "-H", f"localhost:{node},127.0.0.1:{np_ - node}",
-            "--gloo", python]
+            "--gloo", *python]
 
 
 def run(configs, preset, out_dir: Path, seeds: int, common: List[str], timeout: float,
-        quiet: bool):
+        quiet: bool, python: List[str]):
     steps = int(preset["train"][preset["train"].index("--steps") + 1])
     progress = Progress(steps)
-    python = sys.executable
 
     def command(config, missing, pattern):
         progress.start(config.name, len(missing))
@@ -211,7 +214,7 @@ def tune(preset, out_dir: Path, args) -> Dict:
     grid = list(INNER_GRID)
     while True:  # widen the grid by factors of 2 while its best value is at an edge
         inner = [Config("sync", lr=lr) for lr in grid]
-        run(inner, preset, out_dir, 1, [], args.timeout, args.quiet)
+        run(inner, preset, out_dir, 1, [], args.timeout, args.quiet, args.python)
         val = {c.lr: load([c], out_dir, 1)[c.name][0]["evals"][-1]["val_bpb"] for c in inner}
         lr = min(val, key=val.get)
         if lr == grid[-1] and len(grid) < MAX_GRID:
@@ -221,7 +224,7 @@ def tune(preset, out_dir: Path, args) -> Dict:
         else:
             break
     outer = [Config("hier", 1, k, s, o, lr=lr) for o in OUTER_GRID]
-    run(outer, preset, out_dir, 1, [], args.timeout, args.quiet)
+    run(outer, preset, out_dir, 1, [], args.timeout, args.quiet, args.python)
     oval = {c.outer: load([c], out_dir, 1)[c.name][0]["evals"][-1]["val_bpb"] for c in outer}
     best = min(oval, key=oval.get)
     chosen = {"lr": lr, "outer_lr": best[0], "outer_momentum": best[1],
@@ -305,7 +308,7 @@ def wall_clock(args, preset, out_dir: Path, configs, roles, common, lr, outer):
         target = json.loads((out_dir / "target.json").read_text())["target_bpb"]
     else:
         target = cluster.run(preset, out_dir, sync, configs, common, args.timeout, args.prefix,
-                             progress)
+                             progress, args.python)
     by_rate = cluster.load(out_dir, preset, configs)
     if not by_rate:
         raise SystemExit(f"no results in {out_dir / 'runs'}")
@@ -356,6 +359,9 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
     p.add_argument("--prefix", default="hvdlm",
                    help="cluster presets: the namespaces' names, <prefix>-n<i>")
+    p.add_argument("--python", type=shlex.split, default=[sys.executable],
+                   help="how each rank starts Python: a command line, split as a shell "
+                        "would (default: this interpreter)")
     args = p.parse_args(argv)
     preset = dict(PRESETS[args.preset])
     if args.repeats is not None:
@@ -379,7 +385,7 @@ def main(argv=None):
     if "rates" in preset:
         return wall_clock(args, preset, out_dir, configs, roles, common, lr, outer)
     if not args.report_only:
-        run(run_order(configs, roles), preset, out_dir, seeds, common, args.timeout, args.quiet)
+        run(run_order(configs, roles), preset, out_dir, seeds, common, args.timeout, args.quiet, args.python)
     results = load(configs, out_dir, seeds)
     if not results:
         raise SystemExit(f"no results in {out_dir / 'runs'}")

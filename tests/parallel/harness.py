@@ -31,12 +31,7 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
     """`horovodrun <options> python <worker> <args>`, as `horovodrun` above; with `warm`, the
     ranks start from the warm server."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
-    python = [sys.executable]
-    # On unless HVD_HIER_TEST_WARM=0 (docs/TESTING.md). Never under coverage: each rank
-    # records its own data from the start.
-    if warm and os.environ.get("HVD_HIER_TEST_WARM", "1") != "0" \
-            and "COVERAGE_PROCESS_START" not in os.environ:
-        python += [str(WARM), "run", warm_server()]
+    python = rank_python() if warm else [sys.executable]
     cmd = [str(horovodrun_bin), *map(str, options),
            *python, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
@@ -55,6 +50,17 @@ def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=Fals
         raise AssertionError(
             f"{worker} {args} exited with {proc.returncode} (expected {expect_rc}):\n{out[-8000:]}")
     return out
+
+
+def rank_python():
+    """How a rank starts Python: from the warm server (tests/parallel/warm.py) unless
+    HVD_HIER_TEST_WARM=0 (docs/TESTING.md), and never under coverage (each rank records its
+    own data from the start); else this interpreter. The examples and benchmarks take it as
+    their --python."""
+    if os.environ.get("HVD_HIER_TEST_WARM", "1") != "0" \
+            and "COVERAGE_PROCESS_START" not in os.environ:
+        return [sys.executable, str(WARM), "run", warm_server()]
+    return [sys.executable]
 
 
 _SERVER = {}

@@ -136,14 +136,15 @@ def test_example_trains_resnet18_on_cifar_pickles(tmp_path):
 
 
 def test_compare_runs_tabulates_plots_and_resumes(tmp_path):
+    import shlex
     import subprocess
     import sys
 
-    from harness import ROOT as root
+    from harness import ROOT as root, rank_python
 
     cmd = [sys.executable, str(root / "examples" / "compare.py"), "--preset", "demo", "--only",
            "sync,hier_S2_K12_K24", "--seeds", "2", "--np", "4", "--out-dir", str(tmp_path),
-           "--quiet", "--epochs", "2"]
+           "--quiet", "--python", shlex.join(rank_python()), "--epochs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())

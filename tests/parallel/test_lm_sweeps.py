@@ -6,12 +6,13 @@ the losses."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, rank_python
 
 pytestmark = pytest.mark.parallel
 
@@ -27,7 +28,8 @@ METHODS = ["sync", "torch_S2_K11_K24", "kavg_K4", "hier_S2_K11_K24",
 
 def test_lm_sweep_smoke(tmp_path):
     cmd = [sys.executable, str(ROOT / "examples" / "lm" / "sweep.py"), "--preset", "smoke",
-           "--out-dir", str(tmp_path), "--quiet", "--only", ",".join(METHODS)]
+           "--out-dir", str(tmp_path), "--quiet", "--only", ",".join(METHODS),
+           "--python", shlex.join(rank_python())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     runs = {m: json.loads((tmp_path / "runs" / f"{m}_seed0.json").read_text()) for m in METHODS}
@@ -106,7 +108,7 @@ def test_lm_cluster_smoke(tmp_path):
     assert why is None, why
     cmd = [sys.executable, str(ROOT / "examples" / "lm" / "sweep.py"), "--preset",
            "cluster-smoke", "--out-dir", str(tmp_path), "--quiet", "--prefix", "hvdlt",
-           "--only", ",".join(CLUSTER_METHODS)]
+           "--only", ",".join(CLUSTER_METHODS), "--python", shlex.join(rank_python())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=840, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     target = json.loads((tmp_path / "target.json").read_text())

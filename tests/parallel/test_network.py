@@ -7,6 +7,7 @@ namespace behind (the prefix ``hvdt`` keeps them apart from a benchmark's ``hvdh
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "benchmarks" / "cluster"
 sys.path.insert(0, str(CLUSTER))
 
+from harness import rank_python  # noqa: E402
 from netns import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -105,7 +107,7 @@ def test_cluster_is_removed_on_ctrl_c_and_sigterm(sig):
 def test_bench_network_smoke(tmp_path):
     """The harness end to end: every method on a tiny model across two namespaces."""
     cmd = [sys.executable, str(CLUSTER / "bench_network.py"), "--smoke", "--prefix", PREFIX,
-           "--out-dir", str(tmp_path)]
+           "--out-dir", str(tmp_path), "--python", shlex.join(rank_python())]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

@@ -15,7 +15,10 @@ which forks the rank; the rank takes the client's file descriptors, environment,
 and runs the script as `__main__`. The client forwards the signals it gets (SIGTERM, SIGINT,
 SIGHUP, SIGUSR1, SIGUSR2) to the rank, and exits as the rank did: with its exit code, or
 killed by the same signal. When the client dies (horovodrun kills it, or the test's timeout
-kills the job), the supervisor kills the rank, so nothing is left running.
+kills the job), the supervisor kills the rank, so nothing is left running. A client started
+in other network, mount or host-name (UTS) namespaces (a node of the simulated cluster) gets a
+rank in those namespaces: the rank enters the client's before it runs anything (as root, as
+the cluster needs). `warm.py run SOCKET -m MODULE ARGS...` runs a module, as `python -m` does.
 
 The server imports neither Horovod nor hvd_hier: a rank imports them itself, in the order
 its script does, as a fresh interpreter would. The harness uses it for the jobs of
@@ -23,6 +26,7 @@ its script does, as a fresh interpreter would. The harness uses it for the jobs 
 says what it took to make warm ranks as robust as cold ones beside a CPU hog.
 """
 
+import ctypes
 import io
 import json
 import os
@@ -108,18 +112,43 @@ def _reap():
             return
 
 
+def _client_namespaces(conn):
+    """Open files of the client's network, mount and UTS namespaces that differ from ours."""
+    client = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 struct.calcsize("3i")))[0]
+    opened = []
+    for kind in ("net", "mnt", "uts"):
+        theirs = f"/proc/{client}/ns/{kind}"
+        if os.stat(theirs).st_ino != os.stat(f"/proc/self/ns/{kind}").st_ino:
+            opened.append((kind, os.open(theirs, os.O_RDONLY)))
+    return opened
+
+
+def _enter(namespaces):
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, fd in namespaces:
+        if libc.setns(fd, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"warm.py: cannot enter the client's {kind} "
+                                              f"namespace: {os.strerror(ctypes.get_errno())}")
+        os.close(fd)
+
+
 def _supervise(conn, site_path):
     """In the supervisor: receive the request, fork the rank, relay signals and the status."""
     head, fds, _, _ = socket.recv_fds(conn, 4, 3)
     size = struct.unpack("!I", head if len(head) == 4 else head + _read_exact(conn, 4 - len(head)))[0]
     request = json.loads(_read_exact(conn, size))
+    namespaces = _client_namespaces(conn)
     pid = os.fork()
     if pid == 0:
         conn.close()
         # A session of its own, as horovodrun gives a cold rank: Linux shares CPU time between
         # sessions (autogroup) before it shares it between processes
         os.setsid()
+        _enter(namespaces)
         return request, fds, site_path
+    for _, fd in namespaces:
+        os.close(fd)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -148,11 +177,16 @@ def become(request, fds, site_path):
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    script = request["argv"][0]
+    argv = list(request["argv"])
     python_path = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [os.path.dirname(os.path.abspath(script))] + python_path + site_path
-    sys.argv = list(request["argv"])
-    runpy.run_path(script, run_name="__main__")
+    if argv[0] == "-m":  # as python -m: the working directory first, argv[0] the module's file
+        sys.path[:] = [os.getcwd()] + python_path + site_path
+        sys.argv = argv[1:]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        return
+    sys.path[:] = [os.path.dirname(os.path.abspath(argv[0]))] + python_path + site_path
+    sys.argv = argv
+    runpy.run_path(argv[0], run_name="__main__")
 
 
 if __name__ == "__main__":
@@ -161,5 +195,5 @@ if __name__ == "__main__":
     elif sys.argv[1] == "serve":
         become(*serve(sys.argv[2]))
     else:
-        sys.exit(f"usage: warm.py serve SOCKET | warm.py run SOCKET SCRIPT [ARGS...], "
+        sys.exit(f"usage: warm.py serve SOCKET | warm.py run SOCKET SCRIPT|-m MODULE [ARGS...], "
                  f"not {sys.argv[1:]}")

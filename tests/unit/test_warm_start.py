@@ -100,3 +100,49 @@ def _alive(pid):
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+MODULE = """
+import os, sys
+print("argv", sys.argv, "name", __name__, "path0", sys.path[0] == os.getcwd())
+"""
+
+NAMESPACES = """
+import os
+import socket
+print(*(os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt", "uts")), socket.gethostname(),
+      os.getcwd())
+"""
+
+
+def test_a_module_runs_as_python_m_runs_it(client):
+    (client.folder / "warm_mod.py").write_text(MODULE)
+    proc = subprocess.run([sys.executable, str(PARALLEL / "warm.py"), "run",
+                           harness.warm_server(), "-m", "warm_mod", "a", "b"], cwd=client.folder,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"argv ['{client.folder / 'warm_mod.py'}', 'a', 'b'] name __main__ "
+                           f"path0 True\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering namespaces needs root, as the "
+                                              "simulated cluster does")
+def test_a_client_in_other_namespaces_gets_a_rank_in_them(client):
+    """As a node of the simulated cluster starts it (ip netns exec, unshare --uts): the rank
+    is in the client's network, mount and host-name namespaces, not the server's."""
+    script = client.folder / "ns.py"
+    script.write_text(NAMESPACES)
+    # the client, in new namespaces, prints its own and then runs the rank (which prints its)
+    inner = (f"import os, socket, subprocess, sys; socket.sethostname('warm-node'); "
+             f"print(*(os.readlink(f'/proc/self/ns/{{k}}') for k in ('net', 'mnt', 'uts')), "
+             f"flush=True); sys.exit(subprocess.call("
+             f"[sys.executable, {str(PARALLEL / 'warm.py')!r}, 'run', "
+             f"{harness.warm_server()!r}, {str(script)!r}]))")
+    proc = subprocess.run(["unshare", "--net", "--mount", "--uts", sys.executable, "-c", inner],
+                          cwd=client.folder, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    client_ns, rank_line = proc.stdout.splitlines()
+    *namespaces, hostname, cwd = rank_line.split()
+    assert " ".join(namespaces) == client_ns
+    assert hostname == "warm-node" and cwd == str(client.folder)
+    assert not {os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt", "uts")} & set(namespaces)
