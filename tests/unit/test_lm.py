@@ -386,9 +386,15 @@ def test_the_sweeps_methods_and_their_names():
     assert Config("sync", lr=0.004).train_args() == ["--algo", "sync", "--lr", "0.004"]
     plan = Config("hier", 1, 8, 4, (0.7, 0.9), "int8", 2)
     assert len(sweep.quality_configs(4, 8, (0.7, 0.9), 2, plan)[0]) == 14  # already there
-    assert sweep.launcher(configs[1], 8, 4, "py")[:3] == ["py", "-m", "torch.distributed.run"]
-    assert sweep.launcher(configs[0], 8, 4, "/v/bin/py")[:5] == [
-        "/v/bin/horovodrun", "-np", "8", "-H", "localhost:4,127.0.0.1:4"]
+    # the launchers come from this interpreter; --python says how each rank starts Python
+    here = sys.executable
+    horovodrun = str(Path(here).parent / "horovodrun")
+    torchrun = [here, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8"]
+    assert sweep.launcher(configs[1], 8, 4, [here]) == torchrun
+    assert sweep.launcher(configs[1], 8, 4, ["py", "w.py"]) == [*torchrun, "--no-python",
+                                                                "py", "w.py"]
+    assert sweep.launcher(configs[0], 8, 4, ["py", "w.py"]) == [
+        horovodrun, "-np", "8", "-H", "localhost:4,127.0.0.1:4", "--gloo", "py", "w.py"]
 
 
 def test_progress_follows_rank_zeros_evaluations():
