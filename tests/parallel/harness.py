@@ -24,16 +24,15 @@ def horovodrun(worker, *args, np=4, hosts=None, timeout=240, env=None, expect_rc
     HVD_HIER_TEST_WARM=0 or under coverage.
     """
     return launch(["-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo"], worker, *args,
-                  timeout=timeout, env=env, expect_rc=expect_rc, warm=True)
+                  timeout=timeout, env=env, expect_rc=expect_rc)
 
 
-def launch(options, worker, *args, timeout=240, env=None, expect_rc=0, warm=False):
-    """`horovodrun <options> python <worker> <args>`, as `horovodrun` above; with `warm`, the
-    ranks start from the warm server."""
+def launch(options, worker, *args, timeout=240, env=None, expect_rc=0):
+    """`horovodrun <options> python <worker> <args>`, as `horovodrun` above (the elastic
+    tests give their own options)."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
-    python = rank_python() if warm else [sys.executable]
     cmd = [str(horovodrun_bin), *map(str, options),
-           *python, str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
+           *rank_python(), str(WORKERS / worker), *map(str, args)]  # a path may replace WORKERS
     run_env = dict(os.environ)
     run_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
                     "PYTHONUNBUFFERED": "1"})

@@ -21,9 +21,11 @@ rank in those namespaces: the rank enters the client's before it runs anything (
 the cluster needs). `warm.py run SOCKET -m MODULE ARGS...` runs a module, as `python -m` does.
 
 The server imports neither Horovod nor hvd_hier: a rank imports them itself, in the order
-its script does, as a fresh interpreter would. The harness uses it for the jobs of
-`harness.horovodrun` unless `HVD_HIER_TEST_WARM=0` (never under coverage); docs/TESTING.md
-says what it took to make warm ranks as robust as cold ones beside a CPU hog.
+its script does, as a fresh interpreter would. The tests start every rank of their jobs with
+it (`harness.rank_python`: the harness's jobs, the elastic ones, and the examples' and
+benchmarks' sweeps through their `--python`), unless `HVD_HIER_TEST_WARM=0` (never under
+coverage); docs/TESTING.md says what it took to make warm ranks as robust as cold ones
+beside a CPU hog.
 """
 
 import ctypes
