@@ -147,8 +147,7 @@ def _supervise(conn, site_path):
         # A session of its own, as horovodrun gives a cold rank: Linux shares CPU time between
         # sessions (autogroup) before it shares it between processes
         os.setsid()
-        _enter(namespaces)
-        return request, fds, site_path
+        return request, fds, site_path, namespaces
     for _, fd in namespaces:
         os.close(fd)
     for fd in fds:
@@ -168,14 +167,16 @@ def _supervise(conn, site_path):
         os.kill(pid, struct.unpack("!i", message)[0])
 
 
-def become(request, fds, site_path):
-    """In the rank: take the client's streams, environment and arguments, run the script."""
+def become(request, fds, site_path, namespaces):
+    """In the rank: take the client's streams and namespaces (an error says so on the client's
+    stderr), environment, directory and arguments; run the script."""
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    _enter(namespaces)
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
