@@ -100,17 +100,11 @@ inline void encode_record(float* __restrict vals, int64_t len, uint8_t* __restri
   } else {
     for (int64_t k = 0; k < len; ++k) q[k] = encode_value<C>(vals[k], s.inv);
   }
-  // Two loops over data in L1 rather than one: GCC vectorises each, not their fusion. A
-  // whole-byte code is read back from the record (quantising again, as the packed codecs must,
-  // made int8's encoding with residuals 3.5x slower).
+  // Two loops over data in L1 rather than one: GCC vectorises each, not their fusion. The
+  // residual decodes the code just stored (quantising each value again made int8's encoding
+  // with residuals 3.5x slower).
   if (residual) {
-    if constexpr (kPacked<C>) {
-      for (int64_t k = 0; k < len; ++k) {
-        vals[k] = vals[k] - decode_value<C>(encode_value<C>(vals[k], s.inv), s.scale);
-      }
-    } else {
-      for (int64_t k = 0; k < len; ++k) vals[k] = vals[k] - decode_value<C>(q[k], s.scale);
-    }
+    for (int64_t k = 0; k < len; ++k) vals[k] = vals[k] - decode_value<C>(code_at<C>(q, k), s.scale);
   }
   std::memset(static_cast<void*>(q + used), 0, (kCodecChunk / per - used) * sizeof(*q));
 }
