@@ -146,3 +146,38 @@ def test_a_client_in_other_namespaces_gets_a_rank_in_them(client):
     assert " ".join(namespaces) == client_ns
     assert hostname == "warm-node" and cwd == str(client.folder)
     assert not {os.readlink(f"/proc/self/ns/{k}") for k in ("net", "mnt", "uts")} & set(namespaces)
+
+
+ENDING = """
+import atexit, sys, threading, time
+atexit.register(print, "atexit handler ran", flush=True)
+def late():
+    time.sleep(0.5)
+    print("non-daemon thread joined", flush=True)
+threading.Thread(target=late).start()
+sys.stdout.write("unflushed at the end")  # (no newline: written only by the flush)
+if sys.argv[1] == "raise":
+    raise ValueError("raised in the rank")
+if sys.argv[1] == "message":
+    sys.exit("a message, not a code")
+sys.exit(None if sys.argv[1] == "none" else int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("how, status", [("none", 0), ("5", 5), ("raise", 1), ("message", 1)])
+def test_a_rank_ends_as_python_would_without_the_teardown(client, how, status):
+    """The rank skips the modules' teardown (os._exit after its atexit handlers), yet ends as
+    a fresh interpreter would: non-daemon threads joined, the script's atexit handlers run,
+    the streams flushed, the exit status and the message of an exception."""
+    script = client.folder / "ending.py"
+    script.write_text(ENDING)
+    proc = subprocess.run([sys.executable, str(PARALLEL / "warm.py"), "run",
+                           harness.warm_server(), str(script), how], cwd=client.folder,
+                          capture_output=True, text=True, timeout=60)
+    cold = subprocess.run([sys.executable, str(script), how], cwd=client.folder,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == cold.returncode == status
+    assert proc.stdout == cold.stdout == (
+        "unflushed at the endnon-daemon thread joined\natexit handler ran\n")
+    assert proc.stderr.splitlines()[-1:] == cold.stderr.splitlines()[-1:] == {
+        "raise": ["ValueError: raised in the rank"], "message": ["a message, not a code"]}.get(how, [])
