@@ -21,7 +21,7 @@ rank in those namespaces: the rank enters the client's before it runs anything (
 the cluster needs). `warm.py run SOCKET -m MODULE ARGS...` runs a module, as `python -m` does.
 The rank ends as a fresh interpreter would up to its atexit handlers (non-daemon threads
 joined, the handlers run, the streams flushed, the same exit status), then leaves without
-tearing down its modules, which took 1 to 2.5 s of CPU per rank.
+tearing down its modules, which took about a second per rank (more when ranks end together).
 
 The server imports neither Horovod nor hvd_hier: a rank imports them itself, in the order
 its script does, as a fresh interpreter would. The tests start every rank of their jobs with
@@ -224,9 +224,9 @@ def _end_without_teardown():
     """The rank's last atexit handler: once the script's own handlers ran (Horovod's shutdown
     among them) and the non-daemon threads were joined, as Python does, flush the streams and
     exit with the status the interpreter would give, skipping the teardown of the modules that
-    follows. With torch loaded that teardown takes 1 to 2.5 s of CPU per rank, more in a fork
-    of the warm image than in a fresh interpreter; a cold rank (HVD_HIER_TEST_WARM=0) still
-    goes through it."""
+    follows. With torch loaded that teardown takes about 1.1 s in a fork of the warm image
+    (0.5-0.7 s in a fresh interpreter), 2.4 s when the 4 ranks of a job end together on 2
+    cores; a cold rank (HVD_HIER_TEST_WARM=0) still goes through it."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
