@@ -84,13 +84,8 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
     sets = [process_set_for(g) for g in groups] if len(nodes) > 1 else None
     group = next(i for i, g in enumerate(groups) if rank in g)
     buffer = torch.zeros(numel, dtype=torch.float32)
-    b_inter = float("inf")
-    if len(nodes) > 1:
-        share = buffer[: max(1, numel // l)] if cross else buffer  # this rank's 1/l
-        seconds = _timed(lambda: hvd.allreduce_(
-            share, op=hvd.Sum, name="hvd_hier.plan.cross", process_set=sets[group]), repeats)
-        b_inter = global_link_bytes(4 * numel, p, l, two_stage=cross is not None) / \
-            _slowest(seconds, "cross_time")
+    b_inter = _uplink_bytes_per_s(buffer, p, l, cross is not None, sets[group],
+                                  repeats) if len(nodes) > 1 else float("inf")
     tiny = torch.zeros(1)
     latency = _timed(lambda: hvd.allreduce_(tiny, op=hvd.Sum, name="hvd_hier.plan.latency"),
                      repeats)
@@ -103,6 +98,20 @@ def measure(size_bytes: float, step_fn: Optional[Callable[[], None]] = None,
                                       repeats)
         t_global[codec] = _slowest(seconds, f"{codec}_time")
     return Cluster(p, l, compute_s, t_local, b_inter, latency, t_codec, t_global)
+
+
+def _uplink_bytes_per_s(buffer, p: int, l: int, two_stage: bool, process_set,
+                        repeats: int) -> float:
+    """A node's uplink: the median time of the global stage over ``process_set`` (with
+    ``two_stage``, each rank reduces its 1/``l`` of ``buffer`` with the ranks at its position
+    on the other nodes, all at once), as bytes per second over what crosses the link."""
+    import horovod.torch as hvd
+
+    share = buffer[: max(1, buffer.numel() // l)] if two_stage else buffer
+    seconds = _timed(lambda: hvd.allreduce_(
+        share, op=hvd.Sum, name="hvd_hier.plan.cross", process_set=process_set), repeats)
+    return global_link_bytes(4 * buffer.numel(), p, l, two_stage=two_stage) / \
+        _slowest(seconds, "cross_time")
 
 
 def _nodes(p: int) -> List[List[int]]:
