@@ -42,6 +42,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -186,18 +187,17 @@ def become(request, fds, site_path, namespaces):
     os.chdir(request["cwd"])
     argv = list(request["argv"])
     python_path = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    atexit.register(_end_without_teardown)  # the first registered: the last to run
     try:
         _run(argv, python_path, site_path)
+        status = 0
     except SystemExit as exc:
-        _STATUS[0] = _status_of(exc.code)
-        raise
+        status = _status_of(exc.code)
     except KeyboardInterrupt:  # Python ends by SIGINT then: leave the end to it
-        atexit.unregister(_end_without_teardown)
         raise
     except BaseException:
-        _STATUS[0] = 1  # after Python printed the traceback, as it would
-        raise
+        sys.excepthook(*sys.exc_info())  # the traceback, as Python prints it
+        status = 1
+    _end_without_teardown(status)
 
 
 def _run(argv, python_path, site_path):
@@ -211,28 +211,35 @@ def _run(argv, python_path, site_path):
     runpy.run_path(argv[0], run_name="__main__")
 
 
-_STATUS = [0]  # the exit status the interpreter would give the rank
-
-
 def _status_of(code):
+    """The exit status of ``sys.exit(code)``, printing a message as Python does."""
     if code is None:
         return 0
-    return code if isinstance(code, int) else 1  # (Python printed a message of another type)
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
-def _end_without_teardown():
-    """The rank's last atexit handler: once the script's own handlers ran (Horovod's shutdown
-    among them) and the non-daemon threads were joined, as Python does, flush the streams and
-    exit with the status the interpreter would give, skipping the teardown of the modules that
-    follows. With torch loaded that teardown takes about 1.1 s in a fork of the warm image
-    (0.5-0.7 s in a fresh interpreter), 2.4 s when the 4 ranks of a job end together on 2
-    cores; a cold rank (HVD_HIER_TEST_WARM=0) still goes through it."""
+def _end_without_teardown(status):
+    """End the rank as Python ends an interpreter (the non-daemon threads joined, then every
+    atexit handler: the script's, Horovod's shutdown, and those the server registered before
+    the fork, logging's, multiprocessing's and weakref.finalize's among them), flush the
+    streams and exit with ``status``, skipping the teardown of the modules that follows. With
+    torch loaded that teardown takes about 1.1 s in a fork of the warm image (0.5-0.7 s in a
+    fresh interpreter), 2.4 s when the 4 ranks of a job end together on 2 cores; a cold rank
+    (HVD_HIER_TEST_WARM=0) still goes through it."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # (what the interpreter calls; errors are printed and ignored)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(_STATUS[0])
+    os._exit(status)
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "run":

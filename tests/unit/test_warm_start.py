@@ -149,7 +149,12 @@ def test_a_client_in_other_namespaces_gets_a_rank_in_them(client):
 
 
 ENDING = """
-import atexit, sys, threading, time
+import atexit, sys, threading, time, weakref
+# (the warm server registered weakref.finalize's own atexit handler before the fork, as it
+# did logging's and multiprocessing's: those run too)
+class Kept: pass
+kept = Kept()
+weakref.finalize(kept, print, "finalizer ran at exit", flush=True)
 atexit.register(print, "atexit handler ran", flush=True)
 def late():
     time.sleep(0.5)
@@ -178,6 +183,7 @@ def test_a_rank_ends_as_python_would_without_the_teardown(client, how, status):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == cold.returncode == status
     assert proc.stdout == cold.stdout == (
-        "unflushed at the endnon-daemon thread joined\natexit handler ran\n")
+        "unflushed at the endnon-daemon thread joined\natexit handler ran\n"
+        "finalizer ran at exit\n")
     assert proc.stderr.splitlines()[-1:] == cold.stderr.splitlines()[-1:] == {
         "raise": ["ValueError: raised in the rank"], "message": ["a message, not a code"]}.get(how, [])
